@@ -1,0 +1,52 @@
+# cvpipe: two commands for a newcomer, `make demo` and `make test`.
+#
+# The environment lives in .venv. torch is installed before the project so that a machine
+# without an NVIDIA GPU gets the CPU build (no CUDA packages), and a machine with one gets
+# PyPI's CUDA build. Override with TORCH=cpu|cuda.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+STAMP := $(VENV)/.installed-$(TORCH)
+
+.PHONY: help install demo test test-fast lint bench clean-venv
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+ifeq ($(TORCH),cpu)
+	@# "+cpu" matches only the CPU build: a local wheel where pip's find-links has one,
+	@# else PyTorch's CPU index. Never the CUDA build.
+	$(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" \
+	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple
+else
+	$(BIN)/pip install -q "torch==$(TORCH_VERSION)"
+endif
+	$(BIN)/pip install -q -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+install: $(STAMP) ## create .venv and install cvpipe with its dependencies
+
+demo: $(STAMP) ## prepare CIFAR-10 ($$CVPIPE_CIFAR10_SOURCE or the official download) and summarise it
+	$(BIN)/cvpipe data prepare
+
+test: $(STAMP) ## run the whole test suite
+	$(BIN)/pytest
+
+test-fast: $(STAMP) ## tests without the slow ones
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check .
+
+bench: $(STAMP) ## speed benchmarks (JSON on stdout)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+clean-venv: ## remove the environment
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from cvpipe.cli import main
+
+sys.exit(main())

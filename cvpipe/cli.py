@@ -1,0 +1,70 @@
+"""The ``cvpipe`` command: one entry point, a subcommand per job.
+
+Each subcommand lives in its own module, which exposes ``register(subparsers)``; that
+function adds its parser and sets ``func`` (called with the parsed arguments, returning an
+exit code). Add new modules to ``COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from cvpipe import __version__
+from cvpipe.errors import CvpipeError
+
+COMMAND_MODULES: tuple[str, ...] = ("cvpipe.data.cli",)
+
+log = logging.getLogger("cvpipe")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cvpipe",
+        description=(
+            "Classic computer-vision features (colour histograms, HOG) against a CNN on "
+            "CIFAR-10: prepare data, extract features, train, compare, serve."
+        ),
+        epilog="Run 'cvpipe <command> --help' for a command's options. Environment: "
+        "CVPIPE_CIFAR10_SOURCE (dataset source), CVPIPE_DATA_ROOT (default ./data), "
+        "CVPIPE_MODELS_DIR (default ./models).",
+    )
+    parser.add_argument("--version", action="version", version=f"cvpipe {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    if verbose < 2:  # third-party chatter only at -vv
+        for noisy in ("matplotlib", "PIL", "distributed", "numcodecs", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except CvpipeError as exc:
+        log.debug("failure", exc_info=True)
+        print(f"cvpipe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cvpipe: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Download a file over HTTP(S) to a temporary name, verify it, then rename it into place."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cvpipe.errors import ChecksumError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` to ``dest``; with ``md5`` given, refuse a file whose MD5 differs.
+
+    The bytes land in ``dest.part`` and are renamed to ``dest`` only once complete and
+    verified, so an interrupted or corrupt download never looks like a finished one.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.md5()
+    log.info("downloading %s -> %s", url, dest)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=None) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            if total is not None and out.tell() != total:
+                raise DataError(f"download of {url} ended early ({out.tell()} of {total} bytes)")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"could not download {url}: {exc}. Without network access, point "
+            "CVPIPE_CIFAR10_SOURCE (or --source) at a local copy."
+        ) from exc
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if md5 is not None and digest.hexdigest() != md5:
+        part.unlink(missing_ok=True)
+        raise ChecksumError(
+            f"download of {url}: md5 {digest.hexdigest()} differs from the published {md5}"
+        )
+    os.replace(part, dest)
+    return dest

@@ -1,0 +1,39 @@
+"""Seeded, stratified train/validation split used by every model selection."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with ``val_fraction`` of each class held out for validation.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (N,)
+        Class label of each training image.
+    val_fraction : float
+        Share of every class that goes to validation, in [0, 1).
+    seed : int
+        Same seed and labels give the same split on every machine (NumPy's PCG64).
+
+    Returns
+    -------
+    train_idx, val_idx : ndarray of int64
+        Sorted, disjoint indices covering ``range(N)``.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    val = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        n_val = int(round(val_fraction * len(members)))
+        val.append(rng.permutation(members)[:n_val])
+    val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, np.int64)
+    mask = np.ones(len(labels), dtype=bool)
+    mask[val_idx] = False
+    return np.flatnonzero(mask).astype(np.int64), val_idx.astype(np.int64)

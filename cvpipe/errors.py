@@ -1,0 +1,17 @@
+"""Exceptions that carry a message meant for the user, not a traceback."""
+
+
+class CvpipeError(Exception):
+    """Base class: the CLI prints these as one clear line and exits non-zero."""
+
+
+class DataError(CvpipeError):
+    """A dataset source is missing, corrupt, or not in a supported layout."""
+
+
+class ChecksumError(DataError):
+    """A file's checksum differs from the expected one."""
+
+
+class ConfigError(CvpipeError):
+    """A configuration value is invalid (unknown option, impossible size, ...)."""
