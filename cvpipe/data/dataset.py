@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +277,7 @@ def _build_cache(src: Source, cache_dir: Path, options: dict) -> None:
             "classes": list(decoded.classes),
             "counts": counts,
             "image_shape": list(decoded.images["train"].shape[1:]),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "build_seconds": round(time.perf_counter() - start, 3),
             "cvpipe_version": __version__,
         }

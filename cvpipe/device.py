@@ -1,0 +1,17 @@
+"""Choosing a torch device: CUDA when present, else CPU, always overridable."""
+
+from __future__ import annotations
+
+import torch
+
+from cvpipe.errors import ConfigError
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/None picks ``cuda`` when available, else ``cpu``; anything else is checked."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+    return dev

@@ -1,0 +1,181 @@
+"""``cvpipe train``, ``evaluate``, ``predict`` and ``models``: every model kind, one interface."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cvpipe.config import models_dir
+from cvpipe.data.cli import add_source_arguments, load_from_args
+from cvpipe.errors import ConfigError
+from cvpipe.metrics import classification_metrics, format_metrics
+from cvpipe.models.artifact import load_model, read_metadata
+
+log = logging.getLogger(__name__)
+
+
+def _model_path(name_or_path: str, models: str | None) -> Path:
+    p = Path(name_or_path)
+    if (p / "model.json").exists():
+        return p
+    return models_dir(models) / name_or_path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cvpipe.pipelines import get_pipeline
+
+    spec = get_pipeline(args.pipeline, args.config)
+    name = args.name or args.pipeline
+    target = models_dir(args.models_dir) / name
+    if (target / "model.json").exists() and not args.force:
+        meta = read_metadata(target, verify=False)
+        print(f"{target} exists (test accuracy {meta['metrics']['test']['accuracy']:.4f}); "
+              "use --force to retrain")
+        return 0
+    ds = load_from_args(args)
+    start = time.perf_counter()
+    if spec == "cnn":
+        from cvpipe.cnn.train import CNNConfig, train_cnn_model
+
+        overrides = json.loads(args.cnn_options) if args.cnn_options else {}
+        if args.time_budget is not None:
+            overrides["time_budget"] = args.time_budget
+        meta = train_cnn_model(ds, target, CNNConfig.from_dict(overrides))
+    else:
+        from cvpipe.classifiers.training import train_classic
+
+        meta = train_classic(ds, spec, target, refit=not args.no_refit)
+    m = meta["metrics"]
+    print(f"{name}: train {m['train']['accuracy']:.4f}  val {m['val']['accuracy']:.4f}  "
+          f"test {m['test']['accuracy']:.4f}  fit {meta['fit_seconds']:.1f} s  "
+          f"(total {time.perf_counter() - start:.1f} s)\nsaved to {target}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    path = _model_path(args.model, args.models_dir)
+    model = load_model(path)
+    meta = model.metadata
+    ds = load_from_args(args)
+    trained_on = meta.get("dataset", {}).get("checksum")
+    if trained_on and trained_on != ds.checksum:
+        log.warning("model was trained on dataset %s, evaluating on %s", trained_on, ds.checksum)
+    if list(ds.classes) != list(meta["classes"]):
+        raise ConfigError(f"model classes {meta['classes']} differ from the dataset's {ds.classes}")
+    images, labels = ds.split(args.split)
+    start = time.perf_counter()
+    scores = []
+    for i in range(0, len(images), 4096):
+        scores.append(model.scores(np.asarray(images[i: i + 4096]))[0])
+    kind = model.scores(np.asarray(images[:1]))[1]
+    scores = np.concatenate(scores)
+    secs = time.perf_counter() - start
+    m = classification_metrics(labels, scores.argmax(1), ds.classes, scores, kind)
+    m["seconds"] = secs
+    if args.json:
+        print(json.dumps(m, indent=2))
+    else:
+        print(f"{meta['name']} on {args.split} ({len(labels)} images, {secs:.1f} s)\n")
+        print(format_metrics(m, ds.classes))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from cvpipe.images import load_images
+
+    model = load_model(_model_path(args.model, args.models_dir))
+    meta = model.metadata
+    images = load_images(args.images, tuple(meta.get("input_size", (32, 32))))
+    scores, kind = model.scores(images)
+    k = min(args.top_k, scores.shape[1])
+    results = []
+    for path, s in zip(args.images, scores, strict=True):
+        top = np.argsort(-s)[:k]
+        results.append({"image": str(path), "score_kind": kind,
+                        "top": [{"class": meta["classes"][i], "score": float(s[i])} for i in top]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            best = ", ".join(f"{t['class']} {t['score']:.3f}" for t in r["top"])
+            print(f"{r['image']}: {best}" + ("" if kind == "probability" else "  (decision scores)"))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    root = models_dir(args.models_dir)
+    rows = []
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if (d / "model.json").is_file():
+            meta = read_metadata(d, verify=False)
+            test = meta.get("metrics", {}).get("test", {}).get("accuracy")
+            rows.append((d.name, meta.get("kind", "?"), test, meta.get("created", "")))
+    if not rows:
+        print(f"no models in {root}")
+    for name, kind, test, created in rows:
+        acc = f"{test:.4f}" if test is not None else "-"
+        print(f"{name:<32} {kind:<8} test {acc}  {created}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    train = sub.add_parser(
+        "train", help="train a pipeline (selection on validation, test scored once)",
+        description="Train a named pipeline: extract features, choose hyperparameters on the "
+        "validation split, refit, score train/val/test (test once) and save models/<name>/. "
+        "Built-in pipelines are declared in cvpipe/pipelines.toml ('cvpipe models pipelines' "
+        "lists them); 'cnn' trains the CNN.")
+    train.add_argument("--pipeline", required=True,
+                       help="pipeline name (see 'cvpipe models pipelines'), or 'cnn'")
+    train.add_argument("--config", help="TOML file declaring [pipelines.<name>] tables")
+    train.add_argument("--name", help="model name (default: the pipeline name)")
+    train.add_argument("--models-dir", help="where models go (default $CVPIPE_MODELS_DIR or ./models)")
+    train.add_argument("--no-refit", action="store_true",
+                       help="keep the selection fit (train split only) instead of refitting on train+val")
+    train.add_argument("--force", action="store_true", help="retrain even if the model exists")
+    train.add_argument("--time-budget", type=float, help="CNN: training time budget in seconds")
+    train.add_argument("--cnn-options", help="CNN: JSON object of CNNConfig overrides")
+    add_source_arguments(train)
+    train.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="score a saved model on a split",
+                        description="Accuracy, per-class precision/recall/F1, log loss and the "
+                        "confusion matrix of a saved model on a dataset split.")
+    ev.add_argument("model", help="model name in the models folder, or a model folder")
+    ev.add_argument("--split", default="test", choices=("train", "val", "train_full", "test"))
+    ev.add_argument("--models-dir")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_source_arguments(ev)
+    ev.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="classify image files with a saved model",
+                        description="Classify image files of any size and common format "
+                        "(PNG, JPEG, BMP, GIF, WebP, TIFF), resized to the model's input.")
+    pr.add_argument("model", help="model name in the models folder, or a model folder")
+    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--models-dir")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(func=_predict)
+
+    models = sub.add_parser("models", help="list saved models and built-in pipelines")
+    msub = models.add_subparsers(dest="models_command", metavar="<action>", required=True)
+    ls = msub.add_parser("list", help="saved models with their test accuracy")
+    ls.add_argument("--models-dir")
+    ls.set_defaults(func=_list)
+    pipes = msub.add_parser("pipelines", help="built-in (or --config) pipeline names")
+    pipes.add_argument("--config")
+    pipes.set_defaults(func=_pipelines)
+
+
+def _pipelines(args: argparse.Namespace) -> int:
+    from cvpipe.pipelines import list_pipelines
+
+    for name, desc in list_pipelines(args.config):
+        print(f"{name:<28} {desc}")
+    return 0
