@@ -13,5 +13,9 @@ class ChecksumError(DataError):
     """A file's checksum differs from the expected one."""
 
 
-class ConfigError(CvpipeError):
-    """A configuration value is invalid (unknown option, impossible size, ...)."""
+class ConfigError(CvpipeError, ValueError):
+    """A configuration value is invalid (unknown option, impossible size, ...).
+
+    Also a :class:`ValueError`, so scikit-learn (``GridSearchCV``, estimator checks) treats
+    an invalid parameter the way it treats its own.
+    """

@@ -1,0 +1,54 @@
+"""Hand-made image features: colour histograms and HOG, as functions and sklearn transformers.
+
+Functions work on whole batches ``(N, H, W[, C])`` at once, on all CPU cores (NumPy +
+OpenCV) or on a CUDA GPU (PyTorch), and return float32 ``(N, D)`` matrices:
+
+* :func:`hog` -- Histogram of Oriented Gradients (Dalal & Triggs 2005), equal to
+  :func:`skimage.feature.hog` for the same parameters;
+* :func:`color_histogram` -- RGB / HSV / Lab / gray histograms, joint or per channel, on a
+  spatial grid, equal to ``cv2.calcHist`` of OpenCV's colour conversion.
+
+Transformers for scikit-learn: :class:`HOGTransformer`, :class:`ColorHistogramTransformer`,
+:class:`PixelTransformer`, combined by name with :func:`make_features` (``"hog+color"``).
+Pictures: :func:`hog_glyphs`, :func:`plot_hog`, :func:`plot_color_histogram`.
+"""
+
+from cvpipe.features._hog import BLOCK_NORMS, HOGParams, hog, hog_cells, hog_feature_count
+from cvpipe.features.color import (
+    SPACES,
+    ColorHistParams,
+    color_histogram,
+    color_histogram_size,
+    convert_color,
+)
+from cvpipe.features.transformers import (
+    FEATURE_NAMES,
+    ColorHistogramTransformer,
+    HOGTransformer,
+    ImageFeatureUnion,
+    PixelTransformer,
+    make_features,
+)
+from cvpipe.features.visualize import hog_glyphs, plot_color_histogram, plot_hog
+
+__all__ = [
+    "BLOCK_NORMS",
+    "FEATURE_NAMES",
+    "SPACES",
+    "ColorHistParams",
+    "ColorHistogramTransformer",
+    "HOGParams",
+    "HOGTransformer",
+    "ImageFeatureUnion",
+    "PixelTransformer",
+    "color_histogram",
+    "color_histogram_size",
+    "convert_color",
+    "hog",
+    "hog_cells",
+    "hog_feature_count",
+    "hog_glyphs",
+    "make_features",
+    "plot_color_histogram",
+    "plot_hog",
+]

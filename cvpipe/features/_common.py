@@ -1,0 +1,234 @@
+"""Shared plumbing of the feature extractors: input checks, backend choice, chunked threads.
+
+Two backends compute every feature:
+
+``"numpy"``
+    NumPy and OpenCV on the host. The batch is cut into chunks of a few hundred images; one
+    thread per core walks its own contiguous share of chunks (NumPy and OpenCV release the GIL
+    in the loops that matter), with work buffers allocated once per thread and call.
+``"torch"``
+    The same algorithm written once in device-agnostic PyTorch; it runs on ``cuda`` (or on
+    ``cpu`` for testing). Inputs already on the device stay there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cvpipe.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("numpy", "torch")
+
+
+def is_tensor(x: Any) -> bool:
+    """True for a ``torch.Tensor``, without importing torch when it is not loaded."""
+    mod = type(x).__module__
+    if not mod.startswith("torch"):
+        return False
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def n_workers(n_jobs: int | None) -> int:
+    """Threads for ``n_jobs`` in joblib's convention: None or 1 = one, -1 = all cores, -2 = all
+    but one, ..."""
+    if n_jobs is None or n_jobs == 0:
+        return 1
+    if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool):
+        raise ConfigError(f"n_jobs must be an integer, not {n_jobs!r}")
+    n = cpu_count()
+    return int(n_jobs) if n_jobs > 0 else max(1, n + 1 + int(n_jobs))
+
+
+def resolve_backend(images: Any, device: Any, backend: str | None) -> tuple[str, Any]:
+    """Pick ``(backend, torch_device_or_None)``.
+
+    ``device`` None (or ``"auto"``) means: the tensor's own device for a tensor input, else
+    ``cuda`` when available, else the CPU. ``backend`` None means ``"torch"`` for a tensor
+    input or a non-CPU device, else ``"numpy"``.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    tensor_in = is_tensor(images)
+    if device is None or (isinstance(device, str) and device == "auto"):
+        if tensor_in:
+            dev_type, dev = images.device.type, images.device
+        elif backend == "numpy":
+            return "numpy", None
+        else:
+            import torch
+
+            dev_type = "cuda" if torch.cuda.is_available() else "cpu"
+            dev = torch.device(dev_type)
+    else:
+        import torch
+
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"invalid device {device!r}: {exc}") from None
+        dev_type = dev.type
+        if dev_type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} requested but CUDA is not available here")
+    if backend is None:
+        backend = "torch" if (tensor_in or dev_type != "cpu") else "numpy"
+    if backend == "numpy":
+        if dev_type != "cpu":
+            raise ConfigError(f"the numpy backend runs on the CPU only, not on {dev}")
+        return "numpy", None
+    return "torch", dev
+
+
+def as_pair(value: Any, name: str, minimum: int = 1) -> tuple[int, int]:
+    """``(a, b)`` of positive ints from an int or a 2-sequence."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an int or a pair of ints, not {value!r}") from None
+    out = []
+    for v in (a, b):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
+            raise ConfigError(f"{name} must hold integers >= {minimum}, not {value!r}")
+        out.append(int(v))
+    return out[0], out[1]
+
+
+def check_images(images: Any, *, channels: int | None, name: str = "images") -> Any:
+    """Check a batch of images and return it as an array (or tensor) of shape (N, H, W, C).
+
+    Parameters
+    ----------
+    images : (N, H, W) or (N, H, W, C) array_like or torch.Tensor
+        Batch of images, channels last. ``(N, H, W)`` is a batch of single-channel images.
+    channels : int or None
+        Required number of channels, or None for any.
+
+    Returns
+    -------
+    (N, H, W, C) ndarray or torch.Tensor
+        Same data; a view where possible. Numeric and boolean dtypes are accepted.
+    """
+    if not is_tensor(images):
+        images = np.asarray(images)
+        if images.dtype == object or not (
+            np.issubdtype(images.dtype, np.number) or images.dtype == np.bool_
+        ):
+            raise ConfigError(f"{name} must be a numeric array, not dtype {images.dtype}")
+        if np.iscomplexobj(images):
+            raise ConfigError(f"{name} must be real-valued, not dtype {images.dtype}")
+    elif images.is_complex():
+        raise ConfigError(f"{name} must be real-valued, not dtype {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ConfigError(
+            f"{name} must be a batch of shape (N, H, W) or (N, H, W, C), "
+            f"not {tuple(images.shape)}"
+        )
+    if channels is not None and images.shape[-1] != channels:
+        raise ConfigError(
+            f"{name} must have {channels} channel(s) on the last axis, "
+            f"not shape {tuple(images.shape)}"
+        )
+    if images.shape[1] < 1 or images.shape[2] < 1 or images.shape[3] < 1:
+        raise ConfigError(f"{name} have an empty dimension: {tuple(images.shape)}")
+    return images
+
+
+def default_chunk(pixels_per_image: int, budget: int = 1 << 18) -> int:
+    """Images per chunk so a chunk holds about ``budget`` pixels (cache-sized work buffers)."""
+    return max(1, budget // max(1, pixels_per_image))
+
+
+def run_chunked(
+    n: int,
+    chunk: int,
+    n_jobs: int | None,
+    make_worker: Callable[[], Callable[[int, int], None]],
+) -> None:
+    """Run ``worker(start, stop)`` over ``range(n)`` in chunks, on up to ``n_jobs`` threads.
+
+    Each thread builds its own worker with ``make_worker()`` (so its buffers are allocated
+    once per call) and then takes the next chunk from a shared queue until none is left,
+    which keeps the cores busy when one of them is slowed by other processes.
+    """
+    if n == 0:
+        return
+    starts = iter(range(0, n, chunk))
+    threads = min(n_workers(n_jobs), -(-n // chunk))
+    lock = threading.Lock()
+
+    def run() -> None:
+        worker = make_worker()
+        while True:
+            with lock:
+                s = next(starts, None)
+            if s is None:
+                return
+            worker(s, min(s + chunk, n))
+
+    if threads == 1:
+        run()
+        return
+    log.debug("%d images in chunks of %d on %d threads", n, chunk, threads)
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cvpipe-features") as ex:
+        for fut in [ex.submit(run) for _ in range(threads)]:
+            fut.result()
+
+
+def check_out(out: Any, n: int, d: int, tensor_input: bool) -> None:
+    """Check a caller-supplied output array: float32 ndarray of shape (n, d), any strides."""
+    if out is None:
+        return
+    if tensor_input:
+        raise ConfigError("out= is for NumPy input; tensor input returns a tensor")
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != (n, d):
+        raise ConfigError(
+            f"out must be a float32 ndarray of shape ({n}, {d}), not "
+            f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+        )
+    if not out.flags.writeable:
+        raise ConfigError("out must be writable")
+
+
+def torch_module() -> Any:
+    """Import torch (lazily: the numpy backend does not need it)."""
+    import torch
+
+    return torch
+
+
+def to_device_tensor(images: Any, device: torch.device) -> torch.Tensor:
+    """``images`` as a tensor on ``device`` (no copy when already there)."""
+    torch = torch_module()
+    if is_tensor(images):
+        return images.to(device)
+    arr = np.ascontiguousarray(images)
+    if arr.dtype in (np.uint16, np.uint32, np.uint64):
+        arr = arr.astype(np.float64)  # torch lacks arithmetic on these
+    if not arr.flags.writeable:  # e.g. a memory-mapped dataset; torch wants writable memory
+        arr = arr.copy()
+    return torch.from_numpy(arr).to(device)

@@ -1,0 +1,489 @@
+"""scikit-learn transformers over the feature functions, and named feature combinations.
+
+The transformers are stateless: ``fit`` only checks the parameters and records the input
+shape, and ``transform`` also works unfitted (scikit-learn's ``requires_fit=False`` tag),
+so ``make_features("hog+color").transform(images)`` is enough to extract features. They
+clone, pickle, and nest in ``Pipeline``, ``FeatureUnion`` and ``GridSearchCV`` (e.g.
+``param_grid={"features__hog__orientations": [9, 12]}``).
+
+Inputs are batches of images ``(N, H, W, C)`` / ``(N, H, W)``, or flattened rows
+``(N, H * W * C)`` when ``image_shape`` is given (one dimension may be -1 and is inferred).
+Outputs are float32 ``(N, D)`` arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.pipeline import FeatureUnion
+from sklearn.utils.validation import check_array, validate_data
+
+from cvpipe.errors import ConfigError
+from cvpipe.features._common import is_tensor, n_workers, resolve_backend
+from cvpipe.features._hog import HOGParams, hog
+from cvpipe.features.color import ColorHistParams, color_histogram
+
+log = logging.getLogger(__name__)
+
+#: Component names understood by :func:`make_features` (joined with "+").
+FEATURE_NAMES = ("hog", "color", "pixels")
+_ALIASES = {"colour": "color", "hist": "color", "raw": "pixels"}
+
+
+def _image_shape(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"image_shape must be a tuple such as (32, 32, 3), not {value!r}") from None
+    if len(shape) not in (2, 3) or any(v == 0 or v < -1 for v in shape) or shape.count(-1) > 1:
+        raise ConfigError(
+            f"image_shape must be (H, W) or (H, W, C) with positive sizes and at most one -1, "
+            f"not {value!r}"
+        )
+    return shape
+
+
+class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Input handling shared by the image transformers (not a public class)."""
+
+    def _validated_params(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _extract(self, images: Any, params: Any, out: Any = None) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def _n_out(self, image_shape: tuple[int, ...], params: Any) -> int:  # pragma: no cover
+        raise NotImplementedError
+
+    def _check_common(self) -> None:
+        _image_shape(self.image_shape)
+        resolve_backend(np.empty(0), self.device, self.backend)
+        n_workers(self.n_jobs)
+
+    def _as_images(self, X: Any, reset: bool) -> Any:
+        """(N, H, W[, C]) images from image batches or flattened rows; records or checks the
+        shape seen by ``fit``."""
+        shape = _image_shape(self.image_shape)
+        if is_tensor(X):
+            images = X if X.ndim >= 3 else self._unflatten(X, shape)
+        else:
+            if hasattr(X, "ndim") and X.ndim >= 3:
+                images = check_array(
+                    X, allow_nd=True, dtype="numeric", ensure_all_finite=True,
+                    input_name="X",
+                )
+            else:
+                rows = validate_data(
+                    self, X, reset=reset, dtype="numeric", ensure_all_finite=True
+                )
+                images = self._unflatten(rows, shape)
+        n_feat = int(np.prod(images.shape[1:]))
+        if shape is not None and images.ndim - 1 == len(shape):
+            for got, want in zip(images.shape[1:], shape, strict=True):
+                if want != -1 and got != want:
+                    raise ValueError(
+                        f"images of shape {tuple(images.shape[1:])} do not match "
+                        f"image_shape={self.image_shape}"
+                    )
+        if reset:
+            self.n_features_in_ = n_feat
+            self.image_shape_ = tuple(int(s) for s in images.shape[1:])
+        elif hasattr(self, "n_features_in_"):
+            if n_feat != self.n_features_in_:
+                raise ValueError(
+                    f"X has {n_feat} features, but {type(self).__name__} is expecting "
+                    f"{self.n_features_in_} features as input (images of shape "
+                    f"{self.image_shape_})."
+                )
+            if tuple(images.shape[1:]) != self.image_shape_:
+                raise ValueError(
+                    f"images of shape {tuple(images.shape[1:])} differ from the shape "
+                    f"{self.image_shape_} seen in fit"
+                )
+        return images
+
+    def _unflatten(self, rows: Any, shape: tuple[int, ...] | None) -> Any:
+        if shape is None:
+            raise ValueError(
+                f"{type(self).__name__} got 2-D input of shape {tuple(rows.shape)}: pass "
+                f"images of shape (N, H, W[, C]), or set image_shape to unflatten rows"
+            )
+        known = int(np.prod([s for s in shape if s != -1]))
+        n_feat = int(rows.shape[1])
+        if (-1 in shape and n_feat % known) or (-1 not in shape and n_feat != known):
+            raise ValueError(
+                f"X has {n_feat} features per row, which do not form images of shape "
+                f"{self.image_shape}"
+            )
+        return rows.reshape((rows.shape[0], *shape))
+
+    def fit(self, X: Any, y: Any = None) -> _ImageTransformer:
+        """Check the parameters and the input; learn nothing else.
+
+        Parameters
+        ----------
+        X : (N, H, W[, C]) array_like, or (N, n_features) with ``image_shape``
+            Training images.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        params = self._validated_params()
+        self._check_common()
+        images = self._as_images(X, reset=True)
+        self._n_features_out = self._n_out(tuple(images.shape[1:]), params)
+        return self
+
+    def transform(self, X: Any) -> np.ndarray:
+        """Features of each image.
+
+        Parameters
+        ----------
+        X : (N, H, W[, C]) array_like or torch.Tensor, or (N, n_features) with ``image_shape``
+            Images to describe.
+
+        Returns
+        -------
+        (N, D) ndarray of float32
+        """
+        params = self._validated_params()
+        self._check_common()
+        images = self._as_images(X, reset=False)
+        out = self._extract(images, params)
+        if is_tensor(out):
+            out = out.detach().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
+
+    def _prepare_transform(self, X: Any) -> tuple[Any, Any, int]:
+        """(images, params, output width) for :class:`ImageFeatureUnion`."""
+        params = self._validated_params()
+        self._check_common()
+        images = self._as_images(X, reset=False)
+        return images, params, self._n_out(tuple(images.shape[1:]), params)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = False
+        tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+
+class HOGTransformer(_ImageTransformer):
+    """Histogram of Oriented Gradients features (see :func:`cvpipe.features.hog`).
+
+    Parameters
+    ----------
+    orientations, pixels_per_cell, cells_per_block, block_norm, transform_sqrt, channel_axis
+        As in :func:`cvpipe.features.hog`.
+    image_shape : tuple or None
+        ``(H, W[, C])`` to unflatten 2-D input rows; one entry may be -1.
+    device, backend, n_jobs
+        Where and how to compute, as in :func:`cvpipe.features.hog`.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Values per image seen by ``fit`` (H * W * C).
+    image_shape_ : tuple of int
+        Shape of one image seen by ``fit``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.zeros((4, 32, 32, 3), np.uint8)
+    >>> HOGTransformer(device="cpu").fit_transform(x).shape
+    (4, 324)
+    """
+
+    def __init__(
+        self,
+        orientations: int = 9,
+        pixels_per_cell: tuple[int, int] = (8, 8),
+        cells_per_block: tuple[int, int] = (2, 2),
+        block_norm: str = "L2-Hys",
+        transform_sqrt: bool = False,
+        channel_axis: int | None = -1,
+        image_shape: tuple[int, ...] | None = None,
+        device: Any = None,
+        backend: str | None = None,
+        n_jobs: int | None = -1,
+    ):
+        self.orientations = orientations
+        self.pixels_per_cell = pixels_per_cell
+        self.cells_per_block = cells_per_block
+        self.block_norm = block_norm
+        self.transform_sqrt = transform_sqrt
+        self.channel_axis = channel_axis
+        self.image_shape = image_shape
+        self.device = device
+        self.backend = backend
+        self.n_jobs = n_jobs
+
+    def _validated_params(self) -> HOGParams:
+        return HOGParams.make(
+            self.orientations,
+            self.pixels_per_cell,
+            self.cells_per_block,
+            self.block_norm,
+            self.transform_sqrt,
+            self.channel_axis,
+        )
+
+    def _n_out(self, image_shape: tuple[int, ...], params: HOGParams) -> int:
+        return params.layout(image_shape[0], image_shape[1])[4]
+
+    def _extract(self, images: Any, params: HOGParams, out: Any = None) -> Any:
+        return hog(
+            images,
+            params.orientations,
+            params.pixels_per_cell,
+            params.cells_per_block,
+            params.block_norm,
+            params.transform_sqrt,
+            params.channel_axis,
+            device=self.device,
+            backend=self.backend,
+            n_jobs=self.n_jobs,
+            out=out,
+        )
+
+
+class ColorHistogramTransformer(_ImageTransformer):
+    """Colour histogram features (see :func:`cvpipe.features.color_histogram`).
+
+    Parameters
+    ----------
+    space, bins, joint, grid, norm, ranges
+        As in :func:`cvpipe.features.color_histogram`.
+    image_shape : tuple or None
+        ``(H, W[, C])`` to unflatten 2-D input rows; one entry may be -1.
+    device, backend, n_jobs
+        Where and how to compute.
+
+    Attributes
+    ----------
+    n_features_in_ : int
+        Values per image seen by ``fit``.
+    image_shape_ : tuple of int
+        Shape of one image seen by ``fit``.
+    """
+
+    def __init__(
+        self,
+        space: str = "hsv",
+        bins: int | tuple[int, ...] = (8, 4, 4),
+        joint: bool = True,
+        grid: int | tuple[int, int] = (1, 1),
+        norm: str | None = "l1",
+        ranges: tuple[tuple[float, float], ...] | None = None,
+        image_shape: tuple[int, ...] | None = None,
+        device: Any = None,
+        backend: str | None = None,
+        n_jobs: int | None = -1,
+    ):
+        self.space = space
+        self.bins = bins
+        self.joint = joint
+        self.grid = grid
+        self.norm = norm
+        self.ranges = ranges
+        self.image_shape = image_shape
+        self.device = device
+        self.backend = backend
+        self.n_jobs = n_jobs
+
+    def _validated_params(self) -> ColorHistParams:
+        return ColorHistParams.make(
+            self.space, self.bins, self.joint, self.grid, self.norm, self.ranges
+        )
+
+    def _n_out(self, image_shape: tuple[int, ...], params: ColorHistParams) -> int:
+        params.check_size(image_shape[0], image_shape[1])
+        return params.n_features()
+
+    def _extract(self, images: Any, params: ColorHistParams, out: Any = None) -> Any:
+        return color_histogram(
+            images,
+            params.space,
+            params.bins,
+            params.joint,
+            params.grid,
+            params.norm,
+            params.ranges,
+            device=self.device,
+            backend=self.backend,
+            n_jobs=self.n_jobs,
+            out=out,
+        )
+
+
+class PixelTransformer(_ImageTransformer):
+    """Raw pixels as features: each image flattened to float32, 8-bit values scaled to [0, 1].
+
+    Parameters
+    ----------
+    scale : bool
+        Divide uint8 images by 255 (float images are kept as they are).
+    image_shape : tuple or None
+        ``(H, W[, C])`` to unflatten 2-D input rows; one entry may be -1.
+    device, backend, n_jobs
+        Accepted for a uniform interface; flattening runs on the host.
+    """
+
+    def __init__(
+        self,
+        scale: bool = True,
+        image_shape: tuple[int, ...] | None = None,
+        device: Any = None,
+        backend: str | None = None,
+        n_jobs: int | None = -1,
+    ):
+        self.scale = scale
+        self.image_shape = image_shape
+        self.device = device
+        self.backend = backend
+        self.n_jobs = n_jobs
+
+    def _validated_params(self) -> bool:
+        if not isinstance(self.scale, (bool, np.bool_)):
+            raise ConfigError(f"scale must be True or False, not {self.scale!r}")
+        return bool(self.scale)
+
+    def _n_out(self, image_shape: tuple[int, ...], params: bool) -> int:
+        return int(np.prod(image_shape))
+
+    def _extract(self, images: Any, scale: bool, out: Any = None) -> Any:
+        if is_tensor(images):
+            images = images.detach().cpu().numpy()
+        x = np.asarray(images)
+        flat = x.reshape(len(x), -1)
+        if out is None:
+            out = np.empty(flat.shape, dtype=np.float32)
+        np.copyto(out, flat, casting="unsafe")
+        if scale and x.dtype == np.uint8:
+            out *= np.float32(1 / 255)
+        return out
+
+
+class ImageFeatureUnion(FeatureUnion):
+    """A :class:`~sklearn.pipeline.FeatureUnion` of cvpipe image transformers that writes
+    every component's features straight into one output array (no per-component arrays
+    and no final ``hstack`` copy). Anything else -- other transformers, weights, pandas
+    output, metadata routing -- falls back to ``FeatureUnion``'s own ``transform``."""
+
+    def _fusable(self) -> bool:
+        parts = [t for _, t in self.transformer_list if t not in ("drop", None)]
+        config = getattr(self, "_sklearn_output_config", {}) or {}
+        return (
+            bool(parts)
+            and all(isinstance(t, _ImageTransformer) for t in parts)
+            and not self.transformer_weights
+            and config.get("transform", "default") == "default"
+        )
+
+    def transform(self, X: Any, **params: Any) -> Any:
+        """Features of each image from every component, side by side; (N, D) float32."""
+        if params or not self._fusable():
+            return super().transform(X, **params)
+        parts = [t for _, t in self.transformer_list if t not in ("drop", None)]
+        prepared = [t._prepare_transform(X) for t in parts]
+        n = len(prepared[0][0])
+        out = np.empty((n, sum(w for _, _, w in prepared)), dtype=np.float32)
+        start = 0
+        for t, (images, p, width) in zip(parts, prepared, strict=True):
+            view = out[:, start : start + width]
+            if is_tensor(images):  # computed where the tensor lives, then copied here
+                res = t._extract(images, p)
+                view[...] = res.detach().cpu().numpy() if is_tensor(res) else res
+            else:
+                t._extract(images, p, out=view)
+            start += width
+        return out
+
+    def fit_transform(self, X: Any, y: Any = None, **params: Any) -> Any:
+        """Fit every component (they only check their input), then :meth:`transform`."""
+        if params or not self._fusable():
+            return super().fit_transform(X, y, **params)
+        return self.fit(X, y).transform(X)
+
+
+_CLASSES: dict[str, type[_ImageTransformer]] = {
+    "hog": HOGTransformer,
+    "color": ColorHistogramTransformer,
+    "pixels": PixelTransformer,
+}
+
+
+def make_features(name: str, **params: Any) -> _ImageTransformer | ImageFeatureUnion:
+    """Build a feature extractor from a name such as ``"hog"``, ``"color"`` or ``"hog+color"``.
+
+    Parameters
+    ----------
+    name : str
+        Component names joined by "+": ``hog`` (:class:`HOGTransformer`), ``color`` (alias
+        ``colour``; :class:`ColorHistogramTransformer`), ``pixels`` (alias ``raw``;
+        :class:`PixelTransformer`).
+    **params
+        ``<component>__<param>`` sets a parameter of one component (``hog__orientations=12``,
+        ``color__space="lab"``); a plain ``<param>`` is given to every component that has
+        it (``n_jobs=1``, ``device="cpu"``, ``image_shape=(32, 32, 3)``).
+
+    Returns
+    -------
+    transformer or ImageFeatureUnion
+        The transformer itself for one component, else an :class:`ImageFeatureUnion` (a
+        ``FeatureUnion``) of the components, named after them in the order given, whose
+        output columns are the components' features side by side.
+
+    Raises
+    ------
+    ConfigError
+        Unknown or repeated component, a parameter no component takes, or an invalid
+        parameter value.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"feature name must be a non-empty string, not {name!r}")
+    parts = [_ALIASES.get(p.strip().lower(), p.strip().lower()) for p in name.split("+")]
+    for part in parts:
+        if part not in _CLASSES:
+            raise ConfigError(
+                f"unknown feature {part!r} in {name!r}; choose from "
+                f"{', '.join(FEATURE_NAMES)} (joined with '+')"
+            )
+    if len(set(parts)) != len(parts):
+        raise ConfigError(f"feature {name!r} names a component twice")
+    per: dict[str, dict[str, Any]] = {p: {} for p in parts}
+    for key, value in params.items():
+        if "__" in key:
+            comp, _, sub = key.partition("__")
+            comp = _ALIASES.get(comp, comp)
+            if comp not in per:
+                raise ConfigError(f"parameter {key!r}: {comp!r} is not part of {name!r}")
+            if sub not in _CLASSES[comp]._get_param_names():
+                raise ConfigError(
+                    f"parameter {key!r}: {_CLASSES[comp].__name__} has no parameter {sub!r}"
+                )
+            per[comp][sub] = value
+        else:
+            takers = [p for p in parts if key in _CLASSES[p]._get_param_names()]
+            if not takers:
+                raise ConfigError(f"no component of {name!r} takes a parameter {key!r}")
+            for p in takers:
+                per[p].setdefault(key, value)
+    steps = []
+    for part in parts:
+        est = _CLASSES[part](**per[part])
+        est._validated_params()
+        est._check_common()
+        steps.append((part, est))
+    if len(steps) == 1:
+        return steps[0][1]
+    return ImageFeatureUnion(steps)
