@@ -1,0 +1,239 @@
+"""Settings of a CNN training run, and the device choice.
+
+Every field has a default; the ones left at ``None`` are filled in by :meth:`CNNConfig.resolved`
+from the device (a small, fast net on a CPU; ResNet-9 on a GPU) and the optimiser, and the
+resolved values are what a model's metadata records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+
+from cvpipe.cnn.net import ACTIVATIONS, NetConfig
+from cvpipe.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("onecycle", "cosine", "plateau", "constant")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Peak learning rate and weight decay per optimiser when ``lr``/``weight_decay`` are None.
+DEFAULT_LR = {"sgd": 0.4, "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3, "adagrad": 0.05}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 5e-5, "adamw": 0.05, "rmsprop": 5e-5, "adagrad": 5e-5}
+#: Per device kind: (width, epochs, batch size, channels_last, mixed precision).
+DEVICE_DEFAULTS = {"cpu": (16, 10.0, 256, True, False), "cuda": (64, 16.0, 512, True, True)}
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    """How to train the CNN.
+
+    Parameters
+    ----------
+    epochs : float, optional
+        Passes over the training split (fractions allowed). Default: as many as fit in
+        ``time_budget`` when one is given, else 10 on a CPU and 16 on a GPU; with a
+        budget, an explicit value is the upper limit.
+    time_budget : float, optional
+        Seconds of training (the loop including per-epoch validation and checkpoints;
+        not the final scoring). Throughput is measured on a few steps first and the
+        schedule is planned so the learning-rate decay ends inside the budget.
+    batch_size : int, optional
+        Training batch (default 256 on a CPU, 512 on a GPU).
+    optimizer : {"sgd", "adam", "adamw", "rmsprop", "adagrad"}
+    lr : float, optional
+        Peak learning rate (default per optimiser, see ``DEFAULT_LR``).
+    momentum, nesterov : float, bool
+        For SGD (momentum also for RMSProp).
+    weight_decay : float, optional
+        On convolution and linear weights only, not on batch-norm parameters.
+    label_smoothing : float
+    schedule : {"onecycle", "cosine", "plateau", "constant"}
+        "onecycle": linear warm-up to the peak over ``warmup`` of training, then linear
+        decay to zero; "cosine": the same warm-up, then cosine decay; "plateau": warm-up,
+        then divide by ``1 / plateau_factor`` when validation loss stalls for
+        ``plateau_patience`` epochs.
+    warmup : float
+        Fraction of training spent warming up.
+    grad_clip : float, optional
+        Clip the gradient's global norm to this value.
+    patience : int, optional
+        Early stopping: stop after this many epochs without a better validation accuracy.
+    translate, flip, cutout : int, bool, int
+        Augmentation: random shift by up to ``translate`` pixels (reflect padding),
+        horizontal flip, zeroing a random ``cutout`` x ``cutout`` square (0: off).
+    tta : bool
+        Average predictions over the image and its mirror image at evaluation.
+    width : int, optional
+        Channels of the stem; the stages have 2x, 4x, 8x (default 16 on CPU, 64 on GPU).
+    blocks : tuple of int
+        Residual blocks after the stem and each stage.
+    activation : {"relu", "gelu", "silu"}
+    device : {"auto", "cpu", "cuda"} or "cuda:N"
+        "auto": CUDA if available, else CPU.
+    seed : int
+        Seeds initialisation, shuffling and augmentation; CPU runs repeat exactly.
+    amp : bool, optional
+        bfloat16 autocast (default on for CUDA, off on CPU).
+    channels_last : bool, optional
+        NHWC memory layout (default on; faster on both CPU and GPU).
+    compile : bool
+        ``torch.compile`` the training step's model (GPU; slow to start).
+    eval_batch_size : int
+    resume : bool
+        Continue from the last checkpoint of the same model and settings if one exists.
+    """
+
+    epochs: float | None = None
+    time_budget: float | None = None
+    batch_size: int | None = None
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float | None = None
+    label_smoothing: float = 0.2
+    schedule: str = "onecycle"
+    warmup: float = 0.2
+    plateau_factor: float = 0.2
+    plateau_patience: int = 2
+    grad_clip: float | None = None
+    patience: int | None = 10
+    translate: int = 2
+    flip: bool = True
+    cutout: int = 0
+    tta: bool = True
+    width: int | None = None
+    blocks: tuple[int, ...] = (0, 1, 0, 1)
+    activation: str = "relu"
+    device: str = "auto"
+    seed: int = 0
+    amp: bool | None = None
+    channels_last: bool | None = None
+    compile: bool = False
+    eval_batch_size: int = 1024
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, message: str) -> None:
+            if not ok:
+                raise ConfigError(f"cnn config: {message}")
+
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}")
+        check(self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}")
+        check(self.device in DEVICES or self.device.startswith("cuda:"),
+              f"device must be one of {', '.join(DEVICES)} or cuda:N, not {self.device!r}")
+        check(self.epochs is None or self.epochs > 0, "epochs must be positive")
+        check(self.time_budget is None or self.time_budget > 0, "time_budget must be positive seconds")
+        check(self.batch_size is None or self.batch_size >= 2, "batch_size must be at least 2")
+        check(self.lr is None or self.lr > 0, "lr must be positive")
+        check(0 <= self.warmup < 1, "warmup is a fraction of training in [0, 1)")
+        check(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
+        check(0 < self.plateau_factor < 1, "plateau_factor must be in (0, 1)")
+        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip must be positive")
+        check(self.patience is None or self.patience >= 1, "patience must be at least 1")
+        check(0 <= self.translate <= 8 and 0 <= self.cutout <= 32, "translate in 0..8, cutout in 0..32")
+        check(self.width is None or self.width >= 1, "width must be positive")
+        check(len(self.blocks) == 4 and all(b >= 0 for b in self.blocks),
+              "blocks needs 4 non-negative counts (stem and 3 stages)")
+        check(self.eval_batch_size >= 1, "eval_batch_size must be positive")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CNNConfig:
+        """Build from a mapping (a TOML table, JSON); unknown keys are an error.
+
+        Keys may use dashes or underscores (``time-budget`` or ``time_budget``).
+        """
+        known = {f.name for f in fields(cls)}
+        clean = {str(k).replace("-", "_"): v for k, v in d.items()}
+        unknown = sorted(set(clean) - known)
+        if unknown:
+            raise ConfigError(f"cnn config: unknown key(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(known))}")
+        if "blocks" in clean:
+            clean["blocks"] = tuple(int(b) for b in clean["blocks"])
+        try:
+            return cls(**clean)
+        except TypeError as exc:  # a value of the wrong type, e.g. a string for epochs
+            raise ConfigError(f"cnn config: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["blocks"] = list(self.blocks)
+        return d
+
+    def replace(self, **changes: Any) -> CNNConfig:
+        """A copy with some fields changed (validated again); ``None`` values are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def resolved(self, device: torch.device) -> CNNConfig:
+        """This config with every ``None`` default filled in for ``device``."""
+        width, epochs, batch, channels_last, amp = DEVICE_DEFAULTS[device.type]
+        return dataclasses.replace(
+            self,
+            width=self.width or width,
+            epochs=self.epochs if self.epochs is not None or self.time_budget else epochs,
+            batch_size=self.batch_size or batch,
+            lr=self.lr or DEFAULT_LR[self.optimizer],
+            weight_decay=DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None
+            else self.weight_decay,
+            channels_last=channels_last if self.channels_last is None else self.channels_last,
+            amp=amp if self.amp is None else self.amp,
+        )
+
+    def net_config(self, n_classes: int) -> NetConfig:
+        w = self.width or DEVICE_DEFAULTS["cpu"][0]
+        return NetConfig(widths=(w, 2 * w, 4 * w, 8 * w), blocks=tuple(self.blocks),
+                         activation=self.activation, n_classes=n_classes)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"``: the first CUDA device if there is one, else the CPU; else as named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here "
+                          "(CPU build of torch or no GPU); use --device cpu or auto")
+    return device
+
+
+def add_cnn_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line options for the commonly changed :class:`CNNConfig` fields.
+
+    Every default is None (meaning: keep the config file's or the built-in value); build
+    the config with :func:`cnn_config_from_args`. The training seed is ``--train-seed``
+    because ``--seed`` already names the validation split's seed.
+    """
+    g = parser.add_argument_group("cnn (--pipeline cnn)")
+    g.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="plan the schedule to finish training in this many seconds")
+    g.add_argument("--epochs", type=float, help="epochs (default 10 on CPU, 16 on GPU; with a "
+                   "budget: as many as fit)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if present")
+    g.add_argument("--train-seed", type=int, help="seed of initialisation, shuffling, augmentation")
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
+    g.add_argument("--lr", type=float, help="peak learning rate")
+    g.add_argument("--schedule", choices=SCHEDULES)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--width", type=int, help="stem channels; stages have 2x, 4x, 8x")
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, help="flip test-time augmentation")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (GPU)")
+    g.add_argument("--resume", action=argparse.BooleanOptionalAction,
+                   help="continue from the last checkpoint of this model")
+
+
+def cnn_config_from_args(args: argparse.Namespace, base: CNNConfig | dict[str, Any] | None = None
+                         ) -> CNNConfig:
+    """``base`` (a CNNConfig or a TOML table) with the options given on the command line applied."""
+    config = base if isinstance(base, CNNConfig) else CNNConfig.from_dict(base or {})
+    names = ("time_budget", "epochs", "device", "optimizer", "lr", "schedule", "batch_size", "width",
+             "tta", "compile", "resume")
+    changes = {name: getattr(args, name, None) for name in names}
+    changes["seed"] = getattr(args, "train_seed", None)
+    return config.replace(**changes)

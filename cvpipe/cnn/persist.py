@@ -1,0 +1,111 @@
+"""Saved CNN models: ``weights.safetensors`` + ``model.json``, loaded as a Predictor.
+
+Registers the artifact kind "cnn" with :mod:`cvpipe.models` on import. ``model.json``
+holds ``architecture`` (the :class:`~cvpipe.cnn.net.NetConfig`), ``normalisation``
+(per-channel mean and std of the training split, 0-255 scale) and ``tta``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from cvpipe.cnn.config import resolve_device
+from cvpipe.cnn.infer import logits
+from cvpipe.cnn.net import NetConfig, ResNet
+from cvpipe.models.artifact import ArtifactError, register_kind
+
+log = logging.getLogger(__name__)
+
+KIND = "cnn"
+WEIGHTS = "weights.safetensors"
+
+
+class CNNPredictor:
+    """A trained CNN behind the :class:`cvpipe.models.Predictor` interface.
+
+    Parameters
+    ----------
+    model : ResNet
+    metadata : dict
+        The model's ``model.json``.
+    device : str
+        Where to run: "cpu" (default), "cuda" or "auto".
+    batch_size : int
+        Images per forward pass.
+    tta : bool, optional
+        Flip test-time augmentation; default: as the model was validated.
+    """
+
+    def __init__(self, model: ResNet, metadata: dict[str, Any], device: str = "cpu",
+                 batch_size: int = 512, tta: bool | None = None) -> None:
+        self.metadata = metadata
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        norm = metadata["normalisation"]
+        self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(norm["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.batch_size = batch_size
+        self.tta = bool(metadata.get("tta", False)) if tta is None else tta
+        self.input_size = tuple(metadata.get("input_size", (32, 32)))
+
+    def to(self, device: str) -> CNNPredictor:
+        """Run on another device ("cpu", "cuda", "auto"); returns self."""
+        self.device = resolve_device(device)
+        self.model.to(self.device)
+        return self
+
+    def _check(self, images: np.ndarray) -> np.ndarray:
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (*self.input_size, 3):
+            raise ValueError(f"expected uint8 (N, {self.input_size[0]}, {self.input_size[1]}, 3) RGB "
+                             f"images, got {images.dtype} {images.shape}")
+        return images
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """float32 (N, n_classes) logits."""
+        z = logits(self.model, self._check(images), self.mean, self.std, batch_size=self.batch_size,
+                   tta=self.tta)
+        return z.cpu().numpy()
+
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, str]:
+        """(N, n_classes) class probabilities (softmax) and the kind "probability"."""
+        z = torch.from_numpy(self.logits(images))
+        return torch.softmax(z, dim=1).numpy(), "probability"
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """int64 (N,) class indices into ``metadata["classes"]``."""
+        return self.logits(images).argmax(1).astype(np.int64)
+
+
+def save_weights(model: ResNet, directory: Path) -> None:
+    """Write the model's state (weights and batch-norm statistics) as ``weights.safetensors``."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path = Path(directory) / WEIGHTS
+    save_file(tensors, str(path), metadata={"format": "cvpipe-cnn"})
+    path.chmod(0o644)  # safetensors writes 0600; a model is read by the service, maybe as another user
+
+
+def load(model_dir: str | Path, meta: dict[str, Any], device: str = "cpu") -> CNNPredictor:
+    """The loader of kind "cnn" (its files were already checked against ``model.json``)."""
+    model_dir = Path(model_dir)
+    try:
+        model = ResNet(NetConfig.from_dict(meta["architecture"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{model_dir}: model.json has no valid CNN architecture ({exc})") from exc
+    try:
+        state = load_file(str(model_dir / WEIGHTS))
+        model.load_state_dict(state, strict=True)
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        raise ArtifactError(f"{model_dir / WEIGHTS}: unreadable or does not fit the architecture "
+                            f"({exc})") from exc
+    return CNNPredictor(model, meta, device=device)
+
+
+register_kind(KIND, "cvpipe.cnn.persist:load")
