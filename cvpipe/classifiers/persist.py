@@ -77,13 +77,12 @@ class ClassicPredictor:
     """A loaded classic model: raw images -> features -> preprocessing -> classifier."""
 
     def __init__(self, metadata: dict[str, Any], preprocess: Any, classifier: BaseEstimator):
-        from cvpipe.features import make_features
+        from cvpipe.classifiers.specs import build_features
 
         self.metadata = metadata
         self.preprocess = preprocess
         self.classifier = classifier
-        f = metadata["features"]
-        self.feature_extractor = make_features(f["name"], **f.get("params", {}))
+        self.feature_extractor = build_features(metadata["features"])
 
     def features(self, images: np.ndarray) -> np.ndarray:
         """Preprocessed feature vectors of uint8 (N, H, W, 3) images."""

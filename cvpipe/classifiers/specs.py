@@ -103,6 +103,26 @@ class PipelineSpec:
         return spec
 
 
+def build_features(features: dict[str, Any]) -> BaseEstimator:
+    """The feature extractor a features config describes.
+
+    ``{"name": "hog+color", "params": {...}}`` goes to :func:`cvpipe.features.make_features`;
+    ``{"name": "<label>", "components": [{"name": "hog", "params": {...}}, ...]}`` is the union
+    of several extractors, so one component may appear twice (HOG at two cell sizes).
+    """
+    from sklearn.pipeline import FeatureUnion
+
+    from cvpipe.features import make_features
+
+    components = features.get("components")
+    if components is None:
+        return make_features(features["name"], **features.get("params", {}))
+    if not isinstance(components, list) or not components:
+        raise ConfigError(f"features {features.get('name')!r}: components must be a non-empty list")
+    return FeatureUnion([(f"{c['name']}_{i}", make_features(c["name"], **c.get("params", {})))
+                         for i, c in enumerate(components)])
+
+
 def build_preprocess(preprocess: dict[str, Any]) -> Pipeline | None:
     """StandardScaler and optional PCA (whitened with ``whiten=true``), or None."""
     steps: list[tuple[str, BaseEstimator]] = []

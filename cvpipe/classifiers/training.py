@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.persist import save_classic_model
-from cvpipe.classifiers.specs import PipelineSpec, build_classifier, build_preprocess
+from cvpipe.classifiers.specs import PipelineSpec, build_classifier, build_features, build_preprocess
 from cvpipe.data.dataset import Dataset
 from cvpipe.metrics import classification_metrics
+from cvpipe.models.artifact import read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,7 @@ CHUNK = 4096
 def extract_features(images: np.ndarray, features: dict[str, Any], desc: str = "features",
                      progress: bool = True) -> tuple[np.ndarray, float]:
     """Feature matrix (N, D) float32 of uint8 images, in chunks, and images per second."""
-    from cvpipe.features import make_features
-
-    extractor = make_features(features["name"], **features.get("params", {}))
+    extractor = build_features(features)
     start = time.perf_counter()
     chunks = []
     for i in tqdm(range(0, len(images), CHUNK), desc=desc, unit="chunk", disable=None if progress
@@ -172,4 +171,4 @@ def train_classic(ds: Dataset, spec: PipelineSpec, model_dir: Path, *, refit: bo
     log.info("%s: train %.4f val %.4f test %.4f, fit %.1f s -> %s", spec.name,
              metrics["train"]["accuracy"], metrics["val"]["accuracy"], metrics["test"]["accuracy"],
              fit_seconds, model_dir)
-    return metadata
+    return read_metadata(model_dir, verify=False)  # as written, with kind, files, versions

@@ -13,7 +13,6 @@ import numpy as np
 from cvpipe.config import models_dir
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.errors import ConfigError
-from cvpipe.metrics import classification_metrics, format_metrics
 from cvpipe.models.artifact import load_model, read_metadata
 
 log = logging.getLogger(__name__)
@@ -58,6 +57,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from cvpipe.metrics import classification_metrics, format_metrics
+
     path = _model_path(args.model, args.models_dir)
     model = load_model(path)
     meta = model.metadata

@@ -1,0 +1,166 @@
+"""Classic pipelines end to end on tiny data: selection, artifacts, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvpipe.classifiers.specs import PipelineSpec, load_pipeline_config
+from cvpipe.classifiers.training import train_classic
+from cvpipe.cli import main
+from cvpipe.data import load_cifar10
+from cvpipe.errors import ConfigError
+from cvpipe.models import ArtifactError, load_model
+from cvpipe.pipelines import all_pipelines
+from tests import synthetic
+
+FEATURES = {"name": "hog+color", "params": {"hog__pixels_per_cell": [8, 8]}}
+CLASSIFIERS = {
+    "linear-svm": {"type": "linear-svm", "params": {"C": 0.01}},
+    "rbf-svm": {"type": "rbf-svm", "params": {"C": 1.0}},  # exact SVC on a small set
+    "nystroem-svm": {"type": "rbf-svm", "params": {"approximation": "nystroem", "n_components": 50}},
+    "opencv-svm": {"type": "opencv-svm", "params": {"kernel": "rbf", "C": 1.0}},
+    "mlp": {"type": "mlp", "params": {"hidden_sizes": [32], "max_epochs": 15, "lr": 0.01}},
+    "softmax": {"type": "softmax", "params": {"max_epochs": 15, "lr": 0.01}},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    synthetic.write_image_folder(root / "src", n_train=20, n_test=5)
+    return load_cifar10(root / "src", root / "data", val_fraction=0.25)
+
+
+@pytest.mark.parametrize("clf", sorted(CLASSIFIERS))
+def test_every_classifier_trains_saves_and_reloads(tiny, tmp_path, clf):
+    spec = PipelineSpec.from_dict(clf, {"features": FEATURES, "classifier": CLASSIFIERS[clf]})
+    meta = train_classic(tiny, spec, tmp_path / clf, progress=False)
+    m = meta["metrics"]
+    assert m["test"]["accuracy"] > 0.5, m["test"]["accuracy"]  # chance is 0.1
+    assert set(m) == {"train", "val", "test"} and m["train"]["split"] == "train_full"
+    assert meta["selection"]["split"] == "val"
+
+    model = load_model(tmp_path / clf)
+    x_test, y_test = tiny.split("test")
+    scores, kind = model.scores(np.asarray(x_test))
+    assert kind == ("probability" if clf in ("mlp", "softmax") else "decision")
+    # The reloaded model reproduces the metrics computed before saving.
+    assert (scores.argmax(1) == y_test).mean() == pytest.approx(m["test"]["accuracy"])
+    on_disk = json.loads((tmp_path / clf / "model.json").read_text())
+    assert on_disk["classes"] == list(synthetic.CLASSES) and on_disk["input_size"] == [32, 32]
+    assert not any(f.endswith((".pkl", ".pickle", ".joblib")) for f in on_disk["files"])
+
+
+def test_selection_picks_on_validation_and_records_candidates(tiny, tmp_path):
+    spec = PipelineSpec.from_dict("grid", {
+        "features": {"name": "color"},
+        "classifier": {"type": "linear-svm"},
+        "grid": {"classifier.C": [1e-6, 1.0]},
+    })
+    meta = train_classic(tiny, spec, tmp_path / "g", progress=False)
+    cands = meta["selection"]["candidates"]
+    assert [c["params"]["classifier.C"] for c in cands] == [1e-6, 1.0]
+    best = max(cands, key=lambda c: c["val_accuracy"])
+    assert meta["selection"]["chosen"] == best["params"]
+    assert meta["metrics"]["val"]["accuracy"] == pytest.approx(best["val_accuracy"])
+
+
+def test_flip_augmentation_and_feature_components(tiny, tmp_path):
+    spec = PipelineSpec.from_dict("multi", {
+        "features": {"name": "hog2+color", "components": [
+            {"name": "hog", "params": {"pixels_per_cell": [8, 8]}},
+            {"name": "hog", "params": {"pixels_per_cell": [16, 16]}},
+            {"name": "color"}]},
+        "classifier": {"type": "linear-svm", "params": {"C": 0.01}},
+        "augment_flip": True,
+    })
+    meta = train_classic(tiny, spec, tmp_path / "m", progress=False, refit=False)
+    assert meta["feature_dim"] == 324 + 36 + 128
+    assert meta["metrics"]["train"]["split"] == "train"
+    model = load_model(tmp_path / "m")
+    assert model.predict(np.asarray(tiny.split("test")[0][:3])).shape == (3,)
+
+
+def test_tampered_and_truncated_artifacts_fail_clearly(tiny, tmp_path):
+    spec = PipelineSpec.from_dict("t", {"features": FEATURES, "classifier": CLASSIFIERS["mlp"]})
+    train_classic(tiny, spec, tmp_path / "t", progress=False)
+    weights = tmp_path / "t" / "classifier.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="tampered with or truncated"):
+        load_model(tmp_path / "t")
+    weights.write_bytes(data)
+    load_model(tmp_path / "t")
+    (tmp_path / "t" / "model.json").write_text('{"format": "cvpipe-model", "files": ')
+    with pytest.raises(ArtifactError, match="unreadable or truncated"):
+        load_model(tmp_path / "t")
+    with pytest.raises(ArtifactError, match="not a cvpipe model"):
+        load_model(tmp_path / "nothing")
+
+
+def test_skops_file_with_foreign_type_is_refused(tiny, tmp_path):
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    spec = PipelineSpec.from_dict("s", {"features": FEATURES, "classifier": CLASSIFIERS["linear-svm"]})
+    train_classic(tiny, spec, tmp_path / "s", progress=False)
+    # Swap in an object that calls a function, and re-sign model.json as an attacker could.
+    sio.dump(FunctionTransformer(func=print), tmp_path / "s" / "classifier.skops")
+    meta = json.loads((tmp_path / "s" / "model.json").read_text())
+    import hashlib
+
+    meta["files"]["classifier.skops"] = hashlib.sha256(
+        (tmp_path / "s" / "classifier.skops").read_bytes()).hexdigest()
+    (tmp_path / "s" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="refusing to load unexpected types"):
+        load_model(tmp_path / "s")
+
+
+def test_builtin_pipelines_parse_and_bad_configs_are_clear(tmp_path):
+    specs = all_pipelines()
+    assert {"color-linear-svm", "hog-linear-svm", "hog+color-linear-svm", "hog+color-mlp",
+            "pixels-softmax"} <= set(specs)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[pipelines.x]\nfeatures = {name = "hog"}\nclassifier = {type = "forest"}\n')
+    with pytest.raises(ConfigError, match="forest"):
+        load_pipeline_config(bad)
+    bad.write_text('[pipelines.x]\nfeatures = {name = "hog"}\nclassifier = {type = "mlp"}\n'
+                   'grid = {"C" = [1]}\n')
+    with pytest.raises(ConfigError, match="grid key"):
+        load_pipeline_config(bad)
+
+
+def test_cli_train_evaluate_predict(tmp_path, capsys):
+    src = tmp_path / "src"
+    synthetic.write_image_folder(src, n_train=12, n_test=4)
+    config = tmp_path / "p.toml"
+    config.write_text('[pipelines.quick]\nfeatures = {name = "hog+color"}\n'
+                      'classifier = {type = "linear-svm", params = {C = 0.01}}\n')
+    common = ["--source", str(src), "--models-dir", str(tmp_path / "models")]
+    assert main(["train", "--pipeline", "quick", "--config", str(config), *common]) == 0
+    assert "test" in capsys.readouterr().out
+    assert main(["evaluate", "quick", "--json", *common]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 40 and len(metrics["confusion_matrix"]) == 10
+
+    # Any size and format: a 50x70 RGBA PNG and a grayscale JPEG.
+    x, _ = synthetic.make_images(1)
+    png, jpg = tmp_path / "a.png", tmp_path / "b.jpg"
+    Image.fromarray(x[3]).resize((50, 70)).convert("RGBA").save(png)
+    Image.fromarray(x[7]).convert("L").save(jpg)
+    assert main(["predict", "quick", str(png), str(jpg), "--json", "--top-k", "2",
+                 "--models-dir", str(tmp_path / "models")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [len(r["top"]) for r in out] == [2, 2] and out[0]["top"][0]["class"] == "cat"
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    code = main(["predict", "quick", str(bad), "--models-dir", str(tmp_path / "models")])
+    assert code == 2 and "bad.png" in capsys.readouterr().err
+    assert main(["models", "list", "--models-dir", str(tmp_path / "models")]) == 0
+    assert "quick" in capsys.readouterr().out
