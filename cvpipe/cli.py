@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from cvpipe import __version__
 from cvpipe.errors import CvpipeError
 
-COMMAND_MODULES: tuple[str, ...] = ("cvpipe.data.cli", "cvpipe.models.cli")
+COMMAND_MODULES: tuple[str, ...] = ("cvpipe.data.cli", "cvpipe.models.cli", "cvpipe.compare.cli")
 
 log = logging.getLogger("cvpipe")
 

@@ -1,0 +1,111 @@
+"""Writing a comparison run: ``results.json``, ``report.md`` and a self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from cvpipe.compare import plots
+
+COLUMNS = [  # (key, header, format)
+    ("pipeline", "pipeline", "{}"),
+    ("feature_dim", "feature dim", "{}"),
+    ("train_accuracy", "train acc", "{:.1%}"),
+    ("val_accuracy", "val acc", "{:.1%}"),
+    ("test_accuracy", "test acc", "{:.1%}"),
+    ("macro_precision", "macro P", "{:.3f}"),
+    ("macro_recall", "macro R", "{:.3f}"),
+    ("macro_f1", "macro F1", "{:.3f}"),
+    ("log_loss", "log loss", "{:.3f}"),
+    ("extraction_images_per_second", "extract img/s", "{:,.0f}"),
+    ("fit_seconds", "fit s", "{:.1f}"),
+    ("latency_ms_single", "latency ms (1 img)", "{:.2f}"),
+    ("latency_ms_per_image_batch", "ms/img (batch)", "{:.3f}"),
+    ("model_bytes", "model size", "{}"),
+]
+
+
+def _fmt(key: str, fmt: str, value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if key == "model_bytes":
+        for unit in ("B", "KiB", "MiB", "GiB"):
+            if value < 1024 or unit == "GiB":
+                return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            value /= 1024
+    return fmt.format(value)
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    return [[_fmt(k, f, r.get(k)) for k, _, f in COLUMNS] for r in rows]
+
+
+def _figures(results: dict[str, Any]) -> list[tuple[str, str, bytes]]:
+    """(section, caption, png) for every figure of the report."""
+    rows = results["pipelines"]
+    classes = results["dataset"]["classes"]
+    arrays = results["_arrays"]
+    y_test = arrays["y_test"]
+    figs = [("accuracy", "Test accuracy per pipeline, train accuracy beside it",
+             plots.accuracy_bars(rows)),
+            ("per-class", "Per-class test accuracy", plots.per_class_chart(rows, classes))]
+    best = results["summary"].get("best_classic")
+    focus = [r for r in rows if r["pipeline"] == best or r["kind"] == "cnn"]
+    for r in focus:
+        figs.append(("confusion", f"Confusion matrix: {r['pipeline']}",
+                     plots.confusion(r["test_metrics"]["confusion_matrix"], classes, r["pipeline"])))
+    curves = plots.learning_curves(rows)
+    if curves:
+        figs.append(("curves", "Learning curves of the CNN and the MLPs (validation split)", curves))
+    for r in focus:
+        pred = arrays["scores"][r["pipeline"]].argmax(1)
+        figs.append(("gallery", f"Misclassified test images: {r['pipeline']}",
+                     plots.misclassified_gallery(np.asarray(arrays["x_test"]), y_test, pred, classes,
+                                                 f"{r['pipeline']}: predicted (true)")))
+    for caption, data in plots.feature_pictures(arrays["x_train"], arrays["y_train"], classes):
+        figs.append(("features", caption, data))
+    return figs
+
+
+def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write the run's files into ``out_dir``; returns the path of ``report.html``."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    figures = _figures(results)
+    images = []
+    for i, (section, caption, data) in enumerate(figures):
+        name = f"fig{i:02d}-{section}.png"
+        (tmp / name).write_bytes(data)
+        images.append({"section": section, "caption": caption, "file": name,
+                       "data_uri": "data:image/png;base64," + base64.b64encode(data).decode()})
+    public = {k: v for k, v in results.items() if not k.startswith("_")}
+    (tmp / "results.json").write_text(json.dumps(public, indent=2, default=_json_default))
+    context = {"r": public, "headers": [h for _, h, _ in COLUMNS],
+               "rows": table_rows(public["pipelines"]), "images": images,
+               "classes": public["dataset"]["classes"]}
+    env = Environment(loader=PackageLoader("cvpipe.compare", "templates"), trim_blocks=True,
+                      lstrip_blocks=True, autoescape=select_autoescape(["html.j2"]))
+    (tmp / "report.html").write_text(env.get_template("report.html.j2").render(**context))
+    (tmp / "report.md").write_text(env.get_template("report.md.j2").render(**context))
+    if out_dir.exists():  # replace a previous report of the same run name whole
+        import shutil
+
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir / "report.html"
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+

@@ -1,0 +1,224 @@
+"""Run the declared pipelines end to end and gather every figure the report shows.
+
+For each pipeline: train it (or reuse the saved model when its configuration, dataset and
+seed are unchanged), then load it back from disk as the API would and measure it the same
+way for every kind: test metrics from its predictions, prediction latency for one image and
+per image in a batch, and model size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from cvpipe.compare.config import CompareConfig, Profile
+from cvpipe.config import models_dir as default_models_dir
+from cvpipe.data.dataset import Dataset, load_cifar10
+from cvpipe.metrics import classification_metrics
+from cvpipe.models.artifact import library_versions, load_model, read_metadata
+from cvpipe.pipelines import CNN, get_pipeline
+
+log = logging.getLogger(__name__)
+
+LATENCY_REPEATS = 30
+BATCH_FOR_LATENCY = 1000
+
+
+def _reuse_key(definition: Any, ds: Dataset) -> str:
+    payload = json.dumps([definition, ds.checksum, ds.manifest["counts"], ds.val_fraction, ds.seed],
+                         sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _train_one(name: str, ds: Dataset, profile: Profile, cfg: CompareConfig, model_dir: Path,
+               force: bool) -> tuple[dict[str, Any], bool]:
+    """Train (or reuse) one pipeline's model; returns (metadata, reused)."""
+    spec = get_pipeline(name)
+    if spec == CNN:
+        cnn_options = {**profile.cnn, "seed": cfg.seed}
+        definition: Any = {"cnn": cnn_options}
+    else:
+        definition = spec.to_dict()
+    key = _reuse_key(definition, ds)
+    marker = model_dir.parent / ".compare" / f"{model_dir.name}.json"
+    if not force and (model_dir / "model.json").exists() and marker.exists():
+        try:
+            if json.loads(marker.read_text()).get("key") == key:
+                log.info("%s: configuration unchanged, reusing %s", name, model_dir)
+                return read_metadata(model_dir), True
+        except (OSError, ValueError):
+            pass
+    log.info("%s: training", name)
+    if spec == CNN:
+        from cvpipe.cnn.train import CNNConfig, train_cnn_model
+
+        meta = train_cnn_model(ds, model_dir, CNNConfig.from_dict(cnn_options))
+    else:
+        from cvpipe.classifiers.training import train_classic
+
+        meta = train_classic(ds, spec, model_dir)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"key": key, "pipeline": name}))
+    return meta, False
+
+
+def _measure(model_dir: Path, ds: Dataset) -> dict[str, Any]:
+    """Test predictions and timings of a model loaded from disk."""
+    model = load_model(model_dir)
+    x_test, y_test = ds.split("test")
+    x_test = np.asarray(x_test)
+    start = time.perf_counter()
+    parts = [model.scores(x_test[i: i + 2048]) for i in range(0, len(x_test), 2048)]
+    test_seconds = time.perf_counter() - start
+    scores = np.concatenate([p[0] for p in parts])
+    kind = parts[0][1]
+    one = x_test[:1]
+    model.scores(one)  # warm-up
+    single = []
+    for i in range(LATENCY_REPEATS):
+        t = time.perf_counter()
+        model.scores(x_test[i % len(x_test)][None])
+        single.append(time.perf_counter() - t)
+    batch = x_test[:BATCH_FOR_LATENCY]
+    t = time.perf_counter()
+    model.scores(batch)
+    per_image = (time.perf_counter() - t) / len(batch)
+    size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
+    return {
+        "scores": scores, "score_kind": kind,
+        "test_metrics": classification_metrics(y_test, scores.argmax(1), ds.classes, scores, kind),
+        "latency_ms_single": 1000 * float(np.median(single)),
+        "latency_ms_per_image_batch": 1000 * per_image,
+        "test_images_per_second": len(x_test) / test_seconds,
+        "model_bytes": size,
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Machine and library versions, for the report's environment block."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - no torch or no driver: no GPU to report
+        gpu = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu or "none",
+            "platform": platform.platform(), "versions": library_versions()}
+
+
+def run_comparison(cfg: CompareConfig, profile_name: str, *, source: str | None = None,
+                   data_root: str | None = None, models_root: str | Path | None = None,
+                   force: bool = False, pipelines: list[str] | None = None) -> dict[str, Any]:
+    """Train/reuse and measure every pipeline; returns the results (arrays under ``_arrays``)."""
+    profile = cfg.profile(profile_name)
+    started = time.perf_counter()
+    ds = load_cifar10(source, data_root, limit_per_class=profile.limit_per_class,
+                      val_fraction=cfg.val_fraction, seed=cfg.seed)
+    models_root = default_models_dir(models_root)
+    names = pipelines or cfg.pipelines
+    for n in names:  # fail on a typo before hours of training
+        get_pipeline(n)
+    rows, arrays = [], {}
+    for name in tqdm(names, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
+        model_dir = models_root / f"{profile.model_prefix}{name}"
+        meta, reused = _train_one(name, ds, profile, cfg, model_dir, force)
+        measured = _measure(model_dir, ds)
+        arrays[name] = measured.pop("scores")
+        m = meta["metrics"]
+        rows.append({
+            "pipeline": name,
+            "model": model_dir.name,
+            "model_dir": str(model_dir),
+            "kind": meta["kind"],
+            "description": "" if name == CNN else get_pipeline(name).description,
+            "classifier": (meta.get("classifier") or {}).get("type", "cnn"),
+            "features": (meta.get("features") or {}).get("name", "learned (CNN)"),
+            "feature_dim": meta.get("feature_dim"),
+            "train_accuracy": m["train"]["accuracy"],
+            "val_accuracy": m["val"]["accuracy"],
+            "test_accuracy": measured["test_metrics"]["accuracy"],
+            "stored_test_accuracy": m["test"]["accuracy"],
+            "macro_precision": measured["test_metrics"]["macro_precision"],
+            "macro_recall": measured["test_metrics"]["macro_recall"],
+            "macro_f1": measured["test_metrics"]["macro_f1"],
+            "log_loss": measured["test_metrics"]["log_loss"],
+            "extraction_images_per_second": meta.get("extraction_images_per_second"),
+            "fit_seconds": meta["fit_seconds"],
+            "selection_seconds": meta.get("selection_seconds"),
+            "selection": meta.get("selection"),
+            "history": meta.get("history"),
+            "reused": reused,
+            **{k: v for k, v in measured.items() if k != "test_metrics"},
+            "test_metrics": measured["test_metrics"],
+        })
+    x_test, y_test = ds.split("test")
+    results = {
+        "run": {"profile": asdict(profile), "config_path": str(cfg.path), "config": cfg.source_text,
+                "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "seconds": round(time.perf_counter() - started, 1)},
+        "environment": environment(),
+        "dataset": {"source": ds.manifest["source"], "checksum": ds.checksum,
+                    "classes": list(ds.classes), "counts": ds.manifest["counts"],
+                    "limit_per_class": profile.limit_per_class,
+                    "train": int(len(ds.split("train")[1])), "val": int(len(ds.split("val")[1])),
+                    "test": int(len(y_test))},
+        "pipelines": rows,
+        "summary": summarise(rows),
+        "_arrays": {"scores": arrays, "y_test": np.asarray(y_test), "x_test": x_test,
+                    "x_train": ds.images("train"), "y_train": np.asarray(ds.labels("train"))},
+    }
+    return results
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best classic pipeline against the CNN: accuracy gap and cost ratios, with a sentence."""
+    classic = [r for r in rows if r["kind"] != "cnn"]
+    cnn = next((r for r in rows if r["kind"] == "cnn"), None)
+    out: dict[str, Any] = {}
+    if classic:
+        best = max(classic, key=lambda r: r["val_accuracy"])  # chosen on validation, not test
+        out["best_classic"] = best["pipeline"]
+        out["best_classic_test_accuracy"] = best["test_accuracy"]
+    if cnn:
+        out["cnn_test_accuracy"] = cnn["test_accuracy"]
+    if classic and cnn:
+        out["gap_points"] = 100 * (cnn["test_accuracy"] - best["test_accuracy"])
+        out["fit_time_ratio"] = cnn["fit_seconds"] / max(best["fit_seconds"], 1e-9)
+        out["latency_ratio"] = cnn["latency_ms_single"] / max(best["latency_ms_single"], 1e-9)
+        lead = "ahead of" if out["gap_points"] >= 0 else "behind"
+        out["text"] = (
+            f"The best classic pipeline (chosen on validation accuracy) is {best['pipeline']}: "
+            f"{100 * best['test_accuracy']:.1f}% test accuracy "
+            f"(train {100 * best['train_accuracy']:.1f}%). The CNN reaches "
+            f"{100 * cnn['test_accuracy']:.1f}% (train {100 * cnn['train_accuracy']:.1f}%), "
+            f"{abs(out['gap_points']):.1f} points {lead} it. Training the CNN took "
+            f"{out['fit_time_ratio']:.1f}x the classic pipeline's fit time "
+            f"({cnn['fit_seconds']:.0f} s vs {best['fit_seconds']:.0f} s), and one prediction "
+            f"{out['latency_ratio']:.1f}x its latency "
+            f"({cnn['latency_ms_single']:.1f} ms vs {best['latency_ms_single']:.1f} ms).")
+    elif classic:
+        out["text"] = (f"The best classic pipeline is {best['pipeline']} at "
+                       f"{100 * best['test_accuracy']:.1f}% test accuracy; no CNN in this run.")
+    return out

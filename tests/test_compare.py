@@ -1,0 +1,116 @@
+"""`cvpipe compare` on tiny data: models, reuse, results and a report checked in a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cvpipe.cli import main
+from tests import synthetic
+
+CONFIG = """
+[compare]
+seed = 0
+val_fraction = 0.25
+pipelines = ["color-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"]
+
+[profiles.tiny]
+limit_per_class = 16
+model_prefix = "tiny-"
+cnn = { epochs = 2, width = 8, batch_size = 32, eval_batch_size = 64 }
+"""
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    synthetic.write_image_folder(root / "src", n_train=20, n_test=16)
+    (root / "compare.toml").write_text(CONFIG)
+    args = ["compare", "--profile", "tiny", "--config", str(root / "compare.toml"),
+            "--source", str(root / "src"), "--data-root", str(root / "data"),
+            "--models-dir", str(root / "models"), "--reports-dir", str(root / "reports")]
+    assert main(args) == 0
+    return root, args
+
+
+def test_compare_trains_every_pipeline_and_writes_the_report(run):
+    root, _ = run
+    out = root / "reports" / "tiny"
+    results = json.loads((out / "results.json").read_text())
+    rows = {r["pipeline"]: r for r in results["pipelines"]}
+    assert set(rows) == {"color-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"}
+    for name, r in rows.items():
+        assert (root / "models" / f"tiny-{name}" / "model.json").exists()
+        # The report re-scores the saved model: it must agree with training-time scoring.
+        assert r["test_accuracy"] == pytest.approx(r["stored_test_accuracy"], abs=1e-6), name
+        assert r["latency_ms_single"] > 0 and r["model_bytes"] > 0 and not r["reused"]
+        assert len(r["test_metrics"]["confusion_matrix"]) == 10
+    assert rows["hog+color-mlp"]["test_accuracy"] > 0.5  # learnable synthetic data
+    assert results["dataset"]["test"] == 160 and results["dataset"]["limit_per_class"] == 16
+    s = results["summary"]
+    assert s["best_classic"] in rows and "points" in s["text"]
+    assert s["gap_points"] == pytest.approx(
+        100 * (rows["cnn"]["test_accuracy"] - rows[s["best_classic"]]["test_accuracy"]))
+    md = (out / "report.md").read_text()
+    assert "| hog+color-mlp |" in md and "![" in md
+    assert all((out / f).exists() for f in ("report.html", "fig00-accuracy.png"))
+
+
+def test_second_run_reuses_unchanged_models_and_force_retrains(run, capsys):
+    root, args = run
+    before = (root / "models" / "tiny-color-linear-svm" / "model.json").read_text()
+    assert main(args + ["--run", "again", "--pipelines", "color-linear-svm,cnn"]) == 0
+    results = json.loads((root / "reports" / "again" / "results.json").read_text())
+    assert all(r["reused"] for r in results["pipelines"])
+    assert (root / "models" / "tiny-color-linear-svm" / "model.json").read_text() == before
+    assert main(args + ["--run", "forced", "--pipelines", "color-linear-svm", "--force"]) == 0
+    forced = json.loads((root / "reports" / "forced" / "results.json").read_text())
+    assert not forced["pipelines"][0]["reused"]
+    # Same config and seed: the classic pipeline's figures are reproduced exactly.
+    first = json.loads((root / "reports" / "tiny" / "results.json").read_text())["pipelines"][0]
+    assert forced["pipelines"][0]["test_metrics"] == first["test_metrics"]
+
+
+def test_unknown_pipeline_fails_before_training(run, capsys):
+    root, args = run
+    assert main(args + ["--pipelines", "color-linear-svm,nope"]) == 2
+    assert "unknown pipeline 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
+                    reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
+def test_report_renders_in_headless_chromium(run, tmp_path):
+    selenium = pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    root, _ = run
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run",
+                 "--disable-sync", "--window-size=1300,1000", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        driver.get((root / "reports" / "tiny" / "report.html").as_uri())
+        rows = driver.execute_script(
+            "return document.querySelectorAll('#summary-table tbody tr').length")
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.alt])")
+        summary = driver.find_element("id", "summary").text
+        height = driver.execute_script("return document.body.scrollHeight")
+        driver.set_window_size(1300, min(height, 16000))
+        shot = root / "reports" / "tiny" / "screenshot.png"
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert rows == 4
+    assert len(images) >= 8 and all(done and width > 100 for done, width, _ in images), images
+    assert {"accuracy", "Confusion", "Misclassified", "HOG"} <= {w for _, _, alt in images for w in alt.split()} | {
+        w for _, _, alt in images for w in alt.replace(":", " ").split()}
+    assert "points" in summary
+    assert shot.stat().st_size > 10_000
