@@ -12,7 +12,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(TORCH)
 
-.PHONY: help install demo test test-fast lint bench clean-venv
+.PHONY: help install demo compare-full test test-fast lint bench clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,8 +33,15 @@ endif
 
 install: $(STAMP) ## create .venv and install cvpipe with its dependencies
 
-demo: $(STAMP) ## prepare CIFAR-10 ($$CVPIPE_CIFAR10_SOURCE or the official download) and summarise it
+demo: $(STAMP) ## prepare CIFAR-10, run the quick comparison, leave models ready to serve
 	$(BIN)/cvpipe data prepare
+	$(BIN)/cvpipe compare --profile quick
+	@echo
+	@echo "Report: reports/quick/report.html. Serve the models with:"
+	@echo "  $(BIN)/cvpipe serve --models models --host 127.0.0.1 --port 8000"
+
+compare-full: $(STAMP) ## the full comparison on all 60,000 images (about an hour on 2 CPU cores)
+	$(BIN)/cvpipe compare --profile full
 
 test: $(STAMP) ## run the whole test suite
 	$(BIN)/pytest
