@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from cvpipe import __version__
 from cvpipe.errors import CvpipeError
 
-COMMAND_MODULES: tuple[str, ...] = ("cvpipe.data.cli", "cvpipe.models.cli", "cvpipe.compare.cli")
+COMMAND_MODULES: tuple[str, ...] = ("cvpipe.data.cli", "cvpipe.models.cli", "cvpipe.compare.cli",
+                                     "cvpipe.serve")
 
 log = logging.getLogger("cvpipe")
 

@@ -1,0 +1,192 @@
+"""The ``/v1`` endpoints: list models, predict, extract features."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from service.auth import check_token
+from service.errors import ApiError
+from service.features import SERVER_PARAMS, ExtractorCache, feature_names
+from service.inputs import decode_images, int_option, json_option, option, read_images
+from service.registry import ModelRegistry, ServedModel
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+
+#: Largest top_k a request may ask for (a model with fewer classes returns them all).
+MAX_TOP_K = 1000
+#: Image sides (pixels) /v1/features accepts for ``size``.
+MIN_SIDE, MAX_SIDE = 8, 512
+#: Most feature values (images x dimension) one /v1/features response may hold.
+MAX_FEATURE_VALUES = 4_000_000
+#: ``size`` as text: "32" (square), "32x48" or "32,48" (height, width).
+SIZE_PATTERN = re.compile(r"([0-9]{1,4})(?:[x,]([0-9]{1,4}))?")
+DEFAULT_FEATURES = "hog+color"
+DECISION_NOTE = ("decision scores, not probabilities: this model has no probability estimates; "
+                 "higher means more likely, and scores are not comparable across models")
+
+
+def registry() -> ModelRegistry:
+    return current_app.extensions["cvpipe"]["registry"]
+
+
+def _model(name: str) -> ServedModel:
+    model = registry().get(name)
+    if model is None:
+        known = ", ".join(registry().models) or "none"
+        raise ApiError(404, "unknown_model", f"No model called {name!r} is served; models: {known}.",
+                       {"model": name})
+    g.model_label = name
+    return model
+
+
+def _elapsed_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+@bp.get("/models")
+def list_models() -> Response:
+    """Every served model with its summary, and the models that could not be loaded."""
+    reg = registry()
+    return jsonify({"models": [m.summary for m in reg.models.values()],
+                    "unavailable": [{"name": n, "reason": r} for n, r in reg.failed.items()]})
+
+
+@bp.get("/models/<name>")
+def get_model(name: str) -> Response:
+    """One model's summary plus its full metrics and library versions."""
+    model = _model(name)
+    meta = model.metadata
+    return jsonify({**model.summary, "metrics": meta.get("metrics"), "versions": meta.get("versions"),
+                    "selection": meta.get("selection"), "dataset": meta.get("dataset")})
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, scores) of the ``k`` best classes per row, best first; ties keep the lower
+    class index first, as ``argmax`` does."""
+    k = min(k, scores.shape[1])
+    if k == 1:
+        idx = scores.argmax(axis=1)[:, None]
+    else:
+        idx = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return idx, np.take_along_axis(scores, idx, axis=1)
+
+
+@bp.post("/models/<name>/predict")
+def predict(name: str) -> Response:
+    """Top-k classes of each image with probabilities (or decision scores), model and timings."""
+    start = g.get("start", time.perf_counter())
+    check_token()
+    model = _model(name)
+    cfg = current_app.config
+    uploads, options = read_images(request, cfg["MAX_IMAGES"], ("top_k",))
+    k = int_option(options, "top_k", cfg["TOP_K"], 1, MAX_TOP_K)
+    g.n_images = len(uploads)
+    t0 = time.perf_counter()
+    images = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"])
+    t1 = time.perf_counter()
+    scores, kind = model.scores(images)
+    t2 = time.perf_counter()
+    idx, best = top_k(scores, k)
+    best = np.round(best.astype(np.float64), 6).tolist()
+    classes = model.classes
+    predictions = []
+    for i, (up, row, vals) in enumerate(zip(uploads, idx.tolist(), best, strict=True)):
+        predictions.append({
+            "index": i,
+            "name": up.name,
+            "label": classes[row[0]],
+            "class_index": row[0],
+            "score": vals[0],
+            "top_k": [{"label": classes[c], "class_index": c, "score": v}
+                      for c, v in zip(row, vals, strict=True)],
+        })
+    body: dict[str, Any] = {
+        "model": {"name": model.name, "version": model.version, "kind": model.metadata.get("kind")},
+        "score_kind": kind,
+        "top_k": min(k, len(classes)),
+        "predictions": predictions,
+        "timing_ms": {"decode": round((t1 - t0) * 1000, 3), "inference": round((t2 - t1) * 1000, 3),
+                      "total": _elapsed_ms(start)},
+    }
+    if kind != "probability":
+        body["score_note"] = DECISION_NOTE
+    return jsonify(body)
+
+
+def _parse_size(value: Any) -> tuple[int, int]:
+    if isinstance(value, str):
+        m = SIZE_PATTERN.fullmatch(value)
+        value = [int(m[1]), int(m[2] or m[1])] if m else None
+    if (not isinstance(value, list) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            or not all(MIN_SIDE <= v <= MAX_SIDE for v in value)):
+        raise ApiError(400, "invalid_option", f"size must be [height, width] (or 'HxW') with sides "
+                       f"from {MIN_SIDE} to {MAX_SIDE}", {"option": "size"})
+    return value[0], value[1]
+
+
+def _parse_name(kind: str, known: list[str] | None = None) -> Any:
+    def parse(value: Any) -> str:
+        if not isinstance(value, str) or (known is not None and value not in known):
+            expected = f"one of {', '.join(known)}" if known else "a name"
+            raise ApiError(400, "invalid_option", f"{kind} must be {expected}, not {value!r}",
+                           {"option": kind})
+        return value
+
+    return parse
+
+
+@bp.post("/features")
+def features() -> Response:
+    """HOG / colour-histogram vectors of the uploaded images, with the configuration used."""
+    start = g.get("start", time.perf_counter())
+    check_token()
+    cfg = current_app.config
+    uploads, options = read_images(request, cfg["MAX_IMAGES"], ("features", "params", "size", "model"))
+    known = feature_names()
+    name = option(options, "features", _parse_name("features", known))
+    params = json_option(options, "params", lambda v: isinstance(v, dict), "a JSON object")
+    size = option(options, "size", _parse_size)
+    model_name = option(options, "model", _parse_name("model"))
+    if model_name is not None:
+        if name is not None or params is not None:
+            raise ApiError(400, "invalid_option", "give either model (use its features) or "
+                           "features/params, not both", {"option": "model"})
+        model = _model(model_name)
+        conf = model.metadata.get("features")
+        if not isinstance(conf, dict) or "name" not in conf:
+            raise ApiError(400, "no_features", f"model {model_name!r} ({model.metadata.get('kind')}) "
+                           "has no hand-made features", {"model": model_name})
+        name = conf["name"]
+        params = {k: v for k, v in (conf.get("params") or {}).items()
+                  if k.rpartition("__")[2] not in SERVER_PARAMS}
+        size = size or model.input_size
+    name = name or DEFAULT_FEATURES
+    size = size or (32, 32)
+    cache: ExtractorCache = current_app.extensions["cvpipe"]["extractors"]
+    extractor = cache.get(name, params or {}, size)
+    if len(uploads) * extractor.dim > MAX_FEATURE_VALUES:
+        raise ApiError(413, "result_too_large", f"{len(uploads)} images x {extractor.dim} values is "
+                       f"over the limit of {MAX_FEATURE_VALUES} values per response: send fewer "
+                       "images or a smaller size")
+    g.n_images = len(uploads)
+    t0 = time.perf_counter()
+    images = decode_images(uploads, size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"])
+    t1 = time.perf_counter()
+    vectors = extractor.transform(images)
+    t2 = time.perf_counter()
+    return jsonify({
+        "features": extractor.config,
+        "model": model_name,
+        "input_size": list(size),
+        "dim": extractor.dim,
+        "results": [{"index": i, "name": up.name, "vector": vec}
+                    for i, (up, vec) in enumerate(zip(uploads, vectors.tolist(), strict=True))],
+        "timing_ms": {"decode": round((t1 - t0) * 1000, 3), "extract": round((t2 - t1) * 1000, 3),
+                      "total": _elapsed_ms(start)},
+    })

@@ -1,0 +1,103 @@
+"""The Flask application factory of the prediction API."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+from service import api, health
+from service.config import load_settings
+from service.errors import register_error_handlers
+from service.features import ExtractorCache
+from service.metrics import ApiMetrics
+from service.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+def _drain_unread_body(cap: int) -> None:
+    """Read and drop what the client sent that the request did not read (a body over the size
+    limit, a body sent to an unknown model or without a token), up to ``cap`` bytes.
+
+    Otherwise the server would close the connection with the client still sending, and most
+    clients then see a broken pipe instead of the JSON error. A body larger than ``cap`` is not
+    read: that connection is closed.
+    """
+    length = request.content_length
+    stream = request.environ.get("wsgi.input")
+    if stream is None or (length is not None and length > cap):
+        return
+    remaining = cap if length is None else length
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(1 << 16, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+    except Exception:  # noqa: BLE001 - a client gone mid-body: nothing to answer anyway
+        log.debug("could not drain a request body", exc_info=True)
+
+
+def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry | None = None) -> Flask:
+    """Build the API: settings from the environment and ``config``, models loaded from the folder.
+
+    Parameters
+    ----------
+    config : mapping, optional
+        Settings overriding the environment (see :mod:`service.config`), e.g.
+        ``{"MODELS_DIR": "models", "API_TOKEN": "secret", "MAX_IMAGES": 64}``; other keys go to
+        Flask's configuration as they are.
+    registry : ModelRegistry, optional
+        Already loaded models (tests share one between apps); default: load ``MODELS_DIR``.
+
+    Returns
+    -------
+    flask.Flask
+        The application; ``app.extensions["cvpipe"]`` holds its ``registry``, ``metrics`` and
+        feature ``extractors``.
+    """
+    settings = load_settings(config)
+    app = Flask(__name__)
+    app.config.update(settings)
+    app.config["MAX_FORM_PARTS"] = max(1000, 2 * settings["MAX_IMAGES"] + 16)
+    app.json.sort_keys = False  # keep the documented field order
+
+    if registry is None:
+        registry = ModelRegistry(settings["MODELS_DIR"]).load_all()
+        if settings["WARMUP"]:
+            registry.warm_up()
+    metrics = ApiMetrics()
+    metrics.models_loaded.set(len(registry))
+    for name, model in registry.models.items():
+        model.batcher.on_batch = functools.partial(metrics.observe_batch, name)
+    app.extensions["cvpipe"] = {"registry": registry, "metrics": metrics,
+                                "extractors": ExtractorCache()}
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    register_error_handlers(app)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.start = time.perf_counter()
+
+    @app.after_request
+    def _record(resp: Response) -> Response:
+        _drain_unread_body(2 * settings["MAX_CONTENT_LENGTH"])
+        start = g.get("start")
+        if start is not None:
+            endpoint = (request.endpoint or "unmatched") if request.url_rule else "unmatched"
+            metrics.observe(endpoint=endpoint,
+                            model=g.get("model_label", ""), method=request.method,
+                            status=resp.status_code, seconds=time.perf_counter() - start,
+                            error=g.get("error_code"), images=g.get("n_images", 0))
+        return resp
+
+    log.info("cvpipe API ready: %d model(s), authentication %s", len(registry),
+             "on" if settings["API_TOKEN"] else "off")
+    return app

@@ -1,0 +1,98 @@
+"""Settings of the prediction API: defaults, overridden by the environment, then by a dict.
+
+Setting (environment variable, default):
+
+* ``MODELS_DIR`` (``CVPIPE_MODELS_DIR``, ``./models``): the folder of models to serve;
+* ``API_TOKEN`` (``CVPIPE_API_TOKEN``, none): bearer token required by predict and features;
+  empty or unset means no authentication;
+* ``MAX_IMAGES`` (``CVPIPE_MAX_IMAGES``, 512): images per request;
+* ``MAX_CONTENT_LENGTH`` (``CVPIPE_MAX_CONTENT_LENGTH``, 32 MiB): bytes per request body;
+* ``MAX_PIXELS`` (``CVPIPE_MAX_PIXELS``, 40 megapixels): pixels per image, read from the
+  header before decoding (decompression bombs);
+* ``MAX_REQUEST_PIXELS`` (``CVPIPE_MAX_REQUEST_PIXELS``, 200 megapixels): pixels per request;
+* ``TOP_K`` (``CVPIPE_TOP_K``, 5): classes per image when the request does not say;
+* ``WARMUP`` (``CVPIPE_WARMUP``, true): one prediction per model when the app is created.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from cvpipe.config import ENV_MODELS_DIR, models_dir
+from cvpipe.errors import ConfigError
+from cvpipe.images import MAX_PIXELS
+
+ENV_API_TOKEN = "CVPIPE_API_TOKEN"
+
+#: setting -> (environment variable, type, default)
+SETTINGS: dict[str, tuple[str, type, Any]] = {
+    "API_TOKEN": (ENV_API_TOKEN, str, None),
+    "MAX_IMAGES": ("CVPIPE_MAX_IMAGES", int, 512),
+    "MAX_CONTENT_LENGTH": ("CVPIPE_MAX_CONTENT_LENGTH", int, 32 * 1024 * 1024),
+    "MAX_PIXELS": ("CVPIPE_MAX_PIXELS", int, MAX_PIXELS),
+    "MAX_REQUEST_PIXELS": ("CVPIPE_MAX_REQUEST_PIXELS", int, 200_000_000),
+    "TOP_K": ("CVPIPE_TOP_K", int, 5),
+    "WARMUP": ("CVPIPE_WARMUP", bool, True),
+}
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse(name: str, env: str, kind: type, raw: str) -> Any:
+    if kind is bool:
+        if raw.strip().lower() in _TRUE:
+            return True
+        if raw.strip().lower() in _FALSE:
+            return False
+        raise ConfigError(f"{env}={raw!r}: expected true or false")
+    if kind is int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r}: expected an integer") from None
+        if value < 1:
+            raise ConfigError(f"{env}={raw!r}: must be at least 1")
+        return value
+    return raw
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The API's settings: defaults, then ``environ`` (default ``os.environ``), then ``overrides``.
+
+    Parameters
+    ----------
+    overrides : mapping, optional
+        Settings by name (``"MAX_IMAGES"``, ...); they win over the environment. Keys that are
+        not API settings are passed through (Flask configuration such as ``TESTING``).
+    environ : mapping, optional
+        Where the environment variables are read.
+
+    Returns
+    -------
+    dict
+        Every setting of :data:`SETTINGS` plus ``MODELS_DIR`` (a path string) and the
+        overrides' extra keys.
+
+    Raises
+    ------
+    ConfigError
+        A variable or override that is not a valid value.
+    """
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {"MODELS_DIR": str(models_dir(environ.get(ENV_MODELS_DIR)))}
+    for name, (env, kind, default) in SETTINGS.items():
+        raw = environ.get(env)
+        out[name] = default if raw is None or (kind is not str and raw == "") else _parse(
+            name, env, kind, raw)
+    for name, value in (overrides or {}).items():
+        if name in SETTINGS and SETTINGS[name][1] is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"setting {name}={value!r}: expected an integer of at least 1")
+        out[name] = value
+    out["MODELS_DIR"] = str(out["MODELS_DIR"])
+    out["API_TOKEN"] = out["API_TOKEN"] or None  # empty string: authentication off
+    return out

@@ -1,0 +1,182 @@
+"""``cvpipe serve`` as a real server process: gunicorn workers, real HTTP, shutdown."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.test_api import CNN, MLP, SVM, api_models_dir, encode, local_labels, test_images
+
+pytestmark = pytest.mark.slow  # a real server / a few hundred generated requests
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(models: Path, port: int, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "cvpipe", "serve", "--models", str(models), "--host", "127.0.0.1",
+           "--port", str(port), *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+        try:
+            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("server not ready in time")
+
+
+def stop(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.stdout.read()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    models = api_models_dir(tmp_path_factory)
+    port = free_port()
+    proc = serve(models, port, "--workers", "2", "--threads", "2",
+                 env={"CVPIPE_API_TOKEN": "tok", "CVPIPE_MAX_IMAGES": "16",
+                      "CVPIPE_MAX_CONTENT_LENGTH": "1000000"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url)
+        yield url, proc, models
+    finally:
+        stop(proc)
+
+
+def test_real_server_predicts_rejects_and_counts(server):
+    from cvpipe.models import load_model
+
+    url, _, models = server
+    auth = {"Authorization": "Bearer tok"}
+    blobs = [encode(img) for img in test_images(8)]
+    expected = local_labels(load_model(models / SVM), blobs)
+    session = requests.Session()
+
+    r = session.post(f"{url}/v1/models/{SVM}/predict", headers=auth,
+                  files=[("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)])
+    assert r.status_code == 200, r.text
+    assert [p["label"] for p in r.json()["predictions"]] == expected
+    if (models / CNN).is_dir():  # PyTorch in forked workers, warmed up after the fork
+        r = session.post(f"{url}/v1/models/{CNN}/predict", headers=auth,
+                         files=[("images", (f"{i}.png", b)) for i, b in enumerate(blobs)])
+        assert [p["label"] for p in r.json()["predictions"]] == local_labels(load_model(models / CNN), blobs)
+    r = session.post(f"{url}/v1/models/{MLP}/predict", headers=auth, params={"top_k": 2},
+                  json={"images": [base64.b64encode(b).decode() for b in blobs[:2]]})
+    assert r.json()["score_kind"] == "probability" and len(r.json()["predictions"][0]["top_k"]) == 2
+
+    bad = [
+        (dict(), 401),
+        (dict(headers=auth, data=b""), 400),
+        (dict(headers={**auth, "Content-Type": "text/plain"}, data=b"x"), 415),
+        (dict(headers={**auth, "Content-Type": "application/json"}, data=b"{oops"), 400),
+        (dict(headers=auth, json={"images": ["***"]}), 400),
+        (dict(headers=auth, files=[("images", ("x.png", b"not an image"))]), 400),
+        (dict(headers=auth, files=[("images", (f"{i}.png", blobs[0])) for i in range(17)]), 413),
+    ]
+    for kwargs, status in bad:
+        r = session.post(f"{url}/v1/models/{SVM}/predict", **kwargs)
+        assert r.status_code == status and r.headers["Content-Type"] == "application/json", r.text
+        assert {"error", "message"} <= set(r.json()) and "Traceback" not in r.text
+    # A body over the limit, or one sent to an unknown model or without a token, is read and
+    # dropped, so that even a client that sends it all before reading gets the JSON error.
+    port = int(url.rsplit(":", 1)[1])
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for path, headers, size, status in [
+            (f"/v1/models/{SVM}/predict", auth, 1_500_000, 413),
+            ("/v1/models/nope/predict", auth, 900_000, 404),
+            (f"/v1/models/{SVM}/predict", {}, 900_000, 401)]:
+        conn.request("POST", path, b"\0" * size, {**headers, "Content-Type": "image/png"})
+        resp = conn.getresponse()
+        assert resp.status == status and b'"error"' in resp.read()
+    conn.request("GET", "/healthz")  # the same connection goes on
+    assert conn.getresponse().status == 200
+    conn.close()
+
+    r = session.post(f"{url}/v1/models/nope/predict", data=blobs[0],
+                  headers={**auth, "Content-Type": "image/png"})
+    assert r.status_code == 404 and r.json()["error"] == "unknown_model"
+
+    # Many clients at once, fresh connections and keep-alive: every answer right.
+    def one(i: int) -> str:
+        with requests.Session() as s:
+            resp = s.post(f"{url}/v1/models/{SVM}/predict", headers={**auth, "Content-Type": "image/png"},
+                          data=blobs[i % 8])
+            return resp.json()["predictions"][0]["label"]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(one, range(48))) == [expected[i % 8] for i in range(48)]
+
+    assert session.get(f"{url}/healthz").json() == {"status": "ok"}
+    assert {m["name"] for m in session.get(f"{url}/v1/models").json()["models"]} >= {SVM, MLP}
+    assert session.get(f"{url}/openapi.json").json()["components"]["securitySchemes"]["bearerAuth"]
+    # /metrics adds up both workers (prometheus multiprocess mode)
+    text = session.get(f"{url}/metrics").text
+    total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("cvpipe_http_requests_total{") and 'endpoint="api.predict"' in line
+                and f'model="{SVM}"' in line and 'status="200"' in line)
+    assert total == 1 + 48
+    assert 'cvpipe_http_request_duration_seconds_bucket{' in text
+
+
+def test_server_stops_cleanly_on_sigterm(server):
+    url, proc, _ = server
+    out = stop(proc)
+    assert proc.returncode == 0, out
+    assert url in out and "gunicorn" in out.lower() and "Traceback" not in out
+    # the workers' metrics folder is gone with the server
+    prom_dir = re.search(r"gathered in (\S+)", out)
+    assert prom_dir and not Path(prom_dir[1]).exists()
+
+
+def test_serve_refuses_clearly(tmp_path, tmp_path_factory, capsys):
+    from cvpipe.cli import main
+
+    models = api_models_dir(tmp_path_factory)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["serve", "--models", str(empty), "--workers", "1", "--port", str(free_port())]) == 2
+    assert "no model" in capsys.readouterr().err
+    assert main(["serve", "--models", str(tmp_path / "missing"), "--workers", "1"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["serve", "--models", str(models), "--workers", "1",
+                     "--port", str(busy.getsockname()[1])]) == 2
+    assert "cannot listen" in capsys.readouterr().err
+    assert main(["serve", "--models", str(models), "--check"]) == 0
+    assert SVM in capsys.readouterr().out
