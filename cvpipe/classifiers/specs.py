@@ -33,6 +33,7 @@ from cvpipe.classifiers.linear_svm import LinearSVM
 from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
 from cvpipe.errors import ConfigError
+from cvpipe.features.transformers import build_features  # noqa: F401 - part of this module's API
 
 CLASSIFIER_TYPES = ("linear-svm", "rbf-svm", "opencv-svm", "mlp", "softmax")
 #: Above this many training samples, "rbf-svm" with approximation="auto" uses Nystroem.
@@ -101,26 +102,6 @@ class PipelineSpec:
                 spec.preprocess[name] = value
         spec.grid = {}
         return spec
-
-
-def build_features(features: dict[str, Any]) -> BaseEstimator:
-    """The feature extractor a features config describes.
-
-    ``{"name": "hog+color", "params": {...}}`` goes to :func:`cvpipe.features.make_features`;
-    ``{"name": "<label>", "components": [{"name": "hog", "params": {...}}, ...]}`` is the union
-    of several extractors, so one component may appear twice (HOG at two cell sizes).
-    """
-    from sklearn.pipeline import FeatureUnion
-
-    from cvpipe.features import make_features
-
-    components = features.get("components")
-    if components is None:
-        return make_features(features["name"], **features.get("params", {}))
-    if not isinstance(components, list) or not components:
-        raise ConfigError(f"features {features.get('name')!r}: components must be a non-empty list")
-    return FeatureUnion([(f"{c['name']}_{i}", make_features(c["name"], **c.get("params", {})))
-                         for i, c in enumerate(components)])
 
 
 def build_preprocess(preprocess: dict[str, Any]) -> Pipeline | None:

@@ -27,6 +27,7 @@ from cvpipe.features.transformers import (
     HOGTransformer,
     ImageFeatureUnion,
     PixelTransformer,
+    build_features,
     make_features,
 )
 from cvpipe.features.visualize import hog_glyphs, plot_color_histogram, plot_hog
@@ -37,6 +38,7 @@ __all__ = [
     "SPACES",
     "ColorHistParams",
     "ColorHistogramTransformer",
+    "build_features",
     "HOGParams",
     "HOGTransformer",
     "ImageFeatureUnion",

@@ -487,3 +487,36 @@ def make_features(name: str, **params: Any) -> _ImageTransformer | ImageFeatureU
     if len(steps) == 1:
         return steps[0][1]
     return ImageFeatureUnion(steps)
+
+
+def build_features(config: dict[str, Any]) -> _ImageTransformer | FeatureUnion:
+    """The feature extractor a features config (as in pipeline specs) describes.
+
+    Parameters
+    ----------
+    config : dict
+        ``{"name": "hog+color", "params": {...}}`` goes to :func:`make_features`;
+        ``{"name": "<label>", "components": [{"name": "hog", "params": {...}}, ...]}`` is the
+        union of several extractors, so one component may appear twice (HOG at two cell sizes).
+
+    Raises
+    ------
+    ConfigError
+        An unknown component or parameter, or an invalid value.
+    """
+
+    def make(name: str, params: dict[str, Any]) -> _ImageTransformer | FeatureUnion:
+        try:
+            return make_features(name, **params)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"features {name!r}: {exc}") from None
+
+    components = config.get("components")
+    if components is None:
+        return make(config["name"], config.get("params", {}))
+    if not isinstance(components, list) or not components:
+        raise ConfigError(f"features {config.get('name')!r}: components must be a non-empty list")
+    return FeatureUnion([(f"{c['name']}_{i}", make(c["name"], c.get("params", {})))
+                         for i, c in enumerate(components)])

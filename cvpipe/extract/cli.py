@@ -1,0 +1,159 @@
+"""``cvpipe extract``: features of a dataset split or an image collection, to disk, in chunks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from typing import Any
+
+from cvpipe.data.cli import add_source_arguments, load_from_args
+from cvpipe.errors import ConfigError
+from cvpipe.extract.store import DEFAULT_CHUNK_ROWS, FORMATS, NPZ_MAX_BYTES
+
+
+def _features_arg(text: str) -> str | dict[str, Any]:
+    text = text.strip()
+    if not text.startswith("{"):
+        return text
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--features: invalid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--features: a JSON config must be an object")
+    return value
+
+
+def _params_arg(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--feature-params: invalid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError("--feature-params must be a JSON object such as '{\"hog__orientations\": 12}'")
+    return value
+
+
+def _size_arg(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        raise ConfigError(f"--size must be N or HxW, not {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise ConfigError(f"--size must be N or HxW with positive sizes, not {text!r}")
+    return parts[0], parts[1]
+
+
+def _extract(args: argparse.Namespace) -> int:
+    from cvpipe.extract.sources import DatasetSource, open_input
+
+    features = _features_arg(args.features)
+    params = _params_arg(args.feature_params)
+    if args.scheduler and args.workers:
+        raise ConfigError("give --scheduler (a running cluster) or --workers (a local one), not both")
+    if args.input:
+        source = open_input(args.input, _size_arg(args.size))
+    else:
+        source = DatasetSource(load_from_args(args), args.split)
+    progress = not (args.no_progress or args.quiet)
+    common = dict(params=params, out=args.out, root=args.data_root, chunk_rows=args.chunk_size,
+                  fmt=args.format, force=args.force, progress=progress)
+    if args.scheduler or args.workers:
+        import distributed  # noqa: F401 - it sets its own log levels on import: override them
+
+        from cvpipe.extract.dask import extract_dask
+
+        if args.verbose < 2:
+            logging.getLogger("distributed").setLevel(logging.WARNING)
+
+        def announce(client: Any) -> None:
+            print(f"Dask dashboard: {client.dashboard_link}  ({len(client.nthreads())} workers, "
+                  f"{sum(client.nthreads().values())} threads)", file=sys.stderr, flush=True)
+
+        result = extract_dask(source, features, scheduler=args.scheduler, workers=args.workers,
+                              on_client=announce, **common)
+    else:
+        from cvpipe.extract.local import extract
+
+        result = extract(source, features, n_jobs=args.n_jobs, **common)
+    if args.json:
+        print(json.dumps({"path": result.path, "reused": result.reused,
+                          "computed_chunks": result.computed_chunks, **result.manifest}, indent=2))
+    else:
+        print(result.summary())
+    return 0
+
+
+def _wrap(text: str) -> str:
+    return "\n\n".join(textwrap.fill(par, 88) for par in text.split("\n\n"))
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract", help="extract a feature set for a dataset split (or image folder) to disk",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=_wrap(
+            "Describe every image of a dataset split (or of an image folder / list of paths or "
+            "URLs) with a named feature set, writing the features in row chunks so memory stays "
+            "bounded whatever the number of images.\n\n"
+            "The output folder, <data root>/features/<key>/ unless --out, is keyed by the "
+            "effective feature parameters and the input (dataset checksum and split, or the file "
+            "listing): a second run reuses it, an interrupted run resumes without duplicated or "
+            "missing rows. Read it with cvpipe.extract.load_features(path).\n\n"
+            "Engines: this machine (default, all cores), a local Dask cluster (--workers N), or a "
+            "running Dask cluster (--scheduler tcp://HOST:PORT; workers need the input and the "
+            "output folder at the same paths, or fsspec URLs)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  cvpipe extract --features hog+color --split train_full\n"
+            "  cvpipe extract --features hog --feature-params '{\"orientations\": 12}' --split test\n"
+            "  cvpipe extract --features '{\"name\": \"hog2\", \"components\": [{\"name\": \"hog\", "
+            "\"params\": {\"pixels_per_cell\": 4}}, {\"name\": \"hog\"}]}'\n"
+            "  cvpipe extract --features hog+color --input photos/ --size 32 --workers 4\n"
+            "  cvpipe extract --features hog+color --input urls.txt --scheduler tcp://10.0.0.5:8786"
+        ),
+    )
+    f = p.add_argument_group("features")
+    f.add_argument("--features", required=True, metavar="NAME|JSON",
+                   help="feature set: components joined by '+' (hog, color, pixels), e.g. hog+color; "
+                   "or a JSON features config {\"name\": ..., \"params\": {...}} or "
+                   "{\"name\": label, \"components\": [...]} as in pipeline specs")
+    f.add_argument("--feature-params", metavar="JSON",
+                   help="parameters for the feature set, e.g. '{\"hog__orientations\": 12, "
+                   "\"color__space\": \"lab\"}'")
+    add_source_arguments(p)
+    p.add_argument("--split", default="train", choices=("train", "val", "train_full", "test"),
+                   help="dataset split (default train: the training part without validation)")
+    i = p.add_argument_group("image collection (instead of the dataset)")
+    i.add_argument("--input", metavar="DIR|FILE|URL",
+                   help="a folder of images (recursive, sorted by path; labels from the first "
+                   "folder level when every image is in one) or a text file of paths/URLs, one a "
+                   "line (labels -1); read through fsspec")
+    i.add_argument("--size", default="32", metavar="N|HxW",
+                   help="resize --input images to this size (default 32)")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="DIR", help="output folder (default <data root>/features/<key>)")
+    o.add_argument("--format", choices=FORMATS, default="auto",
+                   help=f"npz, zarr, or auto: npz up to {NPZ_MAX_BYTES >> 20} MiB of features, "
+                   "zarr above (default auto)")
+    o.add_argument("--chunk-size", type=int, metavar="ROWS",
+                   help=f"rows per chunk, the unit of work and resumption (default {DEFAULT_CHUNK_ROWS})")
+    o.add_argument("--force", action="store_true",
+                   help="extract again, discarding a finished or partial result")
+    o.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    e = p.add_argument_group("engine")
+    e.add_argument("--n-jobs", type=int, default=-1,
+                   help="single machine: feature threads (default -1: all cores)")
+    e.add_argument("--workers", type=int, metavar="N",
+                   help="start a local Dask cluster of N single-threaded worker processes")
+    e.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use a running Dask cluster")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_extract)

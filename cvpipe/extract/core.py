@@ -1,0 +1,280 @@
+"""What every extraction engine shares: the plan (key, layout, chunks left), the work on one
+chunk, and the completion record."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvpipe import __version__
+from cvpipe.config import data_root
+from cvpipe.errors import ConfigError, DataError
+from cvpipe.extract.sources import ChunkInput, ImageSource
+from cvpipe.extract.store import (
+    DEFAULT_CHUNK_ROWS,
+    FORMAT_VERSION,
+    FORMATS,
+    NPZ_MAX_BYTES,
+    FeatureStore,
+    build_extractor,
+    canonical_json,
+    effective_params,
+    extraction_key,
+    load_features,
+    normalize_config,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractPlan:
+    """An extraction about to run (or already finished: ``manifest`` is set).
+
+    Attributes
+    ----------
+    store : FeatureStore
+        Where it goes.
+    source : ImageSource
+        What it reads.
+    config : dict
+        Normalized features config.
+    key : str
+        Hash of the effective feature parameters and the input's fingerprint.
+    n, d, chunk_rows : int
+        Rows, feature dimensions, rows per chunk.
+    fmt : {"zarr", "npz"}
+        Final format.
+    todo : list of int
+        Chunks without a completion marker.
+    manifest : dict or None
+        The completion record of a finished extraction that can be reused.
+    """
+
+    store: FeatureStore
+    source: ImageSource
+    config: dict[str, Any]
+    key: str
+    n: int
+    d: int
+    chunk_rows: int
+    fmt: str
+    todo: list[int] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.n // self.chunk_rows)
+
+    def bounds(self, index: int) -> tuple[int, int]:
+        start = index * self.chunk_rows
+        return start, min(start + self.chunk_rows, self.n)
+
+    @property
+    def rows_todo(self) -> int:
+        return sum(b - a for a, b in map(self.bounds, self.todo))
+
+
+@dataclass
+class ExtractResult:
+    """A finished extraction: its folder, manifest, and what this run did."""
+
+    path: str
+    manifest: dict[str, Any]
+    reused: bool
+    computed_chunks: int
+
+    def load(self) -> tuple[Any, np.ndarray, dict[str, Any]]:
+        """``(features, labels, manifest)``, see :func:`cvpipe.extract.load_features`."""
+        return load_features(self.path)
+
+    def summary(self) -> str:
+        m = self.manifest
+        if self.reused:
+            return (f"reused {m['n']} rows x {m['d']} dims ({m['format']}, extracted "
+                    f"{m['created']}) -> {self.path}")
+        return (f"extracted {m['n']} rows x {m['d']} dims in {m['seconds']:.2f} s "
+                f"({m['images_per_s']:.0f} images/s, {m['engine']['name']}"
+                f"{', resumed' if m['rows_computed'] < m['n'] else ''}) -> {self.path}")
+
+
+def check_config(config: dict[str, Any], sample: np.ndarray) -> tuple[Any, int]:
+    """Build the extractor and run it on one image: ``(effective params, D)``.
+
+    Raises ConfigError for configs that cannot describe these images (unknown colour
+    space, cell larger than the image, zero bins, ...).
+    """
+    est = build_extractor(config, n_jobs=1)
+    try:
+        out = est.fit(sample).transform(sample)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"features {config['name']!r}: {exc}") from None
+    return effective_params(est), int(out.shape[1])
+
+
+def plan_extraction(
+    source: ImageSource,
+    features: str | dict[str, Any],
+    *,
+    params: dict[str, Any] | None = None,
+    out: str | os.PathLike[str] | None = None,
+    root: str | os.PathLike[str] | None = None,
+    chunk_rows: int | None = None,
+    fmt: str = "auto",
+    force: bool = False,
+) -> ExtractPlan:
+    """Validate the config, find the output folder and what is left to do there.
+
+    Reads one image (the first) to check the config and learn D. A finished extraction
+    with the same key is returned with ``manifest`` set (nothing to do) unless ``force``;
+    an unfinished one with the same key resumes with its own chunk size; ``force`` starts
+    over.
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if chunk_rows is not None and chunk_rows < 1:
+        raise ConfigError(f"chunk size must be at least 1 row, not {chunk_rows}")
+    if source.n < 1:
+        raise DataError("the input has no images")
+    config = normalize_config(features, params)
+    sample, _ = source.chunk(0, 1).read()
+    effective, d = check_config(config, sample)
+    fingerprint = source.fingerprint()
+    key = extraction_key(effective, fingerprint)
+    store = FeatureStore(out if out is not None else Path(data_root(root), "features", key))
+
+    manifest = store.manifest()
+    if manifest is not None and manifest.get("key") == key and not force:
+        log.info("features already extracted in %s", store.url)
+        return ExtractPlan(store, source, config, key, manifest["n"], manifest["d"],
+                           manifest["chunk_rows"], manifest["format"], [], manifest)
+
+    run = store.run_info()
+    if run is not None and run.get("key") != key and not force:
+        if out is not None:
+            raise ConfigError(f"{store.url} holds features of another configuration or input "
+                              f"(key {run.get('key')}); use --force to replace them")
+    if force or run is None or run.get("key") != key or manifest is not None:
+        rows = chunk_rows or DEFAULT_CHUNK_ROWS
+        final_fmt = fmt if fmt != "auto" else ("npz" if source.n * d * 4 <= NPZ_MAX_BYTES else "zarr")
+        if final_fmt == "npz" and source.n * d * 4 > NPZ_MAX_BYTES:
+            log.warning("%.0f MiB of features as .npz: packing holds them all in memory at the end; "
+                        "--format zarr keeps memory bounded", source.n * d * 4 / 2**20)
+        run = {
+            "format_version": FORMAT_VERSION,
+            "key": key,
+            "features": config,
+            "effective_params": effective,
+            "input": source.describe(),
+            "n": source.n,
+            "d": d,
+            "chunk_rows": rows,
+            "format": final_fmt,
+            "classes": source.classes(),
+            "started": _now(),
+        }
+        store.create(run)
+        done: set[int] = set()
+        log.info("new extraction %s: %d rows x %d dims in chunks of %d -> %s",
+                 key, source.n, d, rows, store.url)
+    else:
+        if run["n"] != source.n or run["d"] != d:
+            raise DataError(f"{store.url}: run.json says {run['n']} x {run['d']}, the input gives "
+                            f"{source.n} x {d}; use --force")
+        if chunk_rows and chunk_rows != run["chunk_rows"]:
+            log.info("resuming with the stored chunk size %d (not %d)", run["chunk_rows"], chunk_rows)
+        if fmt != "auto" and fmt != run["format"]:
+            log.info("resuming in the stored format %s (not %s)", run["format"], fmt)
+        done = store.done()
+        log.info("resuming %s: %d chunks of %d already done", key, len(done),
+                 -(-run["n"] // run["chunk_rows"]))
+    plan = ExtractPlan(store, source, config, key, run["n"], run["d"], run["chunk_rows"],
+                       run["format"])
+    plan.todo = [i for i in range(plan.n_chunks) if i not in done]
+    return plan
+
+
+def compute_chunk(store: FeatureStore, chunk: ChunkInput | None, index: int, start: int,
+                  config: dict[str, Any], n_jobs: int | None, delay: float = 0.0,
+                  extractor: Any = None, data: tuple[np.ndarray, np.ndarray] | None = None,
+                  write: bool = True) -> Any:
+    """Read, describe and write one row chunk; return its small metadata.
+
+    ``extractor`` (built from ``config`` when None) and ``data`` (the chunk already read)
+    let a caller reuse work; with ``write=False`` nothing is written and
+    ``(meta, features, labels)`` is returned for the caller to write. ``delay`` (seconds of
+    sleep before writing) exists for tests and demonstrations that need a run slow enough
+    to interrupt.
+    """
+    t0 = time.perf_counter()
+    if data is None:
+        assert chunk is not None
+        data = chunk.read()
+    images, labels = data
+    t1 = time.perf_counter()
+    est = extractor if extractor is not None else build_extractor(config, n_jobs=n_jobs)
+    feats = est.fit(images[:1]).transform(images)
+    t2 = time.perf_counter()
+    if delay:
+        time.sleep(delay)
+    meta = {"chunk": index, "rows": len(images), "read_s": round(t1 - t0, 4),
+            "compute_s": round(t2 - t1, 4), "host": socket.gethostname(), "pid": os.getpid()}
+    if not write:
+        return meta, feats, labels
+    store.write_chunk(index, start, feats, labels, {k: v for k, v in meta.items() if k != "chunk"})
+    meta["write_s"] = round(time.perf_counter() - t2, 4)
+    return meta
+
+
+def finalize(plan: ExtractPlan, engine: dict[str, Any], seconds: float, rows_computed: int
+             ) -> ExtractResult:
+    """Check every chunk is marked done, pack ``.npz`` if asked, write ``manifest.json``."""
+    done = plan.store.done()
+    missing = [i for i in range(plan.n_chunks) if i not in done]
+    if missing:
+        raise DataError(f"{plan.store.url}: {len(missing)} chunks not written "
+                        f"(first {missing[:5]}); run again to finish them")
+    if plan.fmt == "npz":
+        plan.store.pack_npz()
+    run = plan.store.run_info() or {}
+    manifest = {
+        **{k: run.get(k) for k in ("format_version", "key", "features", "effective_params",
+                                     "input", "classes", "started")},
+        "n": plan.n,
+        "d": plan.d,
+        "dtype": "float32",
+        "chunk_rows": plan.chunk_rows,
+        "format": plan.fmt,
+        "engine": engine,
+        "rows_computed": rows_computed,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(rows_computed / seconds, 1) if seconds > 0 else None,
+        "created": _now(),
+        "cvpipe_version": __version__,
+    }
+    plan.store.write_json("manifest.json", manifest)
+    if plan.fmt == "npz":
+        plan.store.drop_scratch()
+    log.debug("manifest %s", canonical_json(manifest))
+    return ExtractResult(plan.store.url, manifest, reused=False,
+                         computed_chunks=len(plan.todo))
+
+
+def reused(plan: ExtractPlan) -> ExtractResult:
+    """The result of a plan whose extraction was already finished."""
+    assert plan.manifest is not None
+    return ExtractResult(plan.store.url, plan.manifest, reused=True, computed_chunks=0)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,334 @@
+"""Inputs of a feature extraction: a prepared dataset split, or image files read through fsspec.
+
+A source is cut into row ranges; :meth:`ImageSource.chunk` returns a small, picklable
+:class:`ChunkInput` that reads its own rows wherever it runs (this process or a Dask
+worker), so whoever plans the work never holds the images:
+
+* :class:`DatasetSource` rows come from the dataset cache's ``.npy`` files, memory-mapped
+  by path; a chunk carries the path and its row numbers.
+* :class:`FileSource` rows are image files (a folder, or a text file listing paths or URLs,
+  one a line), each decoded with :func:`cvpipe.images.decode` and resized; a chunk carries
+  its own paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from cvpipe.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+#: Extensions of the files a folder input picks up (case-insensitive).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class ChunkInput(Protocol):
+    """The rows of one chunk; picklable and cheap to send."""
+
+    def read(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 (n, H, W, 3), labels int64 (n,)) of the chunk's rows, in order;
+        ``threads`` may decode files in parallel."""
+        ...  # pragma: no cover
+
+
+class ImageSource(Protocol):
+    """What an extraction reads: ``n`` images of one shape, in a fixed order."""
+
+    n: int
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]: ...  # pragma: no cover
+
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-able identity of the rows (content and order): part of the output key."""
+        ...  # pragma: no cover
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description for the manifest."""
+        ...  # pragma: no cover
+
+    def classes(self) -> list[str] | None: ...  # pragma: no cover
+
+    def chunk(self, start: int, stop: int) -> ChunkInput: ...  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# a prepared dataset
+
+
+@dataclass(frozen=True)
+class ArrayChunk:
+    """Rows of memory-mapped ``.npy`` image and label arrays: ``rows`` is ``(start, stop)`` or
+    an index array."""
+
+    images_path: str
+    labels_path: str
+    rows: tuple[int, int] | np.ndarray
+
+    def read(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            images = np.load(self.images_path, mmap_mode="r")
+            labels = np.load(self.labels_path, mmap_mode="r")
+        except FileNotFoundError as exc:
+            raise DataError(
+                f"{exc.filename}: not found where this chunk runs (a Dask worker on another "
+                "machine needs the data root on a shared filesystem at the same path)"
+            ) from None
+        if isinstance(self.rows, tuple):
+            start, stop = self.rows
+            return np.array(images[start:stop]), np.array(labels[start:stop], dtype=np.int64)
+        return np.asarray(images[self.rows]), np.asarray(labels[self.rows], dtype=np.int64)
+
+
+class DatasetSource:
+    """One split of a prepared dataset (see :func:`cvpipe.data.load_cifar10`).
+
+    Parameters
+    ----------
+    dataset : cvpipe.data.dataset.Dataset
+        The loaded dataset; only its cache paths, manifest and split indices are used.
+    split : {"train", "val", "train_full", "test"}
+        Rows in the order of ``dataset.split(split)``.
+    """
+
+    def __init__(self, dataset: Any, split: str):
+        from cvpipe.data.dataset import SPLIT_NAMES
+
+        if split not in SPLIT_NAMES:
+            raise ConfigError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
+        self.dataset = dataset
+        self.split = split
+        official = "test" if split == "test" else "train"
+        self._images_path = str(Path(dataset.cache_dir, f"{official}_images.npy").resolve())
+        self._labels_path = str(Path(dataset.cache_dir, f"{official}_labels.npy").resolve())
+        self._shape = tuple(int(s) for s in dataset.images(official).shape)
+        if split in ("train", "val"):
+            self._index: np.ndarray | None = dataset.split_indices()[0 if split == "train" else 1]
+            self.n = len(self._index)
+        else:
+            self._index = None
+            self.n = self._shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        h, w, c = self._shape[1:]
+        return h, w, c
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp: dict[str, Any] = {"kind": "dataset", "checksum": self.dataset.checksum,
+                              "options": self.dataset.manifest.get("options", {}),
+                              "split": self.split}
+        if self._index is not None:
+            fp["validation"] = {"fraction": self.dataset.val_fraction, "seed": self.dataset.seed}
+        return fp
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.fingerprint(), "source": self.dataset.manifest.get("source"),
+                "cache_dir": str(self.dataset.cache_dir), "n": self.n}
+
+    def classes(self) -> list[str] | None:
+        return list(self.dataset.classes)
+
+    def chunk(self, start: int, stop: int) -> ArrayChunk:
+        rows: tuple[int, int] | np.ndarray
+        rows = (start, stop) if self._index is None else np.ascontiguousarray(self._index[start:stop])
+        return ArrayChunk(self._images_path, self._labels_path, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# image files through fsspec
+
+
+@dataclass(frozen=True)
+class FileChunk:
+    """Image files read through fsspec, decoded and resized to ``size`` (H, W)."""
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    size: tuple[int, int]
+
+    def read(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        out = np.empty((len(self.paths), self.size[0], self.size[1], 3), dtype=np.uint8)
+
+        def load(i: int) -> None:
+            out[i] = _read_image(self.paths[i], self.size)
+
+        if threads > 1 and len(self.paths) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads, thread_name_prefix="cvpipe-decode") as ex:
+                list(ex.map(load, range(len(self.paths))))
+        else:
+            for i in range(len(self.paths)):
+                load(i)
+        return out, np.asarray(self.labels, dtype=np.int64)
+
+
+def _read_image(path: str, size: tuple[int, int]) -> np.ndarray:
+    import fsspec
+
+    from cvpipe.images import ImageError, decode
+
+    try:
+        with fsspec.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot read ({exc})") from exc
+    return decode(data, path, size)
+
+
+class FileSource:
+    """Image files (local paths or fsspec URLs) in a fixed order, with optional labels.
+
+    Build one with :meth:`from_folder` or :meth:`from_list`, or directly from paths.
+
+    Parameters
+    ----------
+    paths : sequence of str
+        Paths or URLs, in row order.
+    size : (int, int)
+        (H, W) every image is resized to.
+    labels : (N,) int array, optional
+        Class index per row; -1 (unknown) when absent.
+    classes : list of str, optional
+        Names of the label indices.
+    origin : str
+        What the paths came from (folder or list file), for the manifest.
+    listing_digest : str, optional
+        Digest of the file listing (paths, sizes, modification times) when known; else the
+        fingerprint hashes the paths alone.
+    """
+
+    def __init__(self, paths: Sequence[str], size: tuple[int, int], labels: np.ndarray | None = None,
+                 classes: list[str] | None = None, origin: str = "", listing_digest: str | None = None):
+        if not paths:
+            raise DataError(f"no images in {origin or 'the input'}")
+        self.paths = list(paths)
+        self.n = len(self.paths)
+        self.size = (int(size[0]), int(size[1]))
+        self.labels = (np.full(self.n, -1, np.int64) if labels is None
+                       else np.asarray(labels, dtype=np.int64))
+        if len(self.labels) != self.n:
+            raise ConfigError(f"{len(self.labels)} labels for {self.n} images")
+        self._classes = classes
+        self.origin = origin
+        if listing_digest is None:
+            h = hashlib.sha256()
+            for p in self.paths:
+                h.update(p.encode() + b"\n")
+            listing_digest = h.hexdigest()
+        self.listing_digest = listing_digest
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.size[0], self.size[1], 3
+
+    def fingerprint(self) -> dict[str, Any]:
+        h = hashlib.sha256(self.labels.tobytes())
+        return {"kind": "files", "listing": self.listing_digest, "n": self.n,
+                "size": list(self.size), "labels": h.hexdigest()[:16]}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.fingerprint(), "origin": self.origin, "classes": self._classes}
+
+    def classes(self) -> list[str] | None:
+        return self._classes
+
+    def chunk(self, start: int, stop: int) -> FileChunk:
+        return FileChunk(tuple(self.paths[start:stop]), self.labels[start:stop].copy(), self.size)
+
+    @classmethod
+    def from_folder(cls, url: str, size: tuple[int, int]) -> FileSource:
+        """Every image file under ``url`` (recursively), sorted by relative path.
+
+        Labels come from the first folder level (``<url>/<class>/.../img.png``, classes in
+        sorted order) when every image sits in a subfolder; else they are -1. The
+        fingerprint hashes each file's relative path, size and modification time (or ETag),
+        so changed files give a new output key.
+        """
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(url)
+        if not fs.isdir(root):
+            raise DataError(f"{url}: not a folder")
+        listing = fs.find(root, detail=True)
+        root = root.rstrip("/")
+        entries = []
+        for path, info in listing.items():
+            if info.get("type", "file") != "file":
+                continue
+            if not path.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            rel = posixpath.relpath(path, root) if path.startswith(root) else path
+            stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag")
+            entries.append((rel, path, info.get("size"), str(stamp)))
+        if not entries:
+            raise DataError(f"{url}: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        entries.sort()
+        h = hashlib.sha256(f"{fs.unstrip_protocol(root)}\n".encode())
+        for rel, _, nbytes, stamp in entries:
+            h.update(f"{rel}|{nbytes}|{stamp}\n".encode())
+        local = _is_local(fs)
+        paths = [p if local else fs.unstrip_protocol(p) for _, p, _, _ in entries]
+        labels, classes = None, None
+        tops = [rel.split("/", 1)[0] if "/" in rel else None for rel, _, _, _ in entries]
+        if all(t is not None for t in tops):
+            classes = sorted(set(tops))  # type: ignore[arg-type]
+            index = {c: i for i, c in enumerate(classes)}
+            labels = np.array([index[t] for t in tops], dtype=np.int64)
+        log.info("%s: %d images%s", url, len(paths),
+                 f" in {len(classes)} classes" if classes else " (no class folders: labels -1)")
+        return cls(paths, size, labels, classes, origin=url, listing_digest=h.hexdigest())
+
+    @classmethod
+    def from_list(cls, list_file: str, size: tuple[int, int]) -> FileSource:
+        """Paths or URLs listed one a line in ``list_file`` (blank lines and ``#`` comments
+        skipped), in the file's order; relative paths are relative to the list's folder.
+        Labels are -1. The fingerprint hashes the list; contents changed in place are not
+        noticed (use ``--force``)."""
+        import fsspec
+
+        try:
+            with fsspec.open(list_file, "rt") as f:
+                lines = f.read().splitlines()
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{list_file}: cannot read the list of images ({exc})") from None
+        base = posixpath.dirname(list_file)
+        paths = []
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "://" not in line and not posixpath.isabs(line) and base:
+                line = posixpath.join(base, line)
+            paths.append(line)
+        return cls(paths, size, origin=list_file)
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def open_input(spec: str, size: tuple[int, int]) -> FileSource:
+    """A :class:`FileSource` from ``--input``: a folder (local or URL), else a list file."""
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(spec)
+        is_dir = fs.isdir(path)
+        exists = is_dir or fs.exists(path)
+    except (OSError, ValueError, ImportError) as exc:
+        raise DataError(f"{spec}: cannot open ({exc})") from None
+    if not exists:
+        raise DataError(f"{spec}: no such folder or file")
+    return FileSource.from_folder(spec, size) if is_dir else FileSource.from_list(spec, size)
