@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -83,7 +82,7 @@ def test_unknown_pipeline_fails_before_training(run, capsys):
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
 def test_report_renders_in_headless_chromium(run, tmp_path):
-    selenium = pytest.importorskip("selenium")
+    pytest.importorskip("selenium")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -110,7 +109,7 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
         driver.quit()
     assert rows == 4
     assert len(images) >= 8 and all(done and width > 100 for done, width, _ in images), images
-    assert {"accuracy", "Confusion", "Misclassified", "HOG"} <= {w for _, _, alt in images for w in alt.split()} | {
-        w for _, _, alt in images for w in alt.replace(":", " ").split()}
+    words = {w for _, _, alt in images for w in alt.replace(":", " ").split()}
+    assert {"accuracy", "Confusion", "Misclassified", "HOG"} <= words
     assert "points" in summary
     assert shot.stat().st_size > 10_000
