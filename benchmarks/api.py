@@ -672,7 +672,12 @@ def main(argv: list[str] | None = None) -> int:
                      "test_accuracy": (meta.get("metrics", {}).get("test") or {}).get("accuracy"),
                      **(model_info if name == svm else {}),
                      **bench_model(port, server, name, pngs, args)}
-            s, b = entry["single_image"], max(entry["batch"], key=lambda r: r["images_per_second"])
+            # the batch target is for one request at a time (concurrency 1)
+            s, b = entry["single_image"], entry["batch"][0]
+            if name != svm:
+                entry["targets"] = "none: issue 7 sets targets for the HOG+colour linear SVM only"
+                result["models"][name] = entry
+                continue
             entry["meets_targets"] = {
                 "single_requests_per_second":
                     s["requests_per_second"] >= TARGETS["single_requests_per_second"],
