@@ -37,15 +37,15 @@ def serve(models: Path, port: int, *extra: str, env: dict | None = None) -> subp
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 60) -> None:
+def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
         try:
-            if requests.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if requests.get(f"{url}/readyz", timeout=10).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or still loading models
             pass
         time.sleep(0.2)
     raise AssertionError("server not ready in time")
