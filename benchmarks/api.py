@@ -215,6 +215,11 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self.log.close()
+        if self.proc.returncode == 0:
+            os.unlink(self.log.name)
+        else:
+            log.warning("server exited with %s; its log: %s", self.proc.returncode, self.log.name)
         return self.proc.returncode
 
 
@@ -262,11 +267,13 @@ def _proc_cpu(pid: int) -> float:
         return 0.0
 
 
-def _machine_busy() -> float:
-    """CPU seconds all processes on the machine have used (from /proc/stat)."""
+def _machine_busy() -> tuple[float, float]:
+    """(CPU seconds all processes on this machine used, seconds the hypervisor gave our virtual
+    cores to others, "steal"), from /proc/stat."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
 
 
 class CpuMeter:
@@ -276,7 +283,7 @@ class CpuMeter:
         self.server = server
         self.pids = [server.proc.pid, *server.worker_pids()]
         self.t0 = time.monotonic()
-        self.busy0 = _machine_busy()
+        self.busy0, self.steal0 = _machine_busy()
         self.server0 = sum(_proc_cpu(p) for p in self.pids)
         self.self0 = _own_cpu()
         self.load0 = os.getloadavg()[0]
@@ -284,13 +291,15 @@ class CpuMeter:
     def result(self) -> dict[str, Any]:
         wall = time.monotonic() - self.t0
         cores = len(os.sched_getaffinity(0))
-        busy = _machine_busy() - self.busy0
+        busy, steal = _machine_busy()
+        busy, steal = busy - self.busy0, steal - self.steal0
         server = sum(_proc_cpu(p) for p in self.pids) - self.server0
         clients = _own_cpu() - self.self0
         return {"wall_seconds": round(wall, 1), "core_seconds_available": round(wall * cores, 1),
                 "server_cpu_seconds": round(server, 1), "client_cpu_seconds": round(clients, 1),
                 "other_processes_cpu_seconds": round(max(busy - server - clients, 0.0), 1),
-                "idle_core_seconds": round(max(wall * cores - busy, 0.0), 1),
+                "idle_core_seconds": round(max(wall * cores - busy - steal, 0.0), 1),
+                "stolen_by_hypervisor_core_seconds": round(steal, 1),
                 "load_average_1min_before_after": [round(self.load0, 2), round(os.getloadavg()[0], 2)]}
 
 
@@ -416,6 +425,20 @@ def batch_test(port: int, model: str, pngs: list[bytes], batch: int, repeats: in
             "images_per_second_per_request": round(batch / statistics.median(lat), 1), **percentiles(lat)}
 
 
+def batch_stats(port: int, model: str) -> tuple[float, float]:
+    """(model calls, requests served by them) so far, from the server's /metrics."""
+    _, text = request("127.0.0.1", port, "GET", "/metrics")
+    calls = requests = 0.0
+    for line in text.decode().splitlines():
+        if f'model="{model}"' not in line:
+            continue
+        if line.startswith("cvpipe_inference_batch_requests_count"):
+            calls += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("cvpipe_inference_batch_requests_sum"):
+            requests += float(line.rsplit(" ", 1)[1])
+    return calls, requests
+
+
 def bench_model(port: int, server: Server, model: str, pngs: list[bytes],
                 args: argparse.Namespace) -> dict[str, Any]:
     jobs = []
@@ -424,8 +447,12 @@ def bench_model(port: int, server: Server, model: str, pngs: list[bytes],
         jobs.append(("POST", f"/v1/models/{model}/predict", body, {"Content-Type": ctype}))
     log.info("%s: single-image load test, %d clients, %.0f s", model, args.clients, args.duration)
     meter = CpuMeter(server)
+    calls0, requests0 = batch_stats(port, model)
     single = load_test(port, jobs, args.clients, args.duration, args.client_processes)
     single["cpu"] = meter.result()
+    calls1, requests1 = batch_stats(port, model)
+    if calls1 > calls0:
+        single["requests_per_model_call"] = round((requests1 - requests0) / (calls1 - calls0), 2)
     log.info("%s: %s", model, single)
     batches = []
     for conc in sorted({1, args.workers}):
@@ -593,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-repeats", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra environment variable for the server (repeat for several)")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for cvpipe serve (repeat for several)")
     p.add_argument("--soak", type=int, default=10_000, help="soak requests (0 skips the soak)")
@@ -642,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
     max_images, max_body = args.batch, 8 * 1024 * 1024
     env = {"CVPIPE_MAX_IMAGES": str(max_images), "CVPIPE_MAX_CONTENT_LENGTH": str(max_body)}
     port = free_port()
+    env.update(kv.split("=", 1) for kv in args.server_env)
     server = Server(models, port, args.workers, args.threads, {**env, "CVPIPE_API_TOKEN": ""},
                     args.serve_arg)
     result: dict[str, Any] = {}
@@ -656,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
             "note": "the benchmark clients (keep-alive http.client connections, one thread each, spread "
                     f"over {args.client_processes} processes) run on the same cores as the server and "
                     "compete with it: figures are for both together",
-            "server": {"command": server.command,
+            "server": {"command": server.command, "environment": env,
                        "wsgi": "gunicorn gthread", "startup_seconds": round(ready, 1),
                        "max_images": max_images, "max_content_length": max_body},
             "images": {"count": len(pngs), "origin": image_origin, "format": "PNG 32x32 RGB",

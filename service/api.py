@@ -86,11 +86,14 @@ def predict(name: str) -> Response:
     uploads, options = read_images(request, cfg["MAX_IMAGES"], ("top_k",))
     k = int_option(options, "top_k", cfg["TOP_K"], 1, MAX_TOP_K)
     g.n_images = len(uploads)
-    t0 = time.perf_counter()
-    images = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"])
-    t1 = time.perf_counter()
-    scores, kind = model.scores(images)
-    t2 = time.perf_counter()
+    # Announced once the body is in (only CPU work left before scoring), so that a call about
+    # to start may wait for this request rather than for the network.
+    with model.batcher.incoming() as score:
+        t0 = time.perf_counter()
+        images = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"])
+        t1 = time.perf_counter()
+        scores, kind = model.scores(images, score)
+        t2 = time.perf_counter()
     idx, best = top_k(scores, k)
     best = np.round(best.astype(np.float64), 6).tolist()
     classes = model.classes

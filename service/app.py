@@ -75,6 +75,7 @@ def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry 
     metrics.models_loaded.set(len(registry))
     for name, model in registry.models.items():
         model.batcher.on_batch = functools.partial(metrics.observe_batch, name)
+        model.batcher.linger = settings["BATCH_LINGER_MS"] / 1000.0
     app.extensions["cvpipe"] = {"registry": registry, "metrics": metrics,
                                 "extractors": ExtractorCache()}
 

@@ -2,8 +2,12 @@
 
 A model call has a fixed cost (Python dispatch, input validation, feature-extractor set-up)
 that dwarfs the per-image cost of a 32x32 image. While one call runs, the requests arriving in
-the worker's other threads queue up; the next call takes them all at once. No request waits
-for a timer: a lone request runs immediately, and batches form only under load.
+the worker's other threads queue up; the next call takes them all at once.
+
+A request announces itself (:meth:`MicroBatcher.incoming`) as soon as it is routed to the
+model, before its images are decoded. A call about to start waits up to ``linger`` seconds
+for the requests announced but not yet queued (they are being decoded in other threads), so
+that they join it instead of each paying for a call of their own. A lone request never waits.
 
 Only one call per model runs at a time in a process (the model need not be thread-safe), and a
 request's own result is returned as soon as the call that contains it ends.
@@ -12,7 +16,9 @@ request's own result is returned as soon as the call that contains it ends.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -45,19 +51,47 @@ class MicroBatcher:
     """
 
     def __init__(self, fn: ScoreFn, max_images: int = 1024,
-                 on_batch: Callable[[int, int], None] | None = None) -> None:
+                 on_batch: Callable[[int, int], None] | None = None, linger: float = 0.002) -> None:
         self.fn = fn
         self.max_images = max_images
         self.on_batch = on_batch
+        self.linger = linger
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._queue: list[_Job] = []
         self._busy = False
+        self._coming = 0  # requests announced and not queued yet
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, str]:
+    @contextmanager
+    def incoming(self) -> Iterator[Callable[[np.ndarray], tuple[np.ndarray, str]]]:
+        """Announce a request; yields the function that scores its images (call it at most once).
+
+        Leaving the block without scoring (bad input) withdraws the announcement.
+        """
+        state = {"queued": False}
+        with self._lock:
+            self._coming += 1
+
+        def score(images: np.ndarray) -> tuple[np.ndarray, str]:
+            state["queued"] = True
+            return self(images, announced=True)
+
+        try:
+            yield score
+        finally:
+            if not state["queued"]:
+                with self._lock:
+                    self._coming -= 1
+                    self._arrived.notify_all()
+
+    def __call__(self, images: np.ndarray, announced: bool = False) -> tuple[np.ndarray, str]:
         """(scores, kind) of ``images``, computed alone or together with other requests'."""
         job = _Job(images)
         with self._lock:
             self._queue.append(job)
+            if announced:
+                self._coming -= 1
+            self._arrived.notify_all()
             lead = not self._busy
             self._busy = True
         if not lead:
@@ -78,6 +112,13 @@ class MicroBatcher:
 
     def _take(self) -> list[_Job]:
         with self._lock:
+            # Wait (briefly, GIL released) for requests already on their way to this model.
+            deadline = time.monotonic() + self.linger
+            while self._coming > 0 and sum(len(j.images) for j in self._queue) < self.max_images:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._arrived.wait(remaining)
             batch, n = [], 0
             while self._queue and (not batch or n + len(self._queue[0].images) <= self.max_images):
                 job = self._queue.pop(0)

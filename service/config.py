@@ -11,7 +11,9 @@ Setting (environment variable, default):
   header before decoding (decompression bombs);
 * ``MAX_REQUEST_PIXELS`` (``CVPIPE_MAX_REQUEST_PIXELS``, 200 megapixels): pixels per request;
 * ``TOP_K`` (``CVPIPE_TOP_K``, 5): classes per image when the request does not say;
-* ``WARMUP`` (``CVPIPE_WARMUP``, true): one prediction per model when the app is created.
+* ``WARMUP`` (``CVPIPE_WARMUP``, true): one prediction per model when the app is created;
+* ``BATCH_LINGER_MS`` (``CVPIPE_BATCH_LINGER_MS``, 2): how long a model call may wait for
+  requests already being decoded, to take them along (:mod:`service.batching`); 0 never waits.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "MAX_REQUEST_PIXELS": ("CVPIPE_MAX_REQUEST_PIXELS", int, 200_000_000),
     "TOP_K": ("CVPIPE_TOP_K", int, 5),
     "WARMUP": ("CVPIPE_WARMUP", bool, True),
+    "BATCH_LINGER_MS": ("CVPIPE_BATCH_LINGER_MS", float, 2.0),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -48,6 +51,14 @@ def _parse(name: str, env: str, kind: type, raw: str) -> Any:
         if raw.strip().lower() in _FALSE:
             return False
         raise ConfigError(f"{env}={raw!r}: expected true or false")
+    if kind is float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r}: expected a number") from None
+        if not value >= 0:
+            raise ConfigError(f"{env}={raw!r}: must be at least 0")
+        return value
     if kind is int:
         try:
             value = int(raw)

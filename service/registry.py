@@ -7,6 +7,7 @@ import hashlib
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -78,12 +79,13 @@ class ServedModel:
     def metadata(self) -> dict[str, Any]:
         return self.predictor.metadata
 
-    def scores(self, images: np.ndarray) -> tuple[np.ndarray, str]:
+    def scores(self, images: np.ndarray, score: Callable | None = None) -> tuple[np.ndarray, str]:
         """(N, n_classes) scores of uint8 (N, H, W, 3) images at ``input_size`` and their kind.
 
-        Concurrent calls are batched into one model call (:mod:`service.batching`).
+        Concurrent calls are batched into one model call (:mod:`service.batching`); ``score``
+        is the function :meth:`MicroBatcher.incoming` yielded for an announced request.
         """
-        scores, kind = self.batcher(images)
+        scores, kind = (score or self.batcher)(images)
         self.score_kind = kind
         return scores, kind
 

@@ -583,6 +583,24 @@ def test_micro_batcher_batches_concurrent_requests_and_keeps_them_apart():
     for i, (scores, kind) in results.items():
         assert kind == "probability" and scores.shape == (1 + i % 3, 2) and (scores == i).all()
 
+    # A call waits (up to `linger`) for requests announced but still decoding, not for others.
+    sizes = []
+    lingering = MicroBatcher(lambda x: (np.zeros((len(x), 2)), "decision"), linger=5.0,
+                             on_batch=lambda requests, images: sizes.append(requests))
+    with lingering.incoming() as late:
+        with lingering.incoming() as early:
+            t = threading.Thread(target=early, args=(np.zeros((1, 2, 2, 3), np.uint8),))
+            t.start()
+            time.sleep(0.2)
+            late(np.zeros((2, 2, 2, 3), np.uint8))
+            t.join(5)
+    assert sizes == [2]
+    start = time.monotonic()
+    with lingering.incoming():
+        pass  # announced, then refused (bad input): withdrawn, nobody waits for it
+    lingering(np.zeros((1, 2, 2, 3), np.uint8))
+    assert sizes == [2, 1] and time.monotonic() - start < 1
+
     def broken(images):
         raise RuntimeError("model failed")
 
