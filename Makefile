@@ -12,7 +12,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(TORCH)
 
-.PHONY: help install demo compare-full test test-fast lint bench clean-venv
+.PHONY: help install demo serve compare-full test test-fast lint bench clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,8 +37,11 @@ demo: $(STAMP) ## prepare CIFAR-10, run the quick comparison, leave models ready
 	$(BIN)/cvpipe data prepare
 	$(BIN)/cvpipe compare --profile quick
 	@echo
-	@echo "Report: reports/quick/report.html. Serve the models with:"
+	@echo "Report: reports/quick/report.html. Serve the models with 'make serve', i.e.:"
 	@echo "  $(BIN)/cvpipe serve --models models --host 127.0.0.1 --port 8000"
+
+serve: $(STAMP) ## serve the models in ./models on http://127.0.0.1:8000 (Ctrl-C stops it)
+	$(BIN)/cvpipe serve --models models --host 127.0.0.1 --port 8000
 
 compare-full: $(STAMP) ## the full comparison on all 60,000 images (about an hour on 2 CPU cores)
 	$(BIN)/cvpipe compare --profile full
@@ -49,8 +52,9 @@ test: $(STAMP) ## run the whole test suite
 test-fast: $(STAMP) ## tests without the slow ones
 	$(BIN)/pytest -m "not slow"
 
-lint: $(STAMP) ## ruff
+lint: $(STAMP) ## ruff, and the layer contracts (import-linter)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: $(STAMP) ## speed benchmarks (JSON on stdout)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done

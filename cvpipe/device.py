@@ -13,5 +13,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+        raise ConfigError(f"device {str(device)!r} asked for, but CUDA is not available here "
+                          "(CPU build of torch or no GPU); use device cpu or auto")
     return dev

@@ -19,3 +19,7 @@ class ConfigError(CvpipeError, ValueError):
     Also a :class:`ValueError`, so scikit-learn (``GridSearchCV``, estimator checks) treats
     an invalid parameter the way it treats its own.
     """
+
+
+class ArtifactError(CvpipeError):
+    """A saved model is missing, incomplete, tampered with or of an unknown kind."""

@@ -1,4 +1,15 @@
-"""Decoding user images of any common format, mode and size into model input."""
+"""Decoding image files into model input: the one path every image takes.
+
+Dataset images, ``cvpipe predict``, the REST API and ``cvpipe extract`` all decode with
+:func:`decode`, so one file gives a model the same pixels in training and in serving:
+
+1. only the formats of :data:`IMAGE_FORMATS` are opened (no Ghostscript EPS, no exotic
+   plug-ins), with the pixel count checked before any pixel is decoded;
+2. EXIF orientation is applied;
+3. every mode becomes 8-bit RGB: palette expanded, alpha composited on white, 16-bit and
+   float grayscale scaled to 8 bits, grayscale replicated;
+4. the image is resized (bicubic, antialiased) when a size is asked for.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +24,21 @@ from cvpipe.errors import CvpipeError
 
 #: Refuse images with more pixels than this (decompression bombs); about 40 megapixels.
 MAX_PIXELS = 40_000_000
+#: Pillow formats cvpipe decodes; anything else is refused.
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+#: File name endings of those formats (image folders and lists keep only these files).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+                    ".ppm", ".pgm", ".pbm", ".pnm")
 
 
 class ImageError(CvpipeError):
-    """An input is not a decodable image, or is too large."""
+    """An input is not a decodable image of an accepted format, or is too large."""
+
+
+def is_image_name(name: str) -> bool:
+    """True for a visible file whose name ends in one of :data:`IMAGE_EXTENSIONS`."""
+    base = os.path.basename(name)
+    return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -24,18 +46,29 @@ def to_rgb(im: Image.Image) -> Image.Image:
     palette expanded, 16-bit and float grayscale scaled to 8 bits."""
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        hi = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.asarray(im, dtype=np.float32)
+        top = float(arr.max()) if arr.size else 0.0
+        hi = 65535.0 if im.mode.startswith("I;16") or top > 255 else 255.0
         if im.mode == "F":
-            hi = max(float(arr.max()), 1.0) if arr.max() > 1.0 else 1.0
-        im = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            hi = max(top, 1.0)
+        np.multiply(arr, 255.0 / hi, out=arr)
+        np.add(arr, 0.5, out=arr)
+        im = Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8))
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "RGBa"):
+    if im.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
     return im.convert("RGB")
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) image resized to ``size`` (H, W), bicubic; unchanged if already that size."""
+    if image.shape[:2] == tuple(size):
+        return image
+    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC)
+    return np.asarray(resized, dtype=np.uint8)
 
 
 def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None,
@@ -49,21 +82,20 @@ def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None
     if not data:
         raise ImageError(f"{name}: empty file")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels}")
             im.load()  # decode now, so a truncated file fails here
-            rgb = to_rgb(im)
+            rgb = np.asarray(to_rgb(im), dtype=np.uint8)
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        raise ImageError(f"{name}: not a recognised image ({type(exc).__name__})") from exc
+        raise ImageError(f"{name}: not an image of an accepted format "
+                         f"({', '.join(IMAGE_FORMATS)})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: truncated or corrupt image ({exc})") from exc
-    if size is not None and rgb.size != (size[1], size[0]):
-        rgb = rgb.resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8)
+    return resize(rgb, size) if size is not None else rgb
 
 
 def load_images(paths: list[str | os.PathLike[str]], size: tuple[int, int]) -> np.ndarray:

@@ -9,9 +9,10 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from cvpipe.models import model_card
 from service.auth import check_token
 from service.errors import ApiError
-from service.features import SERVER_PARAMS, ExtractorCache, feature_names
+from service.features import ExtractorCache, feature_names, parse_spec
 from service.inputs import decode_images, int_option, json_option, option, read_images
 from service.registry import ModelRegistry, ServedModel
 
@@ -151,8 +152,7 @@ def features() -> Response:
     check_token()
     cfg = current_app.config
     uploads, options = read_images(request, cfg["MAX_IMAGES"], ("features", "params", "size", "model"))
-    known = feature_names()
-    name = option(options, "features", _parse_name("features", known))
+    name = option(options, "features", _parse_name("features", feature_names()))
     params = json_option(options, "params", lambda v: isinstance(v, dict), "a JSON object")
     size = option(options, "size", _parse_size)
     model_name = option(options, "model", _parse_name("model"))
@@ -161,18 +161,17 @@ def features() -> Response:
             raise ApiError(400, "invalid_option", "give either model (use its features) or "
                            "features/params, not both", {"option": "model"})
         model = _model(model_name)
-        conf = model.metadata.get("features")
-        if not isinstance(conf, dict) or "name" not in conf:
-            raise ApiError(400, "no_features", f"model {model_name!r} ({model.metadata.get('kind')}) "
-                           "has no hand-made features", {"model": model_name})
-        name = conf["name"]
-        params = {k: v for k, v in (conf.get("params") or {}).items()
-                  if k.rpartition("__")[2] not in SERVER_PARAMS}
+        if not model.metadata.get("features"):
+            raise ApiError(400, "no_features", f"model {model_name!r} "
+                           f"({model_card(model.metadata)['family']}) has no hand-made features",
+                           {"model": model_name})
+        spec = parse_spec(model.metadata["features"])
         size = size or model.input_size
-    name = name or DEFAULT_FEATURES
+    else:
+        spec = parse_spec(name or DEFAULT_FEATURES, params)
     size = size or (32, 32)
     cache: ExtractorCache = current_app.extensions["cvpipe"]["extractors"]
-    extractor = cache.get(name, params or {}, size)
+    extractor = cache.get(spec, size, params)
     if len(uploads) * extractor.dim > MAX_FEATURE_VALUES:
         raise ApiError(413, "result_too_large", f"{len(uploads)} images x {extractor.dim} values is "
                        f"over the limit of {MAX_FEATURE_VALUES} values per response: send fewer "

@@ -1,79 +1,66 @@
-"""Feature extractors for ``POST /v1/features``, built from a request's configuration and cached."""
+"""Feature extractors for ``POST /v1/features``, built from a request's feature set and cached."""
 
 from __future__ import annotations
 
 import functools
 import itertools
-import json
 import threading
 from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from cvpipe.errors import CvpipeError
+from cvpipe.errors import ConfigError
+from cvpipe.features import FEATURE_NAMES, FeatureSpec
+from cvpipe.features.spec import RUNTIME_PARAMS
+from cvpipe.storage import canonical_json, to_jsonable
 from service.errors import ApiError
 
 #: Extractor parameters about where and how fast to compute, not what: the server decides.
-SERVER_PARAMS = frozenset({"n_jobs", "device", "backend", "chunk_size"})
+SERVER_PARAMS = RUNTIME_PARAMS | {"chunk_size"}
 _CACHE_SIZE = 32
 
 
 @functools.cache
 def feature_names() -> list[str]:
-    """Every name :func:`cvpipe.features.make_features` builds: each component (``hog``,
-    ``color``, ...) and every ordered "+" combination of distinct components."""
-    try:
-        from cvpipe.features import FEATURE_NAMES as parts
-    except ImportError:  # pragma: no cover - the features module is part of cvpipe
-        parts = ("hog", "color")
+    """Every feature name a request may give: each component (``hog``, ``color``, ...) and
+    every ordered "+" combination of distinct components."""
     names = []
-    for n in range(1, len(parts) + 1):
-        names += ["+".join(p) for p in itertools.permutations(parts, n)]
+    for n in range(1, len(FEATURE_NAMES) + 1):
+        names += ["+".join(p) for p in itertools.permutations(FEATURE_NAMES, n)]
     return names
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
-
-
-def _effective_params(transformer: Any, name: str) -> dict[str, dict[str, Any]]:
-    """Every parameter of every component, defaults included: ``{"hog": {...}, "color": {...}}``."""
-    parts = getattr(transformer, "transformer_list", None) or [(name, transformer)]
-    out = {}
-    for part, est in parts:
-        try:
-            out[part] = {k: v for k, v in est.get_params(deep=False).items() if k not in SERVER_PARAMS}
-        except Exception:  # noqa: BLE001 - not a scikit-learn estimator: nothing more to say
-            out[part] = {}
-    return out
+def parse_spec(features: str | dict[str, Any], params: dict[str, Any] | None = None) -> FeatureSpec:
+    """The :class:`FeatureSpec` of a request (a name and params) or of a model; 400 if invalid."""
+    bad = sorted(k for k in (params or {}) if k.rpartition("__")[2] in SERVER_PARAMS)
+    if bad:
+        raise ApiError(400, "invalid_features", f"params {bad} are chosen by the server, not the "
+                       "request", {"option": "params"})
+    try:
+        return FeatureSpec.parse(features, params)
+    except ConfigError as exc:
+        raise ApiError(400, "invalid_features", str(exc), {"option": "features"}) from None
 
 
 class Extractor:
-    """A feature extractor for one configuration and image size, with its output dimension."""
+    """The transformer of one feature set for one image size, with its output dimension."""
 
-    def __init__(self, name: str, params: dict[str, Any], size: tuple[int, int]) -> None:
-        from cvpipe.features import make_features
-
-        self.name = name
+    def __init__(self, spec: FeatureSpec, size: tuple[int, int], params: dict[str, Any] | None = None
+                 ) -> None:
+        self.spec = spec
         self.size = size
         try:
-            self.transformer = make_features(name, **params)
-            probe = np.asarray(self.transformer.transform(np.full((1, *size, 3), 127, np.uint8)))
-        except (CvpipeError, ValueError, TypeError) as exc:
-            raise ApiError(400, "invalid_features", f"features {name!r} with params {params} on "
-                           f"{size[0]}x{size[1]} images: {exc}", {"option": "features"}) from None
-        self.dim = int(probe.reshape(1, -1).shape[1])
-        self.config = {"name": name, "params": _jsonable(params),
-                       "effective": _jsonable(_effective_params(self.transformer, name))}
+            self.dim = spec.check((*size, 3))  # from the parameters: nothing is computed yet
+        except ConfigError as exc:
+            raise ApiError(400, "invalid_features", f"{exc} (images resized to {size[0]}x{size[1]})",
+                           {"option": "features"}) from None
+        self.transformer = spec.build()
+        effective = dict(zip(spec.step_names(), (c["params"] for c in spec.effective_params()),
+                             strict=True))
+        self.config = {"name": spec.name, "params": to_jsonable(params or {}),
+                       "components": spec.to_dict()["components"], "effective": effective,
+                       "key": spec.key()}
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, dim) feature vectors of uint8 (N, H, W, 3) images at ``size``."""
@@ -81,26 +68,23 @@ class Extractor:
 
 
 class ExtractorCache:
-    """The most recently used extractors by (name, params, size), safe to share across threads."""
+    """The most recently used extractors by (feature key, size), safe to share across threads."""
 
     def __init__(self, size: int = _CACHE_SIZE) -> None:
         self._items: OrderedDict[str, Extractor] = OrderedDict()
         self._lock = threading.Lock()
         self._size = size
 
-    def get(self, name: str, params: dict[str, Any], size: tuple[int, int]) -> Extractor:
-        """The extractor for a configuration; 400 :class:`ApiError` if it is not valid."""
-        bad = sorted(k for k in params if k.rpartition("__")[2] in SERVER_PARAMS)
-        if bad:
-            raise ApiError(400, "invalid_features", f"params {bad} are chosen by the server, not the "
-                           "request", {"option": "params"})
-        key = json.dumps([name, params, size], sort_keys=True, default=str)
+    def get(self, spec: FeatureSpec, size: tuple[int, int], params: dict[str, Any] | None = None
+            ) -> Extractor:
+        """The extractor of a feature set at an image size; 400 :class:`ApiError` if invalid."""
+        key = canonical_json([spec.name, spec.key(), size, params or {}])
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        extractor = Extractor(name, params, size)  # outside the lock: may take a moment
+        extractor = Extractor(spec, size, params)
         with self._lock:
             self._items[key] = extractor
             while len(self._items) > self._size:

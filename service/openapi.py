@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cvpipe import __version__
+from cvpipe.images import IMAGE_FORMATS
 from service.api import MAX_SIDE, MAX_TOP_K, MIN_SIDE
 from service.features import feature_names
 
@@ -115,14 +116,23 @@ SCHEMAS: dict[str, Any] = {
     },
     "FeatureConfig": {
         "type": "object",
-        "required": ["name", "params", "effective"],
+        "required": ["name", "params", "components", "effective", "key"],
         "properties": {
             "name": {"type": "string", "example": "hog+color"},
             "params": {"type": "object", "additionalProperties": True,
-                       "description": "The parameters as requested (or as the model stores them)."},
+                       "description": "The parameters as requested ({} with model=)."},
+            "components": {"type": "array", "items": {
+                "type": "object", "required": ["name", "params"],
+                "properties": {"name": {"type": "string", "enum": ["hog", "color", "pixels"]},
+                               "params": {"type": "object", "additionalProperties": True}}},
+                "description": "The feature set: its extractors in output order, with the parameters "
+                               "given for each (a model's feature set may repeat a kind)."},
             "effective": {"type": "object", "additionalProperties": {"type": "object"},
                           "description": "Every parameter of every component, defaults included, "
+                          "by component (hog, color; hog_0, hog_1, ... when a kind repeats), "
                           "e.g. {\"hog\": {\"orientations\": 9, ...}, \"color\": {...}}."},
+            "key": {"type": "string", "pattern": "^[0-9a-f]{16}$",
+                    "description": "Stable key of the feature set (its effective parameters)."},
         },
     },
     "FeaturesResponse": {
@@ -154,6 +164,9 @@ SCHEMAS: dict[str, Any] = {
             "version": {"type": "string"},
             "kind": {**_STRING_OR_NULL, "description": "classic (features + classifier) or cnn."},
             "pipeline": _STRING_OR_NULL,
+            "card": {"type": "object", "description": "What the model is, for people.",
+                     "properties": {"family": _STRING_OR_NULL, "features": _STRING_OR_NULL,
+                                    "classifier": _STRING_OR_NULL, "description": _STRING_OR_NULL}},
             "classes": {"type": "array", "items": {"type": "string"}},
             "input_size": {"type": "array", "items": {"type": "integer"}},
             "features": {"type": "object", "nullable": True, "additionalProperties": True,
@@ -210,8 +223,8 @@ def _image_bodies(max_images: int, options: dict[str, Any], form_options: dict[s
     raw = {"schema": {"type": "string", "format": "binary"}}
     return {
         "required": True,
-        "description": "Any image Pillow decodes (PNG, JPEG, BMP, GIF, WebP, TIFF, ...), any size "
-                       "and mode (grayscale, RGBA, palette, 16-bit); EXIF orientation is applied.",
+        "description": f"Images in {', '.join(IMAGE_FORMATS)} format, any size and mode (grayscale, "
+                       "RGBA, palette, 16-bit); EXIF orientation is applied. Other formats are refused.",
         "content": {
             "multipart/form-data": {
                 "schema": {"type": "object", "required": ["images"], "additionalProperties": False,

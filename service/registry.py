@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cvpipe.errors import CvpipeError
-from cvpipe.models.artifact import ArtifactError, Predictor, load_model
+from cvpipe.models import ArtifactError, Predictor, load_model, model_card
 from service.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -118,20 +118,6 @@ def _test_accuracy(meta: dict[str, Any]) -> float | None:
         return None
 
 
-def _classifier_summary(meta: dict[str, Any]) -> dict[str, Any]:
-    clf = meta.get("classifier")
-    if isinstance(clf, dict):
-        out: dict[str, Any] = {"type": clf.get("type")}
-        params = meta.get("hyperparameters", clf.get("params"))
-        if params is not None:
-            out["params"] = params
-        return out
-    out = {"type": meta.get("kind")}
-    if "architecture" in meta:
-        out["architecture"] = meta["architecture"]
-    return out
-
-
 def summarise(name: str, meta: dict[str, Any], version: str) -> dict[str, Any]:
     """The public description of a model (``GET /v1/models``)."""
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
@@ -140,10 +126,12 @@ def summarise(name: str, meta: dict[str, Any], version: str) -> dict[str, Any]:
         "version": version,
         "kind": meta.get("kind"),
         "pipeline": meta.get("pipeline"),
+        "card": model_card(meta),
         "classes": list(meta.get("classes", [])),
         "input_size": list(meta.get("input_size") or [32, 32]),
         "features": meta.get("features"),
-        "classifier": _classifier_summary(meta),
+        "classifier": {"type": model_card(meta)["classifier"],
+                       "params": meta.get("hyperparameters")},
         "test_accuracy": _test_accuracy(meta),
         "accuracy": {split: m.get("accuracy") for split, m in metrics.items()
                      if isinstance(m, dict) and "accuracy" in m},

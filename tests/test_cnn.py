@@ -1,6 +1,5 @@
 """CNN building blocks: config, device choice, network, augmentation, schedules, checkpoints."""
 
-import argparse
 import json
 import math
 
@@ -8,12 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from cvpipe.cnn import CNNConfig, NetConfig, ResNet, resolve_device
+from cvpipe.cli import build_parser
+from cvpipe.cnn import CNNConfig, NetConfig, ResNet
 from cvpipe.cnn.checkpoint import load_checkpoint, save_checkpoint
-from cvpipe.cnn.config import add_cnn_arguments, cnn_config_from_args
 from cvpipe.cnn.data import augment, channel_stats, random_cutout, random_flip, random_translate, to_device
 from cvpipe.cnn.train import _plan, _plateau_step, lr_factor, make_optimizer
+from cvpipe.device import resolve_device
 from cvpipe.errors import ConfigError
+from cvpipe.models import CNNPipeline
+from cvpipe.models.cli import _run_options
 
 
 @pytest.fixture(autouse=True)
@@ -38,14 +40,17 @@ def test_config_from_dict_accepts_toml_style_keys_and_rejects_unknown():
 
 
 def test_command_line_options_override_a_config_file():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seed", type=int, default=0)  # the data layer's split seed
-    add_cnn_arguments(parser)
-    toml_table = {"optimizer": "adamw", "epochs": 30, "tta": True}
-    args = parser.parse_args(["--time-budget", "900", "--no-tta", "--train-seed", "3", "--seed", "7"])
-    cfg = cnn_config_from_args(args, toml_table)
+    toml_table = {"options": {"optimizer": "adamw", "epochs": 30, "tta": True}}
+    pipeline = CNNPipeline.from_table("cnn", toml_table)
+    args = build_parser().parse_args(["train", "--pipeline", "cnn", "--time-budget", "900",
+                                      "--set", "tta=false", "--set", "seed=3", "--seed", "7"])
+    cfg = pipeline.configure(_run_options(args)).config
     assert (cfg.time_budget, cfg.tta, cfg.seed, cfg.optimizer, cfg.epochs) == (900, False, 3, "adamw", 30)
-    assert cnn_config_from_args(parser.parse_args([])) == CNNConfig()
+    args = build_parser().parse_args(["train", "--pipeline", "cnn"])
+    assert CNNPipeline.from_table("cnn", {}).configure(_run_options(args)).config == CNNConfig()
+    with pytest.raises(ConfigError, match="takes no option 'refit'"):
+        pipeline.configure(_run_options(build_parser().parse_args(
+            ["train", "--pipeline", "cnn", "--no-refit"])))
 
 
 def test_config_resolves_defaults_per_device_and_optimizer():

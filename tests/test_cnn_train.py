@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cvpipe.cnn import CNNConfig, train_cnn, train_cnn_model
+from cvpipe.cnn import CNNConfig, train_cnn
 from cvpipe.cnn.checkpoint import CheckpointError
-from cvpipe.cnn.train import TrainingError, checkpoint_dir_for
+from cvpipe.cnn.train import TrainingError
 from cvpipe.data import load_cifar10
-from cvpipe.models import ArtifactError, load_model
+from cvpipe.models import ArtifactError, CNNPipeline, checkpoint_dir_for, load_model
 from tests import synthetic
 
 TINY = CNNConfig(epochs=3, batch_size=20, width=4, lr=0.2, device="cpu", seed=3, tta=False)
@@ -125,7 +125,8 @@ def tiny_cifar(tmp_path):
 def test_trained_model_saves_loads_and_predicts_identically(tiny_cifar, tmp_path):
     dataset, arrays = tiny_cifar
     model_dir = tmp_path / "models" / "cnn-tiny"
-    meta = train_cnn_model(dataset, model_dir, TINY.replace(epochs=2, tta=True), progress=False)
+    meta = CNNPipeline("cnn-tiny", TINY.replace(epochs=2, tta=True)).train(dataset, model_dir,
+                                                                       progress=False)
     assert checkpoint_dir_for(model_dir).joinpath("last.json").is_file()
     assert {p.name for p in model_dir.iterdir()} == {"model.json", "weights.safetensors", "curves.png"}
     assert meta["kind"] == "cnn" and meta["input_size"] == [32, 32] and meta["features"] is None
@@ -160,7 +161,7 @@ def test_trained_model_saves_loads_and_predicts_identically(tiny_cifar, tmp_path
 def test_weights_that_do_not_fit_the_architecture_fail_clearly(tiny_cifar, tmp_path):
     dataset, _ = tiny_cifar
     model_dir = tmp_path / "models" / "cnn-arch"
-    train_cnn_model(dataset, model_dir, TINY.replace(epochs=1), progress=False)
+    CNNPipeline("cnn-arch", TINY.replace(epochs=1)).train(dataset, model_dir, progress=False)
     meta_path = model_dir / "model.json"
     meta = json.loads(meta_path.read_text())
     meta["architecture"]["widths"] = [8, 16, 32, 64]

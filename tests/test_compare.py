@@ -19,7 +19,7 @@ pipelines = ["color-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"]
 [profiles.tiny]
 limit_per_class = 16
 model_prefix = "tiny-"
-cnn = { epochs = 2, width = 8, batch_size = 32, eval_batch_size = 64 }
+options = { cnn = { epochs = 2, width = 8, batch_size = 32, eval_batch_size = 64 } }
 """
 
 

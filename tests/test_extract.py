@@ -14,7 +14,7 @@ from cvpipe.data import load_cifar10
 from cvpipe.errors import ConfigError, DataError
 from cvpipe.extract import DatasetSource, FileSource, extract, load_features, open_input
 from cvpipe.extract.store import FeatureStore
-from cvpipe.features import make_features
+from cvpipe.features import FeatureSpec, make_features
 from tests import synthetic
 
 CHUNK = 16
@@ -41,7 +41,7 @@ def test_zarr_output_matches_direct_transform_row_for_row(dataset, tmp_path):
     np.testing.assert_array_equal(np.asarray(feats), reference(np.asarray(x)))
     np.testing.assert_array_equal(labels, y)
     assert manifest["n"] == 300 and manifest["d"] == 452 and manifest["format"] == "zarr"
-    assert manifest["features"] == {"name": "hog+color", "params": {}}
+    assert manifest["features"] == FeatureSpec.parse("hog+color").to_dict()
     assert manifest["input"]["checksum"] == dataset.checksum
     assert manifest["classes"] == list(synthetic.CLASSES)
     assert manifest["rows_computed"] == 300 and manifest["images_per_s"] > 0

@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvpipe.classifiers.specs import PipelineSpec, load_pipeline_config
-from cvpipe.classifiers.training import train_classic
 from cvpipe.cli import main
 from cvpipe.data import load_cifar10
 from cvpipe.errors import ConfigError
-from cvpipe.models import ArtifactError, load_model
-from cvpipe.pipelines import all_pipelines
+from cvpipe.models import ArtifactError, ClassicPipeline, all_pipelines, load_model, load_pipeline_config
 from tests import synthetic
 
 FEATURES = {"name": "hog+color", "params": {"hog__pixels_per_cell": [8, 8]}}
@@ -37,8 +34,8 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("clf", sorted(CLASSIFIERS))
 def test_every_classifier_trains_saves_and_reloads(tiny, tmp_path, clf):
-    spec = PipelineSpec.from_dict(clf, {"features": FEATURES, "classifier": CLASSIFIERS[clf]})
-    meta = train_classic(tiny, spec, tmp_path / clf, progress=False)
+    pipeline = ClassicPipeline.from_table(clf, {"features": FEATURES, "classifier": CLASSIFIERS[clf]})
+    meta = pipeline.train(tiny, tmp_path / clf, progress=False)
     m = meta["metrics"]
     assert m["test"]["accuracy"] > 0.5, m["test"]["accuracy"]  # chance is 0.1
     assert set(m) == {"train", "val", "test"} and m["train"]["split"] == "train_full"
@@ -56,12 +53,12 @@ def test_every_classifier_trains_saves_and_reloads(tiny, tmp_path, clf):
 
 
 def test_selection_picks_on_validation_and_records_candidates(tiny, tmp_path):
-    spec = PipelineSpec.from_dict("grid", {
+    pipeline = ClassicPipeline.from_table("grid", {
         "features": {"name": "color"},
         "classifier": {"type": "linear-svm"},
         "grid": {"classifier.C": [1e-6, 1.0]},
     })
-    meta = train_classic(tiny, spec, tmp_path / "g", progress=False)
+    meta = pipeline.train(tiny, tmp_path / "g", progress=False)
     cands = meta["selection"]["candidates"]
     assert [c["params"]["classifier.C"] for c in cands] == [1e-6, 1.0]
     best = max(cands, key=lambda c: c["val_accuracy"])
@@ -70,7 +67,7 @@ def test_selection_picks_on_validation_and_records_candidates(tiny, tmp_path):
 
 
 def test_flip_augmentation_and_feature_components(tiny, tmp_path):
-    spec = PipelineSpec.from_dict("multi", {
+    pipeline = ClassicPipeline.from_table("multi", {
         "features": {"name": "hog2+color", "components": [
             {"name": "hog", "params": {"pixels_per_cell": [8, 8]}},
             {"name": "hog", "params": {"pixels_per_cell": [16, 16]}},
@@ -78,7 +75,7 @@ def test_flip_augmentation_and_feature_components(tiny, tmp_path):
         "classifier": {"type": "linear-svm", "params": {"C": 0.01}},
         "augment_flip": True,
     })
-    meta = train_classic(tiny, spec, tmp_path / "m", progress=False, refit=False)
+    meta = pipeline.configure(refit=False).train(tiny, tmp_path / "m", progress=False)
     assert meta["feature_dim"] == 324 + 36 + 128
     assert meta["metrics"]["train"]["split"] == "train"
     model = load_model(tmp_path / "m")
@@ -86,8 +83,8 @@ def test_flip_augmentation_and_feature_components(tiny, tmp_path):
 
 
 def test_tampered_and_truncated_artifacts_fail_clearly(tiny, tmp_path):
-    spec = PipelineSpec.from_dict("t", {"features": FEATURES, "classifier": CLASSIFIERS["mlp"]})
-    train_classic(tiny, spec, tmp_path / "t", progress=False)
+    pipeline = ClassicPipeline.from_table("t", {"features": FEATURES, "classifier": CLASSIFIERS["mlp"]})
+    pipeline.train(tiny, tmp_path / "t", progress=False)
     weights = tmp_path / "t" / "classifier.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
@@ -106,8 +103,9 @@ def test_skops_file_with_foreign_type_is_refused(tiny, tmp_path):
     import skops.io as sio
     from sklearn.preprocessing import FunctionTransformer
 
-    spec = PipelineSpec.from_dict("s", {"features": FEATURES, "classifier": CLASSIFIERS["linear-svm"]})
-    train_classic(tiny, spec, tmp_path / "s", progress=False)
+    pipeline = ClassicPipeline.from_table("s", {"features": FEATURES,
+                                                "classifier": CLASSIFIERS["linear-svm"]})
+    pipeline.train(tiny, tmp_path / "s", progress=False)
     # Swap in an object that calls a function, and re-sign model.json as an attacker could.
     sio.dump(FunctionTransformer(func=print), tmp_path / "s" / "classifier.skops")
     meta = json.loads((tmp_path / "s" / "model.json").read_text())

@@ -12,9 +12,12 @@ not regularised.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -41,6 +44,13 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
     n_iter_ : int
     """
 
+    _parameter_constraints: dict = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "fit_intercept": ["boolean"],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+    }
+
     def __init__(self, C: float = 1.0, fit_intercept: bool = True, max_iter: int = 1000,
                  tol: float = 1e-5):
         self.C = C
@@ -49,10 +59,9 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         self.tol = tol
 
     def fit(self, X, y) -> LinearSVM:
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
-        if self.C <= 0:
-            raise ValueError(f"C must be positive, got {self.C}")
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         n_classes = len(self.classes_)
         if n_classes < 2:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import logging
+from numbers import Integral, Real
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
@@ -74,6 +76,26 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     train_loss, val_loss, val_accuracy, lr), best_epoch_, n_epochs_
     """
 
+    _parameter_constraints: dict = {
+        "hidden_sizes": [list, tuple],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "input_dropout": [Interval(Real, 0, 1, closed="left")],
+        "batch_norm": ["boolean"],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "optimizer": [StrOptions({"adam", "sgd"})],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "momentum": [Interval(Real, 0, 1, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "lr_schedule": [StrOptions({"cosine", "plateau", "none"})],
+        "label_smoothing": [Interval(Real, 0, 1, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "patience": [Interval(Integral, 1, None, closed="left")],
+        "device": [str],
+        "random_state": [Interval(Integral, 0, None, closed="left")],
+    }
+
     def __init__(self, hidden_sizes: tuple[int, ...] = (1024,), dropout: float = 0.5,
                  input_dropout: float = 0.0, batch_norm: bool = True, weight_decay: float = 1e-4,
                  optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
@@ -99,18 +121,16 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
 
-    def _check_params(self) -> None:
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.lr_schedule not in ("cosine", "plateau", "none"):
-            raise ValueError(f"lr_schedule must be cosine, plateau or none, not {self.lr_schedule!r}")
-        if self.max_epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ValueError("max_epochs and batch_size must be >= 1 and lr > 0")
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        if not all(isinstance(h, Integral) and not isinstance(h, bool) and h > 0
+                   for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must hold positive integers, not {self.hidden_sizes!r}")
 
     def fit(self, X, y, eval_set: tuple[np.ndarray, np.ndarray] | None = None) -> MLPClassifier:
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
-        self._check_params()
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError("MLPClassifier needs samples of at least 2 classes, got 1 class")

@@ -9,11 +9,13 @@ The trained model is stored in OpenCV's own YAML format (:meth:`save` / :func:`l
 from __future__ import annotations
 
 import tempfile
+from numbers import Integral, Real
 from pathlib import Path
 
 import cv2
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -38,6 +40,14 @@ class OpenCVSVM(ClassifierMixin, BaseEstimator):
     classes_, n_features_in_, svm_ (the ``cv2.ml.SVM``), gamma_
     """
 
+    _parameter_constraints: dict = {
+        "kernel": [StrOptions(set(_KERNELS))],
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "gamma": [StrOptions({"scale"}), Interval(Real, 0, None, closed="neither")],
+        "max_iterations": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="neither")],
+    }
+
     def __init__(self, kernel: str = "rbf", C: float = 1.0, gamma: float | str = "scale",
                  max_iterations: int = 10000, tol: float = 1e-3):
         self.kernel = kernel
@@ -47,12 +57,9 @@ class OpenCVSVM(ClassifierMixin, BaseEstimator):
         self.tol = tol
 
     def fit(self, X, y) -> OpenCVSVM:
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
-        if self.kernel not in _KERNELS:
-            raise ValueError(f"kernel must be one of {sorted(_KERNELS)}, got {self.kernel!r}")
-        if self.C <= 0:
-            raise ValueError(f"C must be positive, got {self.C}")
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError("OpenCVSVM needs samples of at least 2 classes, got 1 class")

@@ -1,18 +1,19 @@
-"""Saving and loading classic (features + classifier) models as data-only artifacts.
-
-Files in ``models/<name>/`` besides ``model.json``:
+"""The fitted parts of a classic pipeline as data-only files, and back.
 
 * ``preprocess.skops``: StandardScaler / PCA (skops, loaded with an explicit trusted list);
 * the classifier: ``classifier.skops`` (linear and kernel SVMs), ``classifier.safetensors``
-  (MLP weights; its shape parameters live in ``model.json``) or ``classifier.yml``
+  (MLP weights; its shape parameters go into the description) or ``classifier.yml``
   (``cv2.ml.SVM`` in OpenCV's own format).
 
-The feature extractor is stateless: ``model.json`` stores its configuration and it is rebuilt
-from that, never deserialised.
+The feature extractor is stateless: its :class:`~cvpipe.features.FeatureSpec` is stored as
+a description and rebuilt from it. :func:`save_parts` returns the description of the files it
+wrote; :func:`load_parts` reads only the files that description names, and the artifact layer
+(:mod:`cvpipe.models`) has checked their hashes before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,46 +24,40 @@ from sklearn.base import BaseEstimator
 
 from cvpipe.classifiers.mlp import MLPClassifier, build_mlp
 from cvpipe.classifiers.opencv_svm import OpenCVSVM, load_opencv_svm
-from cvpipe.models.artifact import ArtifactError, register_kind, write_artifact
+from cvpipe.errors import ArtifactError
 
-KIND = "classic"
+PREPROCESS_FILE = "preprocess.skops"
 #: Types outside scikit-learn/numpy that a classic model's skops files may contain.
-TRUSTED_TYPES = ["cvpipe.classifiers.linear_svm.LinearSVM"]
+TRUSTED_TYPES = ["cvpipe.classifiers.linear_svm.LinearSVM", "cvpipe.classifiers.kernel_svm.RBFSVM"]
 
 
-def save_classic_model(model_dir: Path, *, features: dict, preprocess: BaseEstimator | None,
-                       classifier: BaseEstimator, classifier_type: str, classes: list[str],
-                       metadata: dict[str, Any]) -> Path:
-    """Write a fitted classic pipeline to ``model_dir`` (atomically)."""
-    clf_state: dict[str, Any] = {"type": classifier_type,
-                                 "classes": np.asarray(classifier.classes_).tolist(),
-                                 "n_features_in": int(classifier.n_features_in_)}
+def save_parts(directory: Path, preprocess: BaseEstimator | None, classifier: BaseEstimator,
+               classifier_type: str) -> dict[str, Any]:
+    """Write the fitted preprocessing and classifier into ``directory``.
+
+    Returns
+    -------
+    dict
+        ``{"classifier": {type, classes, n_features_in, file, ...}, "preprocess_file": name or
+        None}``: what :func:`load_parts` needs, for ``model.json``.
+    """
+    state: dict[str, Any] = {"type": classifier_type,
+                             "classes": np.asarray(classifier.classes_).tolist(),
+                             "n_features_in": int(classifier.n_features_in_)}
+    if preprocess is not None:
+        sio.dump(preprocess, directory / PREPROCESS_FILE)
     if isinstance(classifier, MLPClassifier):
-        clf_state.update(params=_jsonable(classifier.get_params()), file="classifier.safetensors")
+        params = {k: list(v) if isinstance(v, tuple) else v for k, v in classifier.get_params().items()}
+        state.update(params=params, file="classifier.safetensors")
+        weights = {k: v.contiguous() for k, v in classifier.model_.state_dict().items()}
+        save_file(weights, directory / state["file"])
     elif isinstance(classifier, OpenCVSVM):
-        clf_state.update(params=classifier.get_params(), gamma=classifier.gamma_,
-                         file="classifier.yml")
+        state.update(params=classifier.get_params(), gamma=classifier.gamma_, file="classifier.yml")
+        classifier.save(directory / state["file"])
     else:
-        clf_state.update(file="classifier.skops")
-
-    def write(tmp: Path) -> None:
-        if preprocess is not None:
-            sio.dump(preprocess, tmp / "preprocess.skops")
-        if isinstance(classifier, MLPClassifier):
-            state = {k: v.contiguous() for k, v in classifier.model_.state_dict().items()}
-            save_file(state, tmp / "classifier.safetensors")
-        elif isinstance(classifier, OpenCVSVM):
-            classifier.save(tmp / "classifier.yml")
-        else:
-            sio.dump(classifier, tmp / "classifier.skops")
-
-    meta = {**metadata, "kind": KIND, "classes": list(classes), "features": features,
-            "classifier": clf_state, "preprocess_file": "preprocess.skops" if preprocess else None}
-    return write_artifact(model_dir, meta, write)
-
-
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+        state.update(file="classifier.skops")
+        sio.dump(classifier, directory / state["file"])
+    return {"classifier": state, "preprocess_file": PREPROCESS_FILE if preprocess is not None else None}
 
 
 def _skops_load(path: Path) -> Any:
@@ -73,44 +68,17 @@ def _skops_load(path: Path) -> Any:
     return sio.load(path, trusted=untrusted)
 
 
-class ClassicPredictor:
-    """A loaded classic model: raw images -> features -> preprocessing -> classifier."""
+def load_parts(description: dict[str, Any], path_of: Callable[[str], Path]
+               ) -> tuple[Any, BaseEstimator]:
+    """(preprocess or None, classifier) from the files a :func:`save_parts` description names.
 
-    def __init__(self, metadata: dict[str, Any], preprocess: Any, classifier: BaseEstimator):
-        from cvpipe.classifiers.specs import build_features
-
-        self.metadata = metadata
-        self.preprocess = preprocess
-        self.classifier = classifier
-        self.feature_extractor = build_features(metadata["features"])
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """Preprocessed feature vectors of uint8 (N, H, W, 3) images."""
-        feats = self.feature_extractor.transform(images)
-        return self.preprocess.transform(feats) if self.preprocess is not None else feats
-
-    def scores(self, images: np.ndarray) -> tuple[np.ndarray, str]:
-        """(N, n_classes) probabilities, or decision scores where the model has none."""
-        x = self.features(images)
-        if hasattr(self.classifier, "predict_proba"):
-            return self.classifier.predict_proba(x), "probability"
-        s = self.classifier.decision_function(x)
-        if s.ndim == 1:  # two classes: one margin
-            s = np.stack([-s, s], axis=1)
-        return s, "decision"
-
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Class indices into ``metadata["classes"]``."""
-        return self.scores(images)[0].argmax(axis=1)
-
-
-def load(model_dir: Path, meta: dict[str, Any]) -> ClassicPredictor:
-    """Loader registered for kind "classic" (called by :func:`cvpipe.models.load_model`)."""
-    state = meta["classifier"]
+    ``path_of(name)`` gives the path of a named file (and refuses names it does not vouch for).
+    """
+    state = description["classifier"]
     try:
-        preprocess = _skops_load(model_dir / meta["preprocess_file"]) if meta.get(
-            "preprocess_file") else None
-        path = model_dir / state["file"]
+        pre_file = description.get("preprocess_file")
+        preprocess = _skops_load(path_of(pre_file)) if pre_file else None
+        path = path_of(state["file"])
         if state["file"].endswith(".safetensors"):
             params = dict(state["params"])
             params["hidden_sizes"] = tuple(params["hidden_sizes"])
@@ -129,8 +97,5 @@ def load(model_dir: Path, meta: dict[str, Any]) -> ClassicPredictor:
     except ArtifactError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decoding failure is a broken artifact
-        raise ArtifactError(f"{model_dir}: cannot load classifier ({exc})") from exc
-    return ClassicPredictor(meta, preprocess, clf)
-
-
-register_kind(KIND, "cvpipe.classifiers.persist:load")
+        raise ArtifactError(f"cannot load the classifier ({type(exc).__name__}: {exc})") from exc
+    return preprocess, clf

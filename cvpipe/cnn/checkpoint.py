@@ -8,7 +8,7 @@ A checkpoint folder holds::
     best-<epoch>.safetensors   model of the best epoch on validation
     history.json               per-epoch loss and accuracy curves (a copy, for plotting)
 
-Tensor files carry the epoch in their name and are written (temp file + ``os.replace``)
+Tensor files carry the epoch in their name and are written (:func:`cvpipe.storage.atomic_write`)
 before ``last.json`` is replaced, so an interruption at any point leaves either the old
 or the new checkpoint complete; files no longer referenced are removed afterwards.
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cvpipe.errors import CvpipeError
+from cvpipe.storage import atomic_write, write_json
 
 FORMAT = "cvpipe-cnn-checkpoint"
 VERSION = 1
@@ -36,18 +36,9 @@ class CheckpointError(CvpipeError):
     """A checkpoint is unreadable, incomplete or from other settings."""
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    _atomic_write_bytes(path, lambda tmp: save_file(cpu, str(tmp)))
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp)))
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
@@ -97,10 +88,8 @@ def save_checkpoint(directory: Path, epoch: int, model: nn.Module, optimizer: to
         "format": FORMAT, "version": VERSION, "epoch": epoch, "files": files, "state": state,
         "optimizer": {"param_groups": opt["param_groups"], "state": extra},
     }
-    _atomic_write_bytes(directory / "last.json",
-                        lambda tmp: tmp.write_text(json.dumps(index, indent=1)))
-    _atomic_write_bytes(directory / "history.json",
-                        lambda tmp: tmp.write_text(json.dumps(state.get("history", []), indent=1)))
+    write_json(directory / "last.json", index)
+    write_json(directory / "history.json", state.get("history", []))
     keep = {name for name, _ in files.values()}
     for stale in directory.glob("*.safetensors"):
         if stale.name not in keep:

@@ -7,7 +7,6 @@ resolved values are what a model's metadata records.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -190,50 +189,3 @@ class CNNConfig:
         w = self.width or DEVICE_DEFAULTS["cpu"][0]
         return NetConfig(widths=(w, 2 * w, 4 * w, 8 * w), blocks=tuple(self.blocks),
                          activation=self.activation, n_classes=n_classes)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"``: the first CUDA device if there is one, else the CPU; else as named."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available here "
-                          "(CPU build of torch or no GPU); use --device cpu or auto")
-    return device
-
-
-def add_cnn_arguments(parser: argparse.ArgumentParser) -> None:
-    """Command-line options for the commonly changed :class:`CNNConfig` fields.
-
-    Every default is None (meaning: keep the config file's or the built-in value); build
-    the config with :func:`cnn_config_from_args`. The training seed is ``--train-seed``
-    because ``--seed`` already names the validation split's seed.
-    """
-    g = parser.add_argument_group("cnn (--pipeline cnn)")
-    g.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="plan the schedule to finish training in this many seconds")
-    g.add_argument("--epochs", type=float, help="epochs (default 10 on CPU, 16 on GPU; with a "
-                   "budget: as many as fit)")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if present")
-    g.add_argument("--train-seed", type=int, help="seed of initialisation, shuffling, augmentation")
-    g.add_argument("--optimizer", choices=OPTIMIZERS)
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--schedule", choices=SCHEDULES)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--width", type=int, help="stem channels; stages have 2x, 4x, 8x")
-    g.add_argument("--tta", action=argparse.BooleanOptionalAction, help="flip test-time augmentation")
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile (GPU)")
-    g.add_argument("--resume", action=argparse.BooleanOptionalAction,
-                   help="continue from the last checkpoint of this model")
-
-
-def cnn_config_from_args(args: argparse.Namespace, base: CNNConfig | dict[str, Any] | None = None
-                         ) -> CNNConfig:
-    """``base`` (a CNNConfig or a TOML table) with the options given on the command line applied."""
-    config = base if isinstance(base, CNNConfig) else CNNConfig.from_dict(base or {})
-    names = ("time_budget", "epochs", "device", "optimizer", "lr", "schedule", "batch_size", "width",
-             "tta", "compile", "resume")
-    changes = {name: getattr(args, name, None) for name in names}
-    changes["seed"] = getattr(args, "train_seed", None)
-    return config.replace(**changes)

@@ -1,8 +1,10 @@
-"""Saved CNN models: ``weights.safetensors`` + ``model.json``, loaded as a Predictor.
+"""A trained CNN's weights as ``weights.safetensors``, and the network behind the predictor
+interface.
 
-Registers the artifact kind "cnn" with :mod:`cvpipe.models` on import. ``model.json``
-holds ``architecture`` (the :class:`~cvpipe.cnn.net.NetConfig`), ``normalisation``
-(per-channel mean and std of the training split, 0-255 scale) and ``tta``.
+The model's description (``architecture``: the :class:`~cvpipe.cnn.net.NetConfig`,
+``normalisation``: per-channel mean and std of the training split on the 0-255 scale,
+``tta``) is stored by the artifact layer (:mod:`cvpipe.models`), whose hash check runs
+before :func:`load_predictor` reads the weights.
 """
 
 from __future__ import annotations
@@ -16,14 +18,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from cvpipe.cnn.config import resolve_device
 from cvpipe.cnn.infer import logits
 from cvpipe.cnn.net import NetConfig, ResNet
-from cvpipe.models.artifact import ArtifactError, register_kind
+from cvpipe.device import resolve_device
+from cvpipe.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
-KIND = "cnn"
 WEIGHTS = "weights.safetensors"
 
 
@@ -92,20 +93,16 @@ def save_weights(model: ResNet, directory: Path) -> None:
     path.chmod(0o644)  # safetensors writes 0600; a model is read by the service, maybe as another user
 
 
-def load(model_dir: str | Path, meta: dict[str, Any], device: str = "cpu") -> CNNPredictor:
-    """The loader of kind "cnn" (its files were already checked against ``model.json``)."""
-    model_dir = Path(model_dir)
+def load_predictor(weights: str | Path, meta: dict[str, Any], device: str = "cpu") -> CNNPredictor:
+    """The network that ``meta`` describes with the ``weights`` file, as a predictor."""
+    weights = Path(weights)
     try:
         model = ResNet(NetConfig.from_dict(meta["architecture"]))
     except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{model_dir}: model.json has no valid CNN architecture ({exc})") from exc
+        raise ArtifactError(f"{weights.parent}: model.json has no valid CNN architecture ({exc})") from exc
     try:
-        state = load_file(str(model_dir / WEIGHTS))
+        state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
     except (OSError, SafetensorError, RuntimeError) as exc:
-        raise ArtifactError(f"{model_dir / WEIGHTS}: unreadable or does not fit the architecture "
-                            f"({exc})") from exc
+        raise ArtifactError(f"{weights}: unreadable or does not fit the architecture ({exc})") from exc
     return CNNPredictor(model, meta, device=device)
-
-
-register_kind(KIND, "cvpipe.cnn.persist:load")

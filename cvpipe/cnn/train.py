@@ -1,5 +1,5 @@
-"""Training the CNN: the whole recipe is :func:`train_cnn`; :func:`train_cnn_model` adds
-scoring and the saved model.
+"""Training the CNN: the whole recipe is :func:`train_cnn`; :func:`fit_cnn` runs it on a
+dataset and scores it (the saved model is written by :mod:`cvpipe.models`).
 
 Recipe (defaults): SGD with Nesterov momentum, weight decay on conv/linear weights, label
 smoothing 0.2, one-cycle learning rate (linear warm-up over 20 %, linear decay to 0),
@@ -36,10 +36,11 @@ from cvpipe.cnn.checkpoint import (
     model_tensors,
     save_checkpoint,
 )
-from cvpipe.cnn.config import CNNConfig, resolve_device
+from cvpipe.cnn.config import CNNConfig
 from cvpipe.cnn.data import augment, channel_stats, normalise, to_device
 from cvpipe.cnn.infer import autocast, logits, loss_and_accuracy
 from cvpipe.cnn.net import ResNet
+from cvpipe.device import resolve_device
 from cvpipe.errors import CvpipeError
 
 log = logging.getLogger(__name__)
@@ -354,12 +355,6 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "; ".join(changed) or "unknown difference"
 
 
-def checkpoint_dir_for(model_dir: str | Path) -> Path:
-    """Where the checkpoints of ``models/<name>`` live: ``models/.checkpoints/<name>``."""
-    model_dir = Path(model_dir)
-    return model_dir.parent / ".checkpoints" / model_dir.name
-
-
 def score(result: TrainResult, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and cross-entropy of the trained model on a split (un-augmented; TTA as configured)."""
     cfg = result.config
@@ -371,35 +366,31 @@ def score(result: TrainResult, images: np.ndarray, labels: np.ndarray) -> dict[s
     return {"accuracy": accuracy, "loss": loss, "n": len(labels)}
 
 
-def train_cnn_model(dataset: Any, model_dir: str | Path, config: CNNConfig | None = None,
-                    progress: bool = True) -> dict[str, Any]:
-    """Train on ``dataset``'s "train" split, select on "val", score train/val/test, save the model.
+def fit_cnn(dataset: Any, config: CNNConfig | None = None, *, checkpoint_dir: str | Path | None = None,
+            progress: bool = True) -> tuple[TrainResult, dict[str, Any]]:
+    """Train on ``dataset``'s "train" split, select on "val", score train/val/test.
 
     Parameters
     ----------
     dataset : cvpipe.data.Dataset
         Its test split is used once, after training.
-    model_dir : path
-        ``models/<name>``; written atomically as a kind "cnn" artifact. Checkpoints go to
-        ``models/.checkpoints/<name>`` and are kept (``config.resume`` continues from them).
     config : CNNConfig
+    checkpoint_dir : path, optional
+        Checkpoints go there and are kept (``config.resume`` continues from them).
     progress : bool
         Progress bar of epochs.
 
     Returns
     -------
-    dict
-        The metadata written to ``model.json``.
+    (TrainResult, dict)
+        The trained network and its description for ``model.json`` (architecture,
+        normalisation, metrics, selection, training plan, history, timings).
     """
-    from cvpipe.cnn import persist  # registers the "cnn" kind
-    from cvpipe.models import write_artifact
-
     config = config or CNNConfig()
-    model_dir = Path(model_dir)
     classes = list(dataset.classes)
     train, val = dataset.split("train"), dataset.split("val")
-    result = train_cnn(train, val, config, n_classes=len(classes),
-                       checkpoint_dir=checkpoint_dir_for(model_dir), progress=progress)
+    result = train_cnn(train, val, config, n_classes=len(classes), checkpoint_dir=checkpoint_dir,
+                       progress=progress)
     started = time.perf_counter()
     metrics = {"train": score(result, *train), "val": score(result, *val)}
     metrics["test"] = score(result, *dataset.split("test"))
@@ -408,11 +399,9 @@ def train_cnn_model(dataset: Any, model_dir: str | Path, config: CNNConfig | Non
              metrics["train"]["accuracy"], metrics["val"]["accuracy"], metrics["test"]["accuracy"],
              result.train_seconds)
     cfg = result.config
-    metadata = {
-        "kind": "cnn",
+    description = {
         "classes": classes,
         "input_size": list(train[0].shape[1:3]),
-        "features": None,
         "architecture": result.model.cfg.to_dict(),
         "normalisation": {"mean": result.mean, "std": result.std, "scale": "0-255",
                           "computed_on": "train"},
@@ -424,9 +413,6 @@ def train_cnn_model(dataset: Any, model_dir: str | Path, config: CNNConfig | Non
             "epochs_run": len(result.history), "epochs_trained": result.total_steps / result.steps_per_epoch,
             "stopped": result.stopped, "patience": cfg.patience,
         },
-        "dataset": {"source": dataset.manifest.get("source"), "checksum": dataset.checksum,
-                    "train": len(train[1]), "val": len(val[1]), "test": metrics["test"]["n"],
-                    "val_fraction": dataset.val_fraction, "split_seed": dataset.seed},
         "hyperparameters": cfg.to_dict(),
         "training": {"steps": result.total_steps, "steps_per_epoch": result.steps_per_epoch,
                      "plan": result.plan, "time_budget_counts": "training loop incl. per-epoch "
@@ -437,13 +423,7 @@ def train_cnn_model(dataset: Any, model_dir: str | Path, config: CNNConfig | Non
         "device": str(result.device),
         "params": sum(p.numel() for p in result.model.parameters()),
     }
-
-    def write_files(tmp: Path) -> None:
-        persist.save_weights(result.model, tmp)
-        plot_curves(result.history, tmp / "curves.png")
-
-    write_artifact(model_dir, metadata, write_files)
-    return metadata
+    return result, description
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:

@@ -3,21 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
+from typing import Any
+
+from cvpipe.errors import ConfigError
 
 REPORTS_DIR = "reports"
+
+
+def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``["cnn.time_budget=30", ...]`` -> ``{"cnn": {"time_budget": 30}}``; values are JSON where
+    they parse, else strings."""
+    options: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        target, sep, text = item.partition("=")
+        pipeline, dot, key = target.rpartition(".")
+        if not sep or not dot or not pipeline or not key:
+            raise ConfigError(f"--set takes PIPELINE.OPTION=VALUE (e.g. cnn.time_budget=60), not {item!r}")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        options.setdefault(pipeline, {})[key] = value
+    return options
 
 
 def _compare(args: argparse.Namespace) -> int:
     from cvpipe.compare.config import load_compare_config
     from cvpipe.compare.report import write_report
-    from cvpipe.compare.runner import run_comparison
+    from cvpipe.compare.runner import prepare, run_comparison
 
     cfg = load_compare_config(args.config)
+    if args.limit_per_class is not None and args.limit_per_class < 2:
+        raise ConfigError("--limit-per-class must be at least 2")
+    profile = cfg.profile(args.profile).with_overrides(args.limit_per_class, parse_set(args.set))
     pipelines = [p.strip() for p in args.pipelines.split(",")] if args.pipelines else None
+    if args.check:
+        ds, plan = prepare(cfg, profile, source=args.source, data_root=args.data_root,
+                           pipelines=pipelines)
+        train, val = ds.split_indices()
+        print(f"profile {profile.name}: {len(train)} training, {len(val)} validation, "
+              f"{len(ds.labels('test'))} test images of {'x'.join(map(str, ds.images('train').shape[1:]))}")
+        for p in plan:
+            card = p.card()
+            print(f"  ok  {p.name:<26} {card['family']:<8} {card['features'] or '-':<14} "
+                  f"{card['classifier']}")
+        print(f"{len(plan)} pipelines checked; nothing trained")
+        return 0
     start = time.perf_counter()
-    results = run_comparison(cfg, args.profile, source=args.source, data_root=args.data_root,
+    results = run_comparison(cfg, profile, source=args.source, data_root=args.data_root,
                              models_root=args.models_dir, force=args.force, pipelines=pipelines)
     out = Path(args.reports_dir) / (args.run or args.profile)
     html = write_report(results, out)
@@ -31,10 +67,10 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _table(results: dict) -> str:
-    head = f"{'pipeline':<22}{'train':>8}{'val':>8}{'test':>8}{'fit s':>9}{'ms/img':>9}  note"
+    head = f"{'pipeline':<24}{'train':>8}{'val':>8}{'test':>8}{'fit s':>9}{'ms/img':>9}  note"
     lines = [head, "-" * len(head)]
     for r in results["pipelines"]:
-        lines.append(f"{r['pipeline']:<22}{r['train_accuracy']:>8.3f}{r['val_accuracy']:>8.3f}"
+        lines.append(f"{r['pipeline']:<24}{r['train_accuracy']:>8.3f}{r['val_accuracy']:>8.3f}"
                      f"{r['test_accuracy']:>8.3f}{r['fit_seconds']:>9.1f}"
                      f"{r['latency_ms_single']:>9.2f}  {'reused' if r['reused'] else 'trained'}")
     return "\n".join(lines)
@@ -43,15 +79,25 @@ def _table(results: dict) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "compare", help="run every declared pipeline and write the comparison report",
-        description="Prepare the data, train (or reuse) every pipeline declared in the comparison "
-        "config (colour, HOG and HOG+colour with linear SVM, kernel SVM and MLP; raw pixels; the "
-        "CNN), choose hyperparameters on the validation split, score the test split once, save the "
-        "models to the models folder and write reports/<run>/report.html, report.md and results.json.")
+        description="Prepare the data, check every pipeline declared in the comparison config "
+        "against it (colour, HOG and HOG+colour with linear SVM, kernel SVM and MLP; raw pixels; "
+        "the CNN), then train (or reuse) each, choose hyperparameters on the validation split, "
+        "score the test split once, save the models to the models folder and write "
+        "reports/<run>/report.html, report.md and results.json.",
+        epilog="Examples: cvpipe compare --profile quick; cvpipe compare --profile full --check; "
+        "cvpipe compare --profile quick --limit-per-class 50 --set cnn.time_budget=30")
     p.add_argument("--profile", default="quick",
                    help="'quick' (a subsample, minutes on a CPU) or 'full' (all 60,000 images); "
                    "profiles are declared in the config (default: quick)")
     p.add_argument("--config", help="comparison TOML (default: cvpipe/compare.toml)")
     p.add_argument("--pipelines", help="comma-separated subset of the config's pipelines")
+    p.add_argument("--limit-per-class", type=int, metavar="N",
+                   help="use the first N images of each class in train and test (overrides the profile)")
+    p.add_argument("--set", action="append", metavar="PIPELINE.OPTION=VALUE",
+                   help="a run option of one pipeline, e.g. cnn.time_budget=60 or hog-mlp.seed=1; "
+                   "repeatable (overrides the profile's options)")
+    p.add_argument("--check", action="store_true",
+                   help="only check every pipeline against the data it would get, train nothing")
     p.add_argument("--force", action="store_true", help="retrain even unchanged models")
     p.add_argument("--run", help="report folder name under --reports-dir (default: the profile name)")
     p.add_argument("--reports-dir", default=REPORTS_DIR, help="default: ./reports")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +10,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cvpipe.compare import plots
+from cvpipe.storage import json_dumps, replace_dir, to_jsonable
 
 COLUMNS = [  # (key, header, format)
     ("pipeline", "pipeline", "{}"),
@@ -46,6 +45,16 @@ def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     return [[_fmt(k, f, r.get(k)) for k, _, f in COLUMNS] for r in rows]
 
 
+def feature_sets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct feature sets of a run (by key), with the pipelines that use each."""
+    sets: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        fs = r.get("feature_set")
+        if fs:
+            sets.setdefault(fs["key"], {**fs, "pipelines": []})["pipelines"].append(r["pipeline"])
+    return list(sets.values())
+
+
 def _figures(results: dict[str, Any]) -> list[tuple[str, str, bytes]]:
     """(section, caption, png) for every figure of the report."""
     rows = results["pipelines"]
@@ -56,7 +65,7 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str, bytes]]:
              plots.accuracy_bars(rows)),
             ("per-class", "Per-class test accuracy", plots.per_class_chart(rows, classes))]
     best = results["summary"].get("best_classic")
-    focus = [r for r in rows if r["pipeline"] == best or r["kind"] == "cnn"]
+    focus = [r for r in rows if r["pipeline"] == best or r["family"] == "cnn"]
     for r in focus:
         figs.append(("confusion", f"Confusion matrix: {r['pipeline']}",
                      plots.confusion(r["test_metrics"]["confusion_matrix"], classes, r["pipeline"])))
@@ -74,38 +83,24 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str, bytes]]:
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write the run's files into ``out_dir``; returns the path of ``report.html``."""
+    """Write the run's files into ``out_dir`` (replaced whole); returns the path of ``report.html``."""
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".tmp-{out_dir.name}-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
     figures = _figures(results)
-    images = []
-    for i, (section, caption, data) in enumerate(figures):
-        name = f"fig{i:02d}-{section}.png"
-        (tmp / name).write_bytes(data)
-        images.append({"section": section, "caption": caption, "file": name,
-                       "data_uri": "data:image/png;base64," + base64.b64encode(data).decode()})
-    public = {k: v for k, v in results.items() if not k.startswith("_")}
-    (tmp / "results.json").write_text(json.dumps(public, indent=2, default=_json_default))
-    context = {"r": public, "headers": [h for _, h, _ in COLUMNS],
-               "rows": table_rows(public["pipelines"]), "images": images,
-               "classes": public["dataset"]["classes"]}
-    env = Environment(loader=PackageLoader("cvpipe.compare", "templates"), trim_blocks=True,
-                      lstrip_blocks=True, autoescape=select_autoescape(["html.j2"]))
-    (tmp / "report.html").write_text(env.get_template("report.html.j2").render(**context))
-    (tmp / "report.md").write_text(env.get_template("report.md.j2").render(**context))
-    if out_dir.exists():  # replace a previous report of the same run name whole
-        import shutil
-
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    public = to_jsonable({k: v for k, v in results.items() if not k.startswith("_")})
+    with replace_dir(out_dir) as tmp:
+        images = []
+        for i, (section, caption, data) in enumerate(figures):
+            name = f"fig{i:02d}-{section}.png"
+            (tmp / name).write_bytes(data)
+            images.append({"section": section, "caption": caption, "file": name,
+                           "data_uri": "data:image/png;base64," + base64.b64encode(data).decode()})
+        (tmp / "results.json").write_text(json_dumps(public))
+        context = {"r": public, "headers": [h for _, h, _ in COLUMNS],
+                   "rows": table_rows(public["pipelines"]), "images": images,
+                   "classes": public["dataset"]["classes"],
+                   "feature_sets": feature_sets(public["pipelines"])}
+        env = Environment(loader=PackageLoader("cvpipe.compare", "templates"), trim_blocks=True,
+                          lstrip_blocks=True, autoescape=select_autoescape(["html.j2"]))
+        (tmp / "report.html").write_text(env.get_template("report.html.j2").render(**context))
+        (tmp / "report.md").write_text(env.get_template("report.md.j2").render(**context))
     return out_dir / "report.html"
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
-

@@ -25,9 +25,10 @@ from tqdm.auto import tqdm
 from cvpipe.compare.config import CompareConfig, Profile
 from cvpipe.config import models_dir as default_models_dir
 from cvpipe.data.dataset import Dataset, load_cifar10
+from cvpipe.features import FeatureSpec
 from cvpipe.metrics import classification_metrics
-from cvpipe.models.artifact import library_versions, load_model, read_metadata
-from cvpipe.pipelines import CNN, get_pipeline
+from cvpipe.models import DataShape, Pipeline, library_versions, load_model, model_card, read_metadata
+from cvpipe.storage import canonical_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -35,41 +36,28 @@ LATENCY_REPEATS = 30
 BATCH_FOR_LATENCY = 1000
 
 
-def _reuse_key(definition: Any, ds: Dataset) -> str:
-    payload = json.dumps([definition, ds.checksum, ds.manifest["counts"], ds.val_fraction, ds.seed],
-                         sort_keys=True, default=str)
+def _reuse_key(pipeline: Pipeline, ds: Dataset) -> str:
+    payload = canonical_json([pipeline.definition(), ds.checksum, ds.manifest["counts"],
+                              ds.val_fraction, ds.seed])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _train_one(name: str, ds: Dataset, profile: Profile, cfg: CompareConfig, model_dir: Path,
-               force: bool) -> tuple[dict[str, Any], bool]:
+def _train_one(pipeline: Pipeline, ds: Dataset, model_dir: Path, force: bool
+               ) -> tuple[dict[str, Any], bool]:
     """Train (or reuse) one pipeline's model; returns (metadata, reused)."""
-    spec = get_pipeline(name)
-    if spec == CNN:
-        cnn_options = {**profile.cnn, "seed": cfg.seed}
-        definition: Any = {"cnn": cnn_options}
-    else:
-        definition = spec.to_dict()
-    key = _reuse_key(definition, ds)
+    key = _reuse_key(pipeline, ds)
     marker = model_dir.parent / ".compare" / f"{model_dir.name}.json"
     if not force and (model_dir / "model.json").exists() and marker.exists():
         try:
             if json.loads(marker.read_text()).get("key") == key:
-                log.info("%s: configuration unchanged, reusing %s", name, model_dir)
+                log.info("%s: configuration unchanged, reusing %s", pipeline.name, model_dir)
                 return read_metadata(model_dir), True
         except (OSError, ValueError):
             pass
-    log.info("%s: training", name)
-    if spec == CNN:
-        from cvpipe.cnn.train import CNNConfig, train_cnn_model
-
-        meta = train_cnn_model(ds, model_dir, CNNConfig.from_dict(cnn_options))
-    else:
-        from cvpipe.classifiers.training import train_classic
-
-        meta = train_classic(ds, spec, model_dir)
+    log.info("%s: training", pipeline.name)
+    meta = pipeline.train(ds, model_dir)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"key": key, "pipeline": name}))
+    write_json(marker, {"key": key, "pipeline": pipeline.name})
     return meta, False
 
 
@@ -127,33 +115,43 @@ def environment() -> dict[str, Any]:
             "platform": platform.platform(), "versions": library_versions()}
 
 
-def run_comparison(cfg: CompareConfig, profile_name: str, *, source: str | None = None,
+def prepare(cfg: CompareConfig, profile: Profile, *, source: str | None = None,
+            data_root: str | None = None, pipelines: list[str] | None = None
+            ) -> tuple[Dataset, list[Pipeline]]:
+    """The run's dataset and its pipelines, every one built for that data: a mistake in the
+    config fails here, in seconds, not after an hour of training."""
+    ds = load_cifar10(source, data_root, limit_per_class=profile.limit_per_class,
+                      val_fraction=cfg.val_fraction, seed=cfg.seed)
+    return ds, cfg.check(profile, DataShape.of(ds), pipelines)
+
+
+def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | None = None,
                    data_root: str | None = None, models_root: str | Path | None = None,
                    force: bool = False, pipelines: list[str] | None = None) -> dict[str, Any]:
     """Train/reuse and measure every pipeline; returns the results (arrays under ``_arrays``)."""
-    profile = cfg.profile(profile_name)
+    profile = cfg.profile(profile) if isinstance(profile, str) else profile
     started = time.perf_counter()
-    ds = load_cifar10(source, data_root, limit_per_class=profile.limit_per_class,
-                      val_fraction=cfg.val_fraction, seed=cfg.seed)
+    ds, plan = prepare(cfg, profile, source=source, data_root=data_root, pipelines=pipelines)
     models_root = default_models_dir(models_root)
-    names = pipelines or cfg.pipelines
-    for n in names:  # fail on a typo before hours of training
-        get_pipeline(n)
     rows, arrays = [], {}
-    for name in tqdm(names, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
+    for pipeline in tqdm(plan, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
+        name = pipeline.name
         model_dir = models_root / f"{profile.model_prefix}{name}"
-        meta, reused = _train_one(name, ds, profile, cfg, model_dir, force)
+        meta, reused = _train_one(pipeline, ds, model_dir, force)
         measured = _measure(model_dir, ds)
         arrays[name] = measured.pop("scores")
         m = meta["metrics"]
+        card = model_card(meta)
         rows.append({
             "pipeline": name,
             "model": model_dir.name,
             "model_dir": str(model_dir),
             "kind": meta["kind"],
-            "description": "" if name == CNN else get_pipeline(name).description,
-            "classifier": (meta.get("classifier") or {}).get("type", "cnn"),
-            "features": (meta.get("features") or {}).get("name", "learned (CNN)"),
+            "family": card["family"],
+            "description": pipeline.description,
+            "classifier": card["classifier"],
+            "features": card["features"] or "learned (CNN)",
+            "feature_set": _feature_set(meta, ds),
             "feature_dim": meta.get("feature_dim"),
             "train_accuracy": m["train"]["accuracy"],
             "val_accuracy": m["val"]["accuracy"],
@@ -192,10 +190,19 @@ def run_comparison(cfg: CompareConfig, profile_name: str, *, source: str | None 
     return results
 
 
+def _feature_set(meta: dict[str, Any], ds: Dataset) -> dict[str, Any] | None:
+    """A model's feature set for the report: components with their effective parameters."""
+    if not meta.get("features"):
+        return None
+    spec = FeatureSpec.parse(meta["features"])
+    return {"name": spec.name, "key": spec.key(), "components": spec.effective_params(),
+            "dim": spec.n_features(tuple(ds.images("train").shape[1:]))}
+
+
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Best classic pipeline against the CNN: accuracy gap and cost ratios, with a sentence."""
-    classic = [r for r in rows if r["kind"] != "cnn"]
-    cnn = next((r for r in rows if r["kind"] == "cnn"), None)
+    classic = [r for r in rows if r["family"] == "classic"]
+    cnn = next((r for r in rows if r["family"] == "cnn"), None)
     out: dict[str, Any] = {}
     if classic:
         best = max(classic, key=lambda r: r["val_accuracy"])  # chosen on validation, not test

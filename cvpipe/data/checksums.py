@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 from cvpipe.errors import ChecksumError, ConfigError
+from cvpipe.storage import write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,7 @@ def memo_digests(path: Path, memo_file: Path, algorithms: tuple[str, ...]) -> di
         memo[key] = known
         try:
             memo_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = memo_file.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(memo, indent=1))
-            os.replace(tmp, memo_file)
+            write_json(memo_file, memo)
         except OSError as exc:  # a read-only data root only costs a re-hash next time
             log.debug("could not save checksum memo: %s", exc)
     return {a: known[a] for a in algorithms}

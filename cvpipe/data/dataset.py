@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from cvpipe.data.checksums import memo_digests, parse_expected, verify
 from cvpipe.data.download import download
 from cvpipe.data.splits import stratified_split
 from cvpipe.errors import DataError
+from cvpipe.storage import json_dumps, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -255,10 +255,7 @@ def _build_cache(src: Source, cache_dir: Path, options: dict) -> None:
     start = time.perf_counter()
     log.info("decoding %s (%s) into %s", src.location, src.kind, cache_dir)
     decoded = _decode(src, options)
-    tmp = cache_dir.with_name(f".tmp-{cache_dir.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with replace_dir(cache_dir) as tmp:
         for split in readers.SPLITS:
             np.save(tmp / f"{split}_images.npy", decoded.images[split])
             np.save(tmp / f"{split}_labels.npy", decoded.labels[split])
@@ -281,11 +278,5 @@ def _build_cache(src: Source, cache_dir: Path, options: dict) -> None:
             "build_seconds": round(time.perf_counter() - start, 3),
             "cvpipe_version": __version__,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if cache_dir.exists():
-            shutil.rmtree(cache_dir)
-        os.replace(tmp, cache_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "manifest.json").write_text(json_dumps(manifest))
     log.info("dataset ready in %.1f s", time.perf_counter() - start)

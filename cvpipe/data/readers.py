@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from cvpipe.errors import DataError
+from cvpipe.images import ImageError, decode, is_image_name, resize
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +33,6 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 SPLITS: tuple[str, ...] = ("train", "test")
-IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-)
 _OFFICIAL_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
@@ -161,10 +158,6 @@ def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
     return None
 
 
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
 def _entries_from_dir(root: Path) -> tuple[list[_Entry], set[tuple[str, str]]]:
     entries, class_dirs = [], set()
     for split in SPLITS:
@@ -174,7 +167,7 @@ def _entries_from_dir(root: Path) -> tuple[list[_Entry], set[tuple[str, str]]]:
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             class_dirs.add((split, class_dir.name))
             for f in sorted(class_dir.iterdir()):
-                if f.is_file() and _is_image_name(f.name):
+                if f.is_file() and is_image_name(f.name):
                     try:
                         entries.append(_Entry(split, class_dir.name, str(f), f.read_bytes()))
                     except OSError as exc:
@@ -200,7 +193,7 @@ def _entries_from_tar(path: Path) -> tuple[list[_Entry], set[tuple[str, str]]]:
                     class_dirs.add((parts[-2], parts[-1]))
                 continue
             where = _split_class(parts)
-            if not member.isfile() or where is None or not _is_image_name(parts[-1]):
+            if not member.isfile() or where is None or not is_image_name(parts[-1]):
                 continue
             class_dirs.add(where)
             entries.append(_Entry(*where, f"{path}:{member.name}", _read_member(tar, member, path)))
@@ -271,12 +264,12 @@ def read_image_folder(
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode one encoded image to RGB uint8 (H, W, 3); the error names the file."""
+    """Decode one encoded image to RGB uint8 (H, W, 3) with :func:`cvpipe.images.decode`, the
+    path every image takes; the error names the file."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"unreadable image {name}: {exc}") from exc
+        return decode(data, name)
+    except ImageError as exc:
+        raise DataError(f"unreadable image {exc}") from exc
 
 
 def _decode_all(
@@ -294,7 +287,7 @@ def _decode_all(
                     f"image {e.name} is {img.shape[1]}x{img.shape[0]}, expected {w}x{h} "
                     "(pass --on-size-mismatch resize to resize such images)"
                 )
-            img = np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BICUBIC))
+            img = resize(img, (h, w))
         out[i] = img
 
     # Pillow releases the GIL while decoding, so threads use every core.

@@ -5,6 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
+def val_count(class_count: int, val_fraction: float) -> int:
+    """Images of a class of ``class_count`` that the validation split takes."""
+    return int(round(val_fraction * class_count))
+
+
+def split_sizes(class_counts: list[int], val_fraction: float) -> tuple[int, int]:
+    """(train, validation) sizes that :func:`stratified_split` gives classes of these sizes."""
+    n_val = sum(val_count(n, val_fraction) for n in class_counts)
+    return sum(class_counts) - n_val, n_val
+
+
 def stratified_split(
     labels: np.ndarray, val_fraction: float = 0.1, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +42,7 @@ def stratified_split(
     val = []
     for cls in np.unique(labels):
         members = np.flatnonzero(labels == cls)
-        n_val = int(round(val_fraction * len(members)))
+        n_val = val_count(len(members), val_fraction)
         val.append(rng.permutation(members)[:n_val])
     val_idx = np.sort(np.concatenate(val)) if val else np.empty(0, np.int64)
     mask = np.ones(len(labels), dtype=bool)

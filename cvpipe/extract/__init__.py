@@ -23,9 +23,7 @@ from cvpipe.extract.store import (
     DEFAULT_CHUNK_ROWS,
     FORMATS,
     FeatureStore,
-    build_extractor,
     load_features,
-    normalize_config,
 )
 
 __all__ = [
@@ -36,10 +34,8 @@ __all__ = [
     "ExtractResult",
     "FeatureStore",
     "FileSource",
-    "build_extractor",
     "extract",
     "load_features",
-    "normalize_config",
     "open_input",
     "plan_extraction",
 ]

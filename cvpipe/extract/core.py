@@ -24,13 +24,11 @@ from cvpipe.extract.store import (
     FORMATS,
     NPZ_MAX_BYTES,
     FeatureStore,
-    build_extractor,
-    canonical_json,
-    effective_params,
     extraction_key,
     load_features,
-    normalize_config,
 )
+from cvpipe.features import FeatureSpec
+from cvpipe.storage import canonical_json
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +43,8 @@ class ExtractPlan:
         Where it goes.
     source : ImageSource
         What it reads.
-    config : dict
-        Normalized features config.
+    features : FeatureSpec
+        What to extract.
     key : str
         Hash of the effective feature parameters and the input's fingerprint.
     n, d, chunk_rows : int
@@ -61,7 +59,7 @@ class ExtractPlan:
 
     store: FeatureStore
     source: ImageSource
-    config: dict[str, Any]
+    features: FeatureSpec
     key: str
     n: int
     d: int
@@ -106,22 +104,6 @@ class ExtractResult:
                 f"{', resumed' if m['rows_computed'] < m['n'] else ''}) -> {self.path}")
 
 
-def check_config(config: dict[str, Any], sample: np.ndarray) -> tuple[Any, int]:
-    """Build the extractor and run it on one image: ``(effective params, D)``.
-
-    Raises ConfigError for configs that cannot describe these images (unknown colour
-    space, cell larger than the image, zero bins, ...).
-    """
-    est = build_extractor(config, n_jobs=1)
-    try:
-        out = est.fit(sample).transform(sample)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"features {config['name']!r}: {exc}") from None
-    return effective_params(est), int(out.shape[1])
-
-
 def plan_extraction(
     source: ImageSource,
     features: str | dict[str, Any],
@@ -146,17 +128,17 @@ def plan_extraction(
         raise ConfigError(f"chunk size must be at least 1 row, not {chunk_rows}")
     if source.n < 1:
         raise DataError("the input has no images")
-    config = normalize_config(features, params)
+    spec = FeatureSpec.parse(features, params, drop_runtime=True)
     sample, _ = source.chunk(0, 1).read()
-    effective, d = check_config(config, sample)
+    d = spec.check(tuple(sample.shape[1:]))
     fingerprint = source.fingerprint()
-    key = extraction_key(effective, fingerprint)
+    key = extraction_key(spec, fingerprint)
     store = FeatureStore(out if out is not None else Path(data_root(root), "features", key))
 
     manifest = store.manifest()
     if manifest is not None and manifest.get("key") == key and not force:
         log.info("features already extracted in %s", store.url)
-        return ExtractPlan(store, source, config, key, manifest["n"], manifest["d"],
+        return ExtractPlan(store, source, spec, key, manifest["n"], manifest["d"],
                            manifest["chunk_rows"], manifest["format"], [], manifest)
 
     run = store.run_info()
@@ -173,8 +155,8 @@ def plan_extraction(
         run = {
             "format_version": FORMAT_VERSION,
             "key": key,
-            "features": config,
-            "effective_params": effective,
+            "features": spec.to_dict(),
+            "effective_params": spec.effective_params(),
             "input": source.describe(),
             "n": source.n,
             "d": d,
@@ -198,19 +180,19 @@ def plan_extraction(
         done = store.done()
         log.info("resuming %s: %d chunks of %d already done", key, len(done),
                  -(-run["n"] // run["chunk_rows"]))
-    plan = ExtractPlan(store, source, config, key, run["n"], run["d"], run["chunk_rows"],
+    plan = ExtractPlan(store, source, spec, key, run["n"], run["d"], run["chunk_rows"],
                        run["format"])
     plan.todo = [i for i in range(plan.n_chunks) if i not in done]
     return plan
 
 
 def compute_chunk(store: FeatureStore, chunk: ChunkInput | None, index: int, start: int,
-                  config: dict[str, Any], n_jobs: int | None, delay: float = 0.0,
+                  features: FeatureSpec, n_jobs: int | None, delay: float = 0.0,
                   extractor: Any = None, data: tuple[np.ndarray, np.ndarray] | None = None,
                   write: bool = True) -> Any:
     """Read, describe and write one row chunk; return its small metadata.
 
-    ``extractor`` (built from ``config`` when None) and ``data`` (the chunk already read)
+    ``extractor`` (built from ``features`` when None) and ``data`` (the chunk already read)
     let a caller reuse work; with ``write=False`` nothing is written and
     ``(meta, features, labels)`` is returned for the caller to write. ``delay`` (seconds of
     sleep before writing) exists for tests and demonstrations that need a run slow enough
@@ -222,7 +204,7 @@ def compute_chunk(store: FeatureStore, chunk: ChunkInput | None, index: int, sta
         data = chunk.read()
     images, labels = data
     t1 = time.perf_counter()
-    est = extractor if extractor is not None else build_extractor(config, n_jobs=n_jobs)
+    est = extractor if extractor is not None else features.build(n_jobs=n_jobs)
     feats = est.fit(images[:1]).transform(images)
     t2 = time.perf_counter()
     if delay:

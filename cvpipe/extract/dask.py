@@ -43,6 +43,7 @@ from cvpipe.extract.core import (
 )
 from cvpipe.extract.sources import ChunkInput, ImageSource
 from cvpipe.extract.store import FeatureStore
+from cvpipe.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def _one_thread() -> None:
 
 
 def _run_task(store_url: str, key: str, chunks: list[tuple[int, int, ChunkInput]],
-              config: dict[str, Any], delay: float) -> list[dict[str, Any]]:
+              features: FeatureSpec, delay: float) -> list[dict[str, Any]]:
     """Runs on a worker: a few row chunks, one after another, on one thread.
 
     A chunk already marked done (this task is a retry after its first worker died, say) is
@@ -139,7 +140,7 @@ def _run_task(store_url: str, key: str, chunks: list[tuple[int, int, ChunkInput]
             if store.is_done(index):
                 out.append({"chunk": index, "rows": None, "skipped": True})
                 continue
-            out.append(compute_chunk(store, chunk, index, start, config, n_jobs=1, delay=delay))
+            out.append(compute_chunk(store, chunk, index, start, features, n_jobs=1, delay=delay))
         return out
     except CvpipeError as exc:
         return [{"chunk": chunks[0][0], "error": exc}]
@@ -240,7 +241,7 @@ def run_dask(plan: ExtractPlan, client: Any, *, progress: bool = False,
 
     def submit(group: list[int]) -> Any:
         chunks = [(i, plan.bounds(i)[0], plan.source.chunk(*plan.bounds(i))) for i in group]
-        fut = client.submit(_run_task, plan.store.url, plan.key, chunks, plan.config, task_delay,
+        fut = client.submit(_run_task, plan.store.url, plan.key, chunks, plan.features, task_delay,
                             key=f"cvpipe-extract-{plan.key}-{group[0]:06d}-{group[-1]:06d}-{run_id}",
                             retries=retries, pure=False)
         in_flight.add(fut)

@@ -22,7 +22,6 @@ from cvpipe.extract.core import (
     reused,
 )
 from cvpipe.extract.sources import ChunkInput, ImageSource
-from cvpipe.extract.store import build_extractor
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,10 @@ def extract(
     source : ImageSource
         :class:`~cvpipe.extract.sources.DatasetSource` or
         :class:`~cvpipe.extract.sources.FileSource`.
-    features : str or dict
-        A name for :func:`cvpipe.features.make_features` (``"hog+color"``) or a features
-        config dict (``{"name": ..., "params": {...}}`` or with ``components``).
+    features : str, dict or FeatureSpec
+        A feature set (:class:`cvpipe.features.FeatureSpec`): a name (``"hog+color"``), a
+        config dict (``{"name": ..., "params": {...}}`` or with ``components``) or a spec.
+        Run-time options among the parameters (``n_jobs``) are ignored.
     params : dict, optional
         Parameters added to a named config (``{"hog__orientations": 12}``).
     out : str or path, optional
@@ -114,7 +114,7 @@ def run_local(plan: ExtractPlan, *, n_jobs: int | None = -1, progress: bool = Fa
     # Writing (compression, I/O) overlaps the features only where a core is free for it: on
     # every core, it would stall one feature thread and with it the whole chunk.
     overlap = threads < cpu_count()
-    est = build_extractor(plan.config, n_jobs=n_jobs)
+    est = plan.features.build(n_jobs=n_jobs)
     start_time = time.perf_counter()
     rows = plan.rows_todo
     bar = tqdm(total=plan.n, initial=plan.n - rows, unit="img", desc="extract", disable=not progress,
@@ -136,7 +136,7 @@ def run_local(plan: ExtractPlan, *, n_jobs: int | None = -1, progress: bool = Fa
                 data, read_s = next_read.result()
                 next_read = next(reads, None)  # read ahead
                 a, _ = plan.bounds(i)
-                meta, feats, labels = compute_chunk(plan.store, None, i, a, plan.config, n_jobs,
+                meta, feats, labels = compute_chunk(plan.store, None, i, a, plan.features, n_jobs,
                                                     extractor=est, data=data, write=False)
                 meta["read_s"] = read_s
                 if writing is not None:  # one write in flight at most

@@ -24,11 +24,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from cvpipe.errors import ConfigError, DataError
+from cvpipe.images import IMAGE_EXTENSIONS, ImageError, decode, is_image_name
 
 log = logging.getLogger(__name__)
-
-#: Extensions of the files a folder input picks up (case-insensitive).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
 
 class ChunkInput(Protocol):
@@ -176,8 +174,6 @@ class FileChunk:
 def _read_image(path: str, size: tuple[int, int]) -> np.ndarray:
     import fsspec
 
-    from cvpipe.images import ImageError, decode
-
     try:
         with fsspec.open(path, "rb") as f:
             data = f.read()
@@ -266,7 +262,7 @@ class FileSource:
         for path, info in listing.items():
             if info.get("type", "file") != "file":
                 continue
-            if not path.lower().endswith(IMAGE_EXTENSIONS):
+            if not is_image_name(path):
                 continue
             rel = posixpath.relpath(path, root) if path.startswith(root) else path
             stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag")

@@ -36,11 +36,13 @@ from typing import Any
 import numpy as np
 
 from cvpipe.errors import ConfigError, DataError
+from cvpipe.features import FeatureSpec
+from cvpipe.storage import atomic_write, canonical_json, json_dumps
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the layout or the meaning of the key changes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Rows per chunk (the unit of work and of resumption) unless told otherwise.
 DEFAULT_CHUNK_ROWS = 4096
 #: ``format="auto"`` writes ``.npz`` up to this many bytes of features, Zarr above.
@@ -51,113 +53,14 @@ _OWN_NAMES = {"run.json", "manifest.json", "features.zarr", "features.npz", "don
 
 
 # --------------------------------------------------------------------------------------------
-# feature configuration and key
+# the key
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (set, frozenset)):
-        return sorted(value)
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
-
-
-def canonical_json(value: Any) -> str:
-    """Compact JSON with sorted keys (tuples become lists): the text that keys hash."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)
-
-
-def _strip_n_jobs(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if k != "n_jobs" and not k.endswith("__n_jobs")}
-
-
-def normalize_config(features: str | dict[str, Any], params: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
-    """The features config dict for a name (plus ``params``) or a config dict.
-
-    Same shape as :func:`cvpipe.classifiers.specs.build_features` takes:
-    ``{"name": "hog+color", "params": {...}}`` or
-    ``{"name": label, "components": [{"name": ..., "params": {...}}, ...]}``. ``n_jobs`` is
-    dropped: how many threads compute the features is a choice of the run, not of the
-    features.
-
-    Raises
-    ------
-    ConfigError
-        Not a name or a dict of that shape.
-    """
-    if isinstance(features, str):
-        config: dict[str, Any] = {"name": features.strip(), "params": dict(params or {})}
-    elif isinstance(features, dict):
-        config = json.loads(canonical_json(features))
-        if params:
-            config["params"] = {**config.get("params", {}), **params}
-    else:
-        raise ConfigError(f"features must be a name or a config dict, not {features!r}")
-    unknown = set(config) - {"name", "params", "components"}
-    if unknown:
-        raise ConfigError(f"features config: unknown keys {sorted(unknown)} "
-                          "(expected name, params or components)")
-    if not isinstance(config.get("name"), str) or not config["name"].strip():
-        raise ConfigError("features config needs a non-empty 'name'")
-    if "components" in config:
-        comps = config["components"]
-        if "params" in config and config["params"]:
-            raise ConfigError("features config: give params per component, not beside 'components'")
-        config.pop("params", None)
-        if not isinstance(comps, list) or not comps:
-            raise ConfigError(f"features {config['name']!r}: components must be a non-empty list")
-        out = []
-        for c in comps:
-            if not isinstance(c, dict) or not isinstance(c.get("name"), str):
-                raise ConfigError(f"features {config['name']!r}: component {c!r} needs a 'name'")
-            if not isinstance(c.get("params", {}), dict):
-                raise ConfigError(f"features component {c['name']!r}: params must be a dict")
-            out.append({"name": c["name"], "params": _strip_n_jobs(c.get("params", {}))})
-        config["components"] = out
-    else:
-        if not isinstance(config.get("params", {}), dict):
-            raise ConfigError("features params must be a dict")
-        config["params"] = _strip_n_jobs(config.get("params", {}))
-    return json.loads(canonical_json(config))
-
-
-def build_extractor(config: dict[str, Any], n_jobs: int | None = -1) -> Any:
-    """The (unfitted) transformer a normalized features config describes, on ``n_jobs`` threads."""
-    from cvpipe.features import build_features
-
-    est = build_features(config)
-    _set_n_jobs(est, n_jobs)
-    return est
-
-
-def _set_n_jobs(est: Any, n_jobs: int | None) -> None:
-    from sklearn.pipeline import FeatureUnion
-
-    if isinstance(est, FeatureUnion):  # the union itself stays sequential
-        for _, sub in est.transformer_list:
-            _set_n_jobs(sub, n_jobs)
-    elif "n_jobs" in est.get_params(deep=False):
-        est.set_params(n_jobs=n_jobs)
-
-
-def effective_params(est: Any) -> Any:
-    """Every parameter that shapes the output of an extractor (not ``n_jobs``), JSON-able:
-    configs that spell the same features differently share a key."""
-    from sklearn.pipeline import FeatureUnion
-
-    if isinstance(est, FeatureUnion):
-        return {"union": [[name, effective_params(sub)] for name, sub in est.transformer_list],
-                "weights": est.transformer_weights}
-    params = {k: v for k, v in est.get_params(deep=False).items() if k != "n_jobs"}
-    return json.loads(canonical_json({"class": type(est).__name__, **params}))
-
-
-def extraction_key(effective: Any, fingerprint: dict[str, Any]) -> str:
-    """16 hex digits naming an extraction: features, input rows and layout version."""
-    text = canonical_json({"version": FORMAT_VERSION, "features": effective, "input": fingerprint})
+def extraction_key(features: FeatureSpec, fingerprint: dict[str, Any]) -> str:
+    """16 hex digits naming an extraction: the feature set's effective parameters, the input
+    rows and the layout version (feature sets spelled differently share a key)."""
+    text = canonical_json({"version": FORMAT_VERSION, "features": features.effective_params(),
+                           "input": fingerprint})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -208,14 +111,11 @@ class FeatureStore:
             raise DataError(f"{path}: unreadable ({exc}); use --force to extract again") from None
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
-        self._write_bytes(self._p(name), json.dumps(data, indent=2, default=_json_default).encode())
+        self._write_bytes(self._p(name), json_dumps(data).encode())
 
     def _write_bytes(self, path: str, data: bytes) -> None:
         if self.local:  # temp file + rename: readers never see half a file
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            atomic_write(path, data)
         else:  # object stores publish whole objects
             self.fs.pipe_file(path, data)
 
@@ -300,10 +200,17 @@ class FeatureStore:
         group = zarr.open_group(self.zarr_url, mode="r")
         features, labels = group["features"][:], group["labels"][:]
         path = self._p("features.npz")
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open(tmp, "wb") as f:
-            np.savez(f, features=features, labels=labels)
-        self.fs.mv(tmp, path)
+
+        def save(target: Any) -> None:
+            with (open(target, "wb") if self.local else self.fs.open(target, "wb")) as f:
+                np.savez(f, features=features, labels=labels)
+
+        if self.local:
+            atomic_write(path, save)
+        else:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            save(tmp)
+            self.fs.mv(tmp, path)
 
     def drop_scratch(self) -> None:
         """Remove the Zarr arrays and markers once an ``.npz`` holds the result."""

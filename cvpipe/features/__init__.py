@@ -9,7 +9,9 @@ OpenCV) or on a CUDA GPU (PyTorch), and return float32 ``(N, D)`` matrices:
   spatial grid, equal to ``cv2.calcHist`` of OpenCV's colour conversion.
 
 Transformers for scikit-learn: :class:`HOGTransformer`, :class:`ColorHistogramTransformer`,
-:class:`PixelTransformer`, combined by name with :func:`make_features` (``"hog+color"``).
+:class:`PixelTransformer`. A feature set (``"hog+color"``, or components with parameters) is
+described once by :class:`FeatureSpec`, which validates it, gives its dimension and key, and
+builds the transformer; :func:`make_features` is its shortcut.
 Pictures: :func:`hog_glyphs`, :func:`plot_hog`, :func:`plot_color_histogram`.
 """
 
@@ -21,14 +23,12 @@ from cvpipe.features.color import (
     color_histogram_size,
     convert_color,
 )
+from cvpipe.features.spec import FEATURE_NAMES, FeatureComponent, FeatureSpec, make_features
 from cvpipe.features.transformers import (
-    FEATURE_NAMES,
     ColorHistogramTransformer,
     HOGTransformer,
     ImageFeatureUnion,
     PixelTransformer,
-    build_features,
-    make_features,
 )
 from cvpipe.features.visualize import hog_glyphs, plot_color_histogram, plot_hog
 
@@ -38,7 +38,8 @@ __all__ = [
     "SPACES",
     "ColorHistParams",
     "ColorHistogramTransformer",
-    "build_features",
+    "FeatureComponent",
+    "FeatureSpec",
     "HOGParams",
     "HOGTransformer",
     "ImageFeatureUnion",

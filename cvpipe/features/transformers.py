@@ -2,7 +2,8 @@
 
 The transformers are stateless: ``fit`` only checks the parameters and records the input
 shape, and ``transform`` also works unfitted (scikit-learn's ``requires_fit=False`` tag),
-so ``make_features("hog+color").transform(images)`` is enough to extract features. They
+so ``make_features("hog+color").transform(images)`` is enough to extract features (feature
+sets are described and built by :class:`cvpipe.features.spec.FeatureSpec`). They
 clone, pickle, and nest in ``Pipeline``, ``FeatureUnion`` and ``GridSearchCV`` (e.g.
 ``param_grid={"features__hog__orientations": [9, 12]}``).
 
@@ -27,11 +28,6 @@ from cvpipe.features._hog import HOGParams, hog
 from cvpipe.features.color import ColorHistParams, color_histogram
 
 log = logging.getLogger(__name__)
-
-#: Component names understood by :func:`make_features` (joined with "+").
-FEATURE_NAMES = ("hog", "color", "pixels")
-_ALIASES = {"colour": "color", "hist": "color", "raw": "pixels"}
-
 
 def _image_shape(value: Any) -> tuple[int, ...] | None:
     if value is None:
@@ -413,110 +409,3 @@ class ImageFeatureUnion(FeatureUnion):
         if params or not self._fusable():
             return super().fit_transform(X, y, **params)
         return self.fit(X, y).transform(X)
-
-
-_CLASSES: dict[str, type[_ImageTransformer]] = {
-    "hog": HOGTransformer,
-    "color": ColorHistogramTransformer,
-    "pixels": PixelTransformer,
-}
-
-
-def make_features(name: str, **params: Any) -> _ImageTransformer | ImageFeatureUnion:
-    """Build a feature extractor from a name such as ``"hog"``, ``"color"`` or ``"hog+color"``.
-
-    Parameters
-    ----------
-    name : str
-        Component names joined by "+": ``hog`` (:class:`HOGTransformer`), ``color`` (alias
-        ``colour``; :class:`ColorHistogramTransformer`), ``pixels`` (alias ``raw``;
-        :class:`PixelTransformer`).
-    **params
-        ``<component>__<param>`` sets a parameter of one component (``hog__orientations=12``,
-        ``color__space="lab"``); a plain ``<param>`` is given to every component that has
-        it (``n_jobs=1``, ``device="cpu"``, ``image_shape=(32, 32, 3)``).
-
-    Returns
-    -------
-    transformer or ImageFeatureUnion
-        The transformer itself for one component, else an :class:`ImageFeatureUnion` (a
-        ``FeatureUnion``) of the components, named after them in the order given, whose
-        output columns are the components' features side by side.
-
-    Raises
-    ------
-    ConfigError
-        Unknown or repeated component, a parameter no component takes, or an invalid
-        parameter value.
-    """
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"feature name must be a non-empty string, not {name!r}")
-    parts = [_ALIASES.get(p.strip().lower(), p.strip().lower()) for p in name.split("+")]
-    for part in parts:
-        if part not in _CLASSES:
-            raise ConfigError(
-                f"unknown feature {part!r} in {name!r}; choose from "
-                f"{', '.join(FEATURE_NAMES)} (joined with '+')"
-            )
-    if len(set(parts)) != len(parts):
-        raise ConfigError(f"feature {name!r} names a component twice")
-    per: dict[str, dict[str, Any]] = {p: {} for p in parts}
-    for key, value in params.items():
-        if "__" in key:
-            comp, _, sub = key.partition("__")
-            comp = _ALIASES.get(comp, comp)
-            if comp not in per:
-                raise ConfigError(f"parameter {key!r}: {comp!r} is not part of {name!r}")
-            if sub not in _CLASSES[comp]._get_param_names():
-                raise ConfigError(
-                    f"parameter {key!r}: {_CLASSES[comp].__name__} has no parameter {sub!r}"
-                )
-            per[comp][sub] = value
-        else:
-            takers = [p for p in parts if key in _CLASSES[p]._get_param_names()]
-            if not takers:
-                raise ConfigError(f"no component of {name!r} takes a parameter {key!r}")
-            for p in takers:
-                per[p].setdefault(key, value)
-    steps = []
-    for part in parts:
-        est = _CLASSES[part](**per[part])
-        est._validated_params()
-        est._check_common()
-        steps.append((part, est))
-    if len(steps) == 1:
-        return steps[0][1]
-    return ImageFeatureUnion(steps)
-
-
-def build_features(config: dict[str, Any]) -> _ImageTransformer | FeatureUnion:
-    """The feature extractor a features config (as in pipeline specs) describes.
-
-    Parameters
-    ----------
-    config : dict
-        ``{"name": "hog+color", "params": {...}}`` goes to :func:`make_features`;
-        ``{"name": "<label>", "components": [{"name": "hog", "params": {...}}, ...]}`` is the
-        union of several extractors, so one component may appear twice (HOG at two cell sizes).
-
-    Raises
-    ------
-    ConfigError
-        An unknown component or parameter, or an invalid value.
-    """
-
-    def make(name: str, params: dict[str, Any]) -> _ImageTransformer | FeatureUnion:
-        try:
-            return make_features(name, **params)
-        except ConfigError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"features {name!r}: {exc}") from None
-
-    components = config.get("components")
-    if components is None:
-        return make(config["name"], config.get("params", {}))
-    if not isinstance(components, list) or not components:
-        raise ConfigError(f"features {config.get('name')!r}: components must be a non-empty list")
-    return FeatureUnion([(f"{c['name']}_{i}", make(c["name"], c.get("params", {})))
-                         for i, c in enumerate(components)])

@@ -1,20 +1,49 @@
-"""Trained models: the shared on-disk artifact format and loading any saved model."""
+"""Trained models: the pipelines that make them, their on-disk artifact, loading any of them.
 
+* :class:`Pipeline` -- what every trainable model offers (``configure``, ``check``, ``train``,
+  ``card``, ``load``); :class:`ClassicPipeline` and :class:`CNNPipeline` implement it;
+* :func:`get_pipeline`, :func:`all_pipelines` -- the declared pipelines (``pipelines.toml``);
+* :func:`load_model` -- any saved model folder, verified, as a predictor;
+* :func:`read_metadata`, :func:`write_artifact` -- the artifact format itself.
+"""
+
+from cvpipe.errors import ArtifactError
 from cvpipe.models.artifact import (
-    ArtifactError,
     Predictor,
     library_versions,
-    load_model,
+    model_card,
     read_metadata,
-    register_kind,
     write_artifact,
+)
+from cvpipe.models.base import DataShape, Pipeline
+from cvpipe.models.classic import ClassicPipeline
+from cvpipe.models.cnn import CNNPipeline, checkpoint_dir_for
+from cvpipe.models.pipelines import (
+    KINDS,
+    all_pipelines,
+    get_pipeline,
+    list_pipelines,
+    load_model,
+    load_pipeline_config,
+    register_kind,
 )
 
 __all__ = [
+    "KINDS",
     "ArtifactError",
+    "CNNPipeline",
+    "ClassicPipeline",
+    "DataShape",
+    "Pipeline",
     "Predictor",
+    "all_pipelines",
+    "checkpoint_dir_for",
+    "get_pipeline",
     "library_versions",
+    "list_pipelines",
     "load_model",
+    "load_pipeline_config",
+    "model_card",
     "read_metadata",
     "register_kind",
     "write_artifact",

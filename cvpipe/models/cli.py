@@ -7,13 +7,16 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from cvpipe.config import models_dir
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.errors import ConfigError
-from cvpipe.models.artifact import load_model, read_metadata
+from cvpipe.models.artifact import model_card, read_metadata
+from cvpipe.models.base import DataShape
+from cvpipe.models.pipelines import get_pipeline, list_pipelines, load_model
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +28,33 @@ def _model_path(name_or_path: str, models: str | None) -> Path:
     return models_dir(models) / name_or_path
 
 
-def _train(args: argparse.Namespace) -> int:
-    from cvpipe.pipelines import get_pipeline
+def _run_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Run options from --options (JSON), --set KEY=VALUE, --time-budget and --no-refit."""
+    options: dict[str, Any] = {}
+    if args.options:
+        try:
+            options = json.loads(args.options)
+        except ValueError as exc:
+            raise ConfigError(f"--options is not valid JSON: {exc}") from None
+        if not isinstance(options, dict):
+            raise ConfigError("--options must be a JSON object, e.g. '{\"epochs\": 20}'")
+    for item in args.set or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes KEY=VALUE, not {item!r}")
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text  # a bare word: a string value
+    if args.time_budget is not None:
+        options["time_budget"] = args.time_budget
+    if args.no_refit:
+        options["refit"] = False
+    return options
 
-    spec = get_pipeline(args.pipeline, args.config)
+
+def _train(args: argparse.Namespace) -> int:
+    pipeline = get_pipeline(args.pipeline, args.config).configure(_run_options(args))
     name = args.name or args.pipeline
     target = models_dir(args.models_dir) / name
     if (target / "model.json").exists() and not args.force:
@@ -37,18 +63,9 @@ def _train(args: argparse.Namespace) -> int:
               "use --force to retrain")
         return 0
     ds = load_from_args(args)
+    pipeline.check(DataShape.of(ds))
     start = time.perf_counter()
-    if spec == "cnn":
-        from cvpipe.cnn.train import CNNConfig, train_cnn_model
-
-        overrides = json.loads(args.cnn_options) if args.cnn_options else {}
-        if args.time_budget is not None:
-            overrides["time_budget"] = args.time_budget
-        meta = train_cnn_model(ds, target, CNNConfig.from_dict(overrides))
-    else:
-        from cvpipe.classifiers.training import train_classic
-
-        meta = train_classic(ds, spec, target, refit=not args.no_refit)
+    meta = pipeline.train(ds, target)
     m = meta["metrics"]
     print(f"{name}: train {m['train']['accuracy']:.4f}  val {m['val']['accuracy']:.4f}  "
           f"test {m['test']['accuracy']:.4f}  fit {meta['fit_seconds']:.1f} s  "
@@ -115,32 +132,44 @@ def _list(args: argparse.Namespace) -> int:
         if (d / "model.json").is_file():
             meta = read_metadata(d, verify=False)
             test = meta.get("metrics", {}).get("test", {}).get("accuracy")
-            rows.append((d.name, meta.get("kind", "?"), test, meta.get("created", "")))
+            card = model_card(meta)
+            rows.append((d.name, card["features"] or "-", card["classifier"] or "?", test,
+                         meta.get("created", "")))
     if not rows:
         print(f"no models in {root}")
-    for name, kind, test, created in rows:
+    for name, features, classifier, test, created in rows:
         acc = f"{test:.4f}" if test is not None else "-"
-        print(f"{name:<32} {kind:<8} test {acc}  {created}")
+        print(f"{name:<32} {features:<14} {classifier:<11} test {acc}  {created}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser(
         "train", help="train a pipeline (selection on validation, test scored once)",
-        description="Train a named pipeline: extract features, choose hyperparameters on the "
-        "validation split, refit, score train/val/test (test once) and save models/<name>/. "
-        "Built-in pipelines are declared in cvpipe/pipelines.toml ('cvpipe models pipelines' "
-        "lists them); 'cnn' trains the CNN.")
+        description="Train a named pipeline: choose hyperparameters on the validation split, "
+        "refit, score train/val/test (test once) and save models/<name>/. Built-in pipelines "
+        "are declared in cvpipe/pipelines.toml ('cvpipe models pipelines' lists them; 'cnn' is "
+        "the CNN). The pipeline is checked against the dataset before training starts.",
+        epilog="Run options: every pipeline takes seed; classic pipelines take refit; the CNN "
+        "takes any CNNConfig field (epochs, time_budget, optimizer, lr, batch_size, device, ...). "
+        "Example: cvpipe train --pipeline cnn --set epochs=20 --set optimizer=adamw")
     train.add_argument("--pipeline", required=True,
-                       help="pipeline name (see 'cvpipe models pipelines'), or 'cnn'")
+                       help="pipeline name (see 'cvpipe models pipelines')")
     train.add_argument("--config", help="TOML file declaring [pipelines.<name>] tables")
     train.add_argument("--name", help="model name (default: the pipeline name)")
     train.add_argument("--models-dir", help="where models go (default $CVPIPE_MODELS_DIR or ./models)")
-    train.add_argument("--no-refit", action="store_true",
-                       help="keep the selection fit (train split only) instead of refitting on train+val")
     train.add_argument("--force", action="store_true", help="retrain even if the model exists")
-    train.add_argument("--time-budget", type=float, help="CNN: training time budget in seconds")
-    train.add_argument("--cnn-options", help="CNN: JSON object of CNNConfig overrides")
+    opts = train.add_argument_group("run options")
+    opts.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="a run option; VALUE is JSON where it parses (20, 0.1, true, [1,2]), "
+                      "else a string; repeatable")
+    opts.add_argument("--options", "--cnn-options", dest="options", metavar="JSON",
+                      help="run options as one JSON object, e.g. '{\"epochs\": 20}'")
+    opts.add_argument("--time-budget", type=float, metavar="SECONDS",
+                      help="the CNN's training time budget (same as --set time_budget=SECONDS)")
+    opts.add_argument("--no-refit", action="store_true",
+                      help="classic pipelines: keep the selection fit (train split only) instead "
+                      "of refitting on train+val (same as --set refit=false)")
     add_source_arguments(train)
     train.set_defaults(func=_train)
 
@@ -175,8 +204,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pipelines(args: argparse.Namespace) -> int:
-    from cvpipe.pipelines import list_pipelines
-
     for name, desc in list_pipelines(args.config):
         print(f"{name:<28} {desc}")
     return 0

@@ -1,0 +1,323 @@
+"""One description of a feature set: what to extract, parsed once, used everywhere.
+
+Training, extraction, the API and the report all describe features with a
+:class:`FeatureSpec`; it is the only thing that builds feature extractors. A spec is parsed
+from any of the forms a user or a file writes:
+
+* a name, components joined by "+": ``"hog"``, ``"hog+color"``;
+* a name with parameters: ``("hog+color", {"hog__orientations": 12, "space": "lab"})``;
+* a config dict, as pipeline files and ``model.json`` hold it:
+  ``{"name": "hog+color", "params": {...}}`` or
+  ``{"name": "hog2", "components": [{"name": "hog", "params": {"pixels_per_cell": 4}}, ...]}``
+  (components may repeat: HOG at two cell sizes).
+
+It validates every value, builds the transformer (:meth:`FeatureSpec.build`), gives the
+output dimension for an image size without computing anything (:meth:`FeatureSpec.n_features`),
+the effective parameters (defaults filled in) and a stable key (:meth:`FeatureSpec.key`).
+Where and how fast features are computed (``n_jobs``, ``device``, ``backend``) is not part of
+a spec: it is chosen when building.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cvpipe.errors import ConfigError
+from cvpipe.features.transformers import (
+    ColorHistogramTransformer,
+    HOGTransformer,
+    ImageFeatureUnion,
+    PixelTransformer,
+    _ImageTransformer,
+)
+from cvpipe.storage import canonical_json, to_jsonable
+
+#: Component names, in the order they are listed to users.
+FEATURE_NAMES = ("hog", "color", "pixels")
+_ALIASES = {"colour": "color", "hist": "color", "raw": "pixels"}
+_CLASSES: dict[str, type[_ImageTransformer]] = {
+    "hog": HOGTransformer,
+    "color": ColorHistogramTransformer,
+    "pixels": PixelTransformer,
+}
+#: Transformer parameters about where and how to compute, not what: never part of a spec.
+RUNTIME_PARAMS = frozenset({"n_jobs", "device", "backend", "image_shape"})
+
+
+def _without_runtime(value: Any) -> Any:
+    """``value`` (params, or a config dict) with run-time options removed from its params."""
+    if not isinstance(value, Mapping):
+        return value
+    if "name" in value:  # a config dict
+        out = dict(value)
+        if isinstance(out.get("params"), Mapping):
+            out["params"] = _without_runtime(out["params"])
+        if isinstance(out.get("components"), list):
+            out["components"] = [_without_runtime(c) for c in out["components"]]
+        return out
+    return {k: v for k, v in value.items() if str(k).rpartition("__")[2] not in RUNTIME_PARAMS}
+
+
+def _component_name(name: Any) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"a feature component needs a name, not {name!r}")
+    kind = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if kind not in _CLASSES:
+        raise ConfigError(f"unknown feature {name!r}; choose from {', '.join(FEATURE_NAMES)} "
+                          "(joined with '+')")
+    return kind
+
+
+@dataclass(frozen=True)
+class FeatureComponent:
+    """One extractor of a feature set: its kind and the parameters given for it."""
+
+    kind: str
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def make(cls, kind: Any, params: Mapping[str, Any] | None = None) -> FeatureComponent:
+        kind = _component_name(kind)
+        params = dict(params or {})
+        if not all(isinstance(k, str) for k in params):
+            raise ConfigError(f"feature {kind!r}: parameter names must be strings")
+        runtime = sorted(set(params) & RUNTIME_PARAMS)
+        if runtime:
+            raise ConfigError(f"feature {kind!r}: {', '.join(runtime)} say where features are "
+                              "computed, not what they are; they are not part of a feature set")
+        known = set(_CLASSES[kind]._get_param_names()) - RUNTIME_PARAMS
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(f"feature {kind!r} has no parameter {', '.join(map(repr, unknown))}; "
+                              f"its parameters: {', '.join(sorted(known))}")
+        try:
+            component = cls(kind, to_jsonable(params))
+        except TypeError as exc:
+            raise ConfigError(f"feature {kind!r}: {exc}") from None
+        component.effective()  # validates every value
+        return component
+
+    def transformer(self, **runtime: Any) -> _ImageTransformer:
+        """A new, unfitted transformer for this component."""
+        return _CLASSES[self.kind](**self.params, **runtime)
+
+    def effective(self) -> dict[str, Any]:
+        """Every parameter's value, defaults included, as validated (JSON types)."""
+        try:
+            validated = self.transformer()._validated_params()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"feature {self.kind!r}: {exc}") from None
+        if dataclasses.is_dataclass(validated):
+            return to_jsonable(dataclasses.asdict(validated))
+        return to_jsonable({"scale": validated})
+
+    def n_features(self, image_shape: tuple[int, ...]) -> int:
+        est = self.transformer()
+        return int(est._n_out(tuple(int(s) for s in image_shape), est._validated_params()))
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A feature set: named components whose features are concatenated in order.
+
+    Attributes
+    ----------
+    name : str
+        A label for people and reports (``"hog+color"``, ``"hog2+color2"``); not part of the key.
+    components : tuple of FeatureComponent
+    """
+
+    name: str
+    components: tuple[FeatureComponent, ...]
+
+    # ------------------------------------------------------------------ parsing
+
+    @classmethod
+    def parse(cls, features: str | Mapping[str, Any] | FeatureSpec,
+              params: Mapping[str, Any] | None = None, *, drop_runtime: bool = False) -> FeatureSpec:
+        """The spec that a name (plus ``params``), a config dict or a spec describes.
+
+        Parameters
+        ----------
+        features : str, dict or FeatureSpec
+            See the module's description of the forms.
+        params : dict, optional
+            With a name: ``<component>__<param>`` for one component, a plain ``<param>`` for
+            every component that has it.
+        drop_runtime : bool
+            Ignore run-time options (``n_jobs``, ``device``, ...) found among the parameters
+            instead of refusing them.
+
+        Raises
+        ------
+        ConfigError
+            Unknown component or parameter, a run-time option, or an invalid value.
+        """
+        if drop_runtime:
+            features, params = _without_runtime(features), _without_runtime(params)
+        if isinstance(features, FeatureSpec):
+            if params:
+                raise ConfigError("give parameters in the feature spec, not beside it")
+            return features
+        if isinstance(features, str):
+            return cls._from_name(features, dict(params or {}))
+        if not isinstance(features, Mapping):
+            raise ConfigError(f"features must be a name or a config table, not {features!r}")
+        unknown = set(features) - {"name", "params", "components"}
+        if unknown:
+            raise ConfigError(f"features config: unknown keys {sorted(unknown)} "
+                              "(expected name, params or components)")
+        name = features.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("features config needs a non-empty 'name'")
+        given = features.get("params") or {}
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"features {name!r}: params must be a table")
+        if "components" not in features:
+            return cls._from_name(name, {**given, **dict(params or {})})
+        if given or params:
+            raise ConfigError(f"features {name!r}: give params per component, not beside 'components'")
+        comps = features["components"]
+        if not isinstance(comps, list) or not comps:
+            raise ConfigError(f"features {name!r}: components must be a non-empty list")
+        parts = []
+        for c in comps:
+            if not isinstance(c, Mapping) or set(c) - {"name", "params"}:
+                raise ConfigError(f"features {name!r}: each component is {{name, params}}, not {c!r}")
+            if not isinstance(c.get("params", {}), Mapping):
+                raise ConfigError(f"features {name!r}: params of {c.get('name')!r} must be a table")
+            parts.append(FeatureComponent.make(c.get("name"), c.get("params")))
+        return cls(name.strip(), tuple(parts))
+
+    @classmethod
+    def _from_name(cls, name: str, params: dict[str, Any]) -> FeatureSpec:
+        if not name.strip():
+            raise ConfigError("feature name must be a non-empty string")
+        kinds = [_component_name(p) for p in name.split("+")]
+        if len(set(kinds)) != len(kinds):
+            raise ConfigError(f"feature {name!r} names a component twice; use 'components' "
+                              "for two extractors of one kind")
+        per: dict[str, dict[str, Any]] = {k: {} for k in kinds}
+        for key, value in params.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"feature parameter names must be strings, not {key!r}")
+            if "__" in key:
+                comp, _, sub = key.partition("__")
+                comp = _ALIASES.get(comp, comp)
+                if comp not in per:
+                    raise ConfigError(f"parameter {key!r}: {comp!r} is not part of {name!r}")
+                per[comp][sub] = value
+                continue
+            if key in RUNTIME_PARAMS:
+                raise ConfigError(f"{key} says where features are computed, not what they are; "
+                                  "it is not part of a feature set")
+            takers = [k for k in kinds if key in _CLASSES[k]._get_param_names()]
+            if not takers:
+                raise ConfigError(f"no component of {name!r} takes a parameter {key!r}")
+            for k in takers:
+                per[k].setdefault(key, value)
+        return cls(name.strip(), tuple(FeatureComponent.make(k, per[k]) for k in kinds))
+
+    # ------------------------------------------------------------------ what it is
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config dict (the form ``model.json`` stores); :meth:`parse` reads it back."""
+        return {"name": self.name,
+                "components": [{"name": c.kind, "params": dict(c.params)} for c in self.components]}
+
+    def effective_params(self) -> list[dict[str, Any]]:
+        """``[{"name": kind, "params": every value}, ...]``, defaults included."""
+        return [{"name": c.kind, "params": c.effective()} for c in self.components]
+
+    def key(self) -> str:
+        """Stable 16-hex-digit key of what is computed (effective parameters; not the label)."""
+        return hashlib.sha256(canonical_json(self.effective_params()).encode()).hexdigest()[:16]
+
+    def n_features(self, image_shape: tuple[int, ...]) -> int:
+        """Length of one image's feature vector, from the parameters alone.
+
+        Parameters
+        ----------
+        image_shape : (H, W) or (H, W, C)
+
+        Raises
+        ------
+        ConfigError
+            The images are too small for a component (a HOG block larger than the image ...).
+        """
+        return sum(c.n_features(image_shape) for c in self.components)
+
+    def check(self, image_shape: tuple[int, ...]) -> int:
+        """:meth:`n_features`, with the error naming this feature set."""
+        try:
+            return self.n_features(image_shape)
+        except ConfigError as exc:
+            raise ConfigError(f"features {self.name!r}: {exc}") from None
+
+    # ------------------------------------------------------------------ building
+
+    def build(self, *, n_jobs: int | None = -1, device: Any = None, backend: str | None = None,
+              image_shape: tuple[int, ...] | None = None) -> _ImageTransformer | ImageFeatureUnion:
+        """A new, unfitted scikit-learn transformer computing this feature set.
+
+        Parameters
+        ----------
+        n_jobs, device, backend
+            Where and how to compute (see :func:`cvpipe.features.hog`).
+        image_shape : tuple, optional
+            ``(H, W[, C])`` to accept flattened rows.
+
+        Returns
+        -------
+        transformer or ImageFeatureUnion
+            The component's transformer, or the union of the components (steps named after
+            them, ``hog_0``, ``hog_1`` ... when a kind repeats), float32 ``(N, D)`` out.
+        """
+        runtime = {"n_jobs": n_jobs, "device": device, "backend": backend, "image_shape": image_shape}
+        steps = [c.transformer(**runtime) for c in self.components]
+        for est in steps:
+            est._check_common()
+        if len(steps) == 1:
+            return steps[0]
+        return ImageFeatureUnion(list(zip(self.step_names(), steps, strict=True)))
+
+    def step_names(self) -> list[str]:
+        """Names of the components in the built union: their kinds, or ``<kind>_<i>`` when a
+        kind repeats."""
+        kinds = [c.kind for c in self.components]
+        return kinds if len(set(kinds)) == len(kinds) else [f"{k}_{i}" for i, k in enumerate(kinds)]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def make_features(name: str, **params: Any) -> _ImageTransformer | ImageFeatureUnion:
+    """Build a feature extractor from a name such as ``"hog"``, ``"color"`` or ``"hog+color"``.
+
+    Parameters
+    ----------
+    name : str
+        Component names joined by "+": ``hog`` (:class:`HOGTransformer`), ``color`` (alias
+        ``colour``; :class:`ColorHistogramTransformer`), ``pixels`` (alias ``raw``;
+        :class:`PixelTransformer`).
+    **params
+        ``<component>__<param>`` sets a parameter of one component (``hog__orientations=12``,
+        ``color__space="lab"``); a plain ``<param>`` goes to every component that has it.
+        ``n_jobs``, ``device``, ``backend`` and ``image_shape`` say where to compute.
+
+    Returns
+    -------
+    transformer or ImageFeatureUnion
+        See :meth:`FeatureSpec.build`.
+
+    Raises
+    ------
+    ConfigError
+        Unknown or repeated component, a parameter no component takes, or an invalid value.
+    """
+    runtime = {k: params.pop(k) for k in list(params) if k in RUNTIME_PARAMS}
+    return FeatureSpec.parse(name, params).build(**runtime)

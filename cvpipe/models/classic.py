@@ -1,0 +1,100 @@
+"""Classic pipelines (hand-made features -> preprocessing -> classifier) as :class:`Pipeline`."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cvpipe.classifiers.fitted import ClassicModel
+from cvpipe.classifiers.persist import load_parts, save_parts
+from cvpipe.classifiers.specs import CLASSIFIERS, ClassicSpec
+from cvpipe.classifiers.training import fit_classic
+from cvpipe.data.dataset import Dataset
+from cvpipe.errors import ArtifactError, ConfigError
+from cvpipe.features import FeatureSpec
+from cvpipe.models.artifact import listed_file, write_artifact
+from cvpipe.models.base import DataShape, Pipeline
+
+
+class ClassicPipeline(Pipeline):
+    """A :class:`~cvpipe.classifiers.specs.ClassicSpec` trained and saved as a model.
+
+    Run options: ``seed`` (the classifier's ``random_state``, where it has one; default 0)
+    and ``refit`` (refit the chosen candidate on train + validation; default true).
+    """
+
+    kind = "classic"
+
+    def __init__(self, spec: ClassicSpec, *, seed: int = 0, refit: bool = True) -> None:
+        super().__init__(spec.name, spec.description)
+        self.spec = spec
+        self.seed = seed
+        self.refit = refit
+
+    @classmethod
+    def from_table(cls, name: str, table: Mapping[str, Any]) -> ClassicPipeline:
+        return cls(ClassicSpec.from_dict(name, table))
+
+    def option_names(self) -> tuple[str, ...]:
+        return (*self.COMMON_OPTIONS, "refit")
+
+    def _with_options(self, options: dict[str, Any]) -> ClassicPipeline:
+        seed, refit = options.get("seed", self.seed), options.get("refit", self.refit)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, not {seed!r}")
+        if not isinstance(refit, bool):
+            raise ConfigError(f"refit must be true or false, not {refit!r}")
+        return ClassicPipeline(self.spec, seed=seed, refit=refit)
+
+    def seeded_spec(self) -> ClassicSpec:
+        """The spec with ``seed`` as the classifier's ``random_state`` unless the spec sets one."""
+        cls, fixed = CLASSIFIERS[self.spec.classifier["type"]]
+        params = self.spec.classifier.get("params") or {}
+        if "random_state" not in cls._get_param_names() or "random_state" in params:
+            return self.spec
+        spec = copy.deepcopy(self.spec)
+        spec.classifier.setdefault("params", {})["random_state"] = self.seed
+        return spec
+
+    def definition(self) -> dict[str, Any]:
+        return {"kind": self.kind, "spec": self.seeded_spec().to_dict(), "refit": self.refit}
+
+    def card(self) -> dict[str, Any]:
+        return {"family": "classic", "features": self.spec.features.name,
+                "classifier": self.spec.classifier["type"], "description": self.description}
+
+    def check(self, shape: DataShape) -> None:
+        factor = 2 if self.spec.augment_flip else 1
+        self.spec.check(shape.n_train * factor, shape.image_shape)
+        if self.refit:
+            self.spec.check((shape.n_train + shape.n_val) * factor, shape.image_shape)
+
+    def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+        fit = fit_classic(dataset, self.seeded_spec(), refit=self.refit, progress=progress)
+        metadata = {
+            **self.common_metadata(dataset),
+            "spec": self.spec.to_dict(),
+            "features": self.spec.features.to_dict(),
+            "feature_dim": fit.feature_dim,
+            "metrics": fit.metrics,
+            "selection": fit.selection,
+            "hyperparameters": {**fit.chosen.classifier.get("params", {}),
+                                "preprocess": fit.chosen.preprocess},
+            "fit_seconds": round(fit.fit_seconds, 3),
+            "selection_seconds": round(fit.selection_seconds, 3),
+            "extraction_images_per_second": round(fit.extraction_images_per_second, 1),
+            "history": fit.history,
+        }
+        return write_artifact(model_dir, metadata, lambda tmp: save_parts(
+            tmp, fit.model.preprocess, fit.model.classifier, self.spec.classifier["type"]))
+
+    @classmethod
+    def load(cls, model_dir: Path, meta: dict[str, Any]) -> ClassicModel:
+        try:
+            features = FeatureSpec.parse(meta["features"])
+        except (KeyError, ConfigError) as exc:
+            raise ArtifactError(f"{model_dir}: model.json has no valid feature set ({exc})") from exc
+        preprocess, classifier = load_parts(meta, lambda name: listed_file(model_dir, meta, name))
+        return ClassicModel(features, preprocess, classifier, meta)

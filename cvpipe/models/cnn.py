@@ -1,0 +1,90 @@
+"""The CNN baseline as a :class:`Pipeline`: its run options are :class:`CNNConfig` fields."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from cvpipe.cnn.config import CNNConfig
+from cvpipe.cnn.persist import WEIGHTS, CNNPredictor, load_predictor, save_weights
+from cvpipe.cnn.train import fit_cnn, plot_curves
+from cvpipe.data.dataset import Dataset
+from cvpipe.errors import ConfigError
+from cvpipe.models.artifact import listed_file, write_artifact
+from cvpipe.models.base import DataShape, Pipeline
+
+CURVES = "curves.png"
+
+
+def checkpoint_dir_for(model_dir: str | Path) -> Path:
+    """Where the checkpoints of ``models/<name>`` live: ``models/.checkpoints/<name>``."""
+    model_dir = Path(model_dir)
+    return model_dir.parent / ".checkpoints" / model_dir.name
+
+
+class CNNPipeline(Pipeline):
+    """The residual CNN trained on the images themselves.
+
+    A ``pipelines.toml`` table ``{kind = "cnn", description = ..., options = {...}}`` declares
+    one; ``options`` and :meth:`configure` take any :class:`~cvpipe.cnn.config.CNNConfig`
+    field (``time_budget``, ``epochs``, ``optimizer``, ``seed``, ...).
+    """
+
+    kind = "cnn"
+
+    def __init__(self, name: str, config: CNNConfig | None = None, description: str = "") -> None:
+        super().__init__(name, description)
+        self.config = config or CNNConfig()
+
+    @classmethod
+    def from_table(cls, name: str, table: Mapping[str, Any]) -> CNNPipeline:
+        unknown = set(table) - {"description", "options"}
+        if unknown:
+            raise ConfigError(f"pipeline {name!r} (cnn): unknown keys {sorted(unknown)}; "
+                              "known: description, options")
+        try:
+            config = CNNConfig.from_dict(dict(table.get("options") or {}))
+        except ConfigError as exc:
+            raise ConfigError(f"pipeline {name!r}: {exc}") from None
+        return cls(name, config, str(table.get("description", "")))
+
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(self.config.to_dict())
+
+    def _with_options(self, options: dict[str, Any]) -> CNNPipeline:
+        return CNNPipeline(self.name, CNNConfig.from_dict({**self.config.to_dict(), **options}),
+                           self.description)
+
+    def definition(self) -> dict[str, Any]:
+        return {"kind": self.kind, "config": self.config.to_dict()}
+
+    def card(self) -> dict[str, Any]:
+        return {"family": "cnn", "features": None, "classifier": "cnn", "description": self.description}
+
+    def check(self, shape: DataShape) -> None:
+        h, w, *rest = shape.image_shape
+        if (rest or [1])[0] != 3:
+            raise ConfigError(f"pipeline {self.name!r}: the CNN takes RGB images, not images of "
+                              f"shape {shape.image_shape}")
+        if min(h, w) < 8:
+            raise ConfigError(f"pipeline {self.name!r}: {h}x{w} images are too small for the CNN "
+                              "(it halves them three times)")
+        if shape.n_train < 1 or shape.n_val < 1:
+            raise ConfigError(f"pipeline {self.name!r}: needs training and validation images "
+                              f"({shape.n_train} and {shape.n_val})")
+
+    def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+        result, description = fit_cnn(dataset, self.config, checkpoint_dir=checkpoint_dir_for(model_dir),
+                                      progress=progress)
+        metadata = {**self.common_metadata(dataset), **description, "features": None}
+
+        def write_files(tmp: Path) -> None:
+            save_weights(result.model, tmp)
+            plot_curves(result.history, tmp / CURVES)
+
+        return write_artifact(model_dir, metadata, write_files)
+
+    @classmethod
+    def load(cls, model_dir: Path, meta: dict[str, Any]) -> CNNPredictor:
+        return load_predictor(listed_file(model_dir, meta, WEIGHTS), meta)

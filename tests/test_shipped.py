@@ -1,0 +1,209 @@
+"""The shipped product end to end: the shipped compare.toml and pipelines.toml, every pipeline
+(the CNN included) on a small subset, then `cvpipe serve` on the models it wrote over real HTTP,
+then `cvpipe evaluate` and `cvpipe predict` on every model.
+
+With $CVPIPE_CIFAR10_SOURCE set (.ci/run sets it to the shared copy) the subset is real CIFAR-10,
+30 images per class; otherwise synthetic images of the same layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from cvpipe.cli import main
+from cvpipe.compare.config import load_compare_config
+from cvpipe.features import FeatureSpec
+from cvpipe.images import decode
+from cvpipe.models import ClassicPipeline, DataShape, load_model
+from tests import synthetic
+from tests.conftest import _REAL_SOURCE
+from tests.test_api import encode
+from tests.test_api_server import free_port, serve, stop, wait_ready
+
+pytestmark = pytest.mark.slow
+
+PER_CLASS = 30
+CNN_SECONDS = 5
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory):
+    """The quick profile of the shipped comparison, on PER_CLASS images per class."""
+    root = tmp_path_factory.mktemp("shipped")
+    if _REAL_SOURCE and Path(_REAL_SOURCE).exists():
+        source = str(_REAL_SOURCE)
+    else:
+        synthetic.write_image_folder(root / "synthetic", n_train=PER_CLASS, n_test=PER_CLASS)
+        source = str(root / "synthetic")
+    common = ["--source", source, "--data-root", str(root / "data")]
+    args = ["compare", "--profile", "quick", "--limit-per-class", str(PER_CLASS),
+            "--set", f"cnn.time_budget={CNN_SECONDS}", "--models-dir", str(root / "models"),
+            "--reports-dir", str(root / "reports"), *common]
+    assert main(args) == 0
+    results = json.loads((root / "reports" / "quick" / "results.json").read_text())
+    return root, results, common
+
+
+def test_every_shipped_pipeline_trains_and_is_reported(shipped):
+    root, results, _ = shipped
+    declared = load_compare_config().pipelines
+    rows = {r["pipeline"]: r for r in results["pipelines"]}
+    assert list(rows) == declared and "cnn" in rows
+    for name, r in rows.items():
+        assert (root / "models" / f"quick-{name}" / "model.json").is_file(), name
+        assert r["test_accuracy"] == pytest.approx(r["stored_test_accuracy"], abs=1e-6), name
+    assert results["dataset"]["test"] == 10 * PER_CLASS
+    assert rows["cnn"]["fit_seconds"] < CNN_SECONDS + 30  # the budget was passed through
+    report = (root / "reports" / "quick" / "report.html").read_text()
+    assert "Feature sets" in report and "hog2+color2" in report
+
+
+@pytest.fixture(scope="module")
+def server(shipped):
+    root, _, _ = shipped
+    port = free_port()
+    proc = serve(root / "models", port, "--workers", "1", "--threads", "4")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url, timeout=300)
+        yield url
+    finally:
+        stop(proc)
+
+
+def test_serve_answers_for_every_model(shipped, server):
+    root, results, _ = shipped
+    x, _ = synthetic.make_images(1, seed=9)
+    blobs = [encode(img) for img in x[:8]]
+    session = requests.Session()
+    listed = {m["name"]: m for m in session.get(f"{server}/v1/models", timeout=30).json()["models"]}
+    assert set(listed) == {r["model"] for r in results["pipelines"]}
+    for r in results["pipelines"]:
+        name = r["model"]
+        local = load_model(root / "models" / name)
+        meta = local.metadata
+        detail = session.get(f"{server}/v1/models/{name}", timeout=30)
+        assert detail.status_code == 200, detail.text
+        assert detail.json()["test_accuracy"] == pytest.approx(r["stored_test_accuracy"])
+        assert detail.json()["card"]["family"] == r["family"]
+
+        size = tuple(meta["input_size"])
+        want = [meta["classes"][i] for i in local.predict(np.stack([decode(b, size=size) for b in blobs]))]
+        one = session.post(f"{server}/v1/models/{name}/predict", timeout=60,
+                           files=[("images", ("one.png", blobs[0], "image/png"))])
+        assert one.status_code == 200, one.text
+        assert one.json()["predictions"][0]["label"] == want[0]
+        batch = session.post(f"{server}/v1/models/{name}/predict", timeout=60,
+                             files=[("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)])
+        assert [p["label"] for p in batch.json()["predictions"]] == want, name
+
+        feats = session.post(f"{server}/v1/features", timeout=60,
+                             files=[("images", ("0.png", blobs[0], "image/png")),
+                                    ("images", ("1.png", blobs[1], "image/png"))],
+                             data={"model": name})
+        if meta["features"] is None:  # the CNN learns its own
+            assert feats.status_code == 400 and feats.json()["error"] == "no_features"
+            continue
+        assert feats.status_code == 200, f"{name}: {feats.text}"
+        body = feats.json()
+        assert body["dim"] == meta["feature_dim"] and body["features"]["key"] == \
+            FeatureSpec.parse(meta["features"]).key()
+        expected = FeatureSpec.parse(meta["features"]).build().transform(
+            np.stack([decode(b, size=size) for b in blobs[:2]]))
+        np.testing.assert_allclose([res["vector"] for res in body["results"]], expected, rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_evaluate_and_predict_every_model(shipped, capsys, tmp_path):
+    root, results, common = shipped
+    x, _ = synthetic.make_images(1, seed=9)
+    image = tmp_path / "photo.png"
+    image.write_bytes(encode(x[2]))
+    for r in results["pipelines"]:
+        name = r["model"]
+        capsys.readouterr()
+        assert main(["evaluate", name, "--split", "test", "--json", "--models-dir",
+                     str(root / "models"), "--limit-per-class", str(PER_CLASS), *common]) == 0, name
+        metrics = json.loads(capsys.readouterr().out)
+        assert metrics["accuracy"] == pytest.approx(r["stored_test_accuracy"], abs=1e-6), name
+        assert metrics["n"] == 10 * PER_CLASS
+        assert main(["predict", name, str(image), "--json", "--models-dir", str(root / "models")]) == 0
+        out = json.loads(capsys.readouterr().out)
+        local = load_model(root / "models" / name)
+        size = tuple(local.metadata["input_size"])
+        want = local.metadata["classes"][local.predict(decode(image.read_bytes(), size=size)[None])[0]]
+        assert out[0]["top"][0]["class"] == want, name
+
+
+# ------------------------------------------------------------------ the config, checked first
+
+def test_every_shipped_profile_builds_every_pipeline_for_its_sizes():
+    cfg = load_compare_config()
+    methods = {}
+    for profile in cfg.profiles.values():
+        per_class = profile.limit_per_class or 5000  # CIFAR-10: 5,000 training images a class
+        shape = DataShape.planned([per_class] * 10, cfg.val_fraction, (32, 32, 3))
+        plan = cfg.check(profile, shape)
+        assert [p.name for p in plan] == cfg.pipelines
+        for p in plan:
+            if isinstance(p, ClassicPipeline) and p.spec.classifier["type"] == "rbf-svm":
+                from cvpipe.classifiers import build_classifier
+
+                clf = build_classifier(p.spec.classifier)
+                methods[(profile.name, p.name)] = clf.method_for(shape.n_train + shape.n_val)
+    # the quick profile runs the exact kernel SVM, the full one its Nystroem approximation
+    assert {m for (prof, _), m in methods.items() if prof == "quick"} == {"exact"}
+    assert {m for (prof, _), m in methods.items() if prof == "full"} == {"nystroem"}
+
+
+BAD = """
+[compare]
+pipelines = ["color-linear-svm", "{name}"]
+[profiles.quick]
+limit_per_class = 12
+[pipelines."{name}"]
+{rest}
+"""
+HOG = 'features = { name = "hog" }\n'
+
+
+@pytest.mark.parametrize(("name", "rest", "says"), [
+    ("mlp-typo", HOG + 'classifier = { type = "mlp", params = { n_components = 10 } }', "n_components"),
+    ("svm-bad-c", HOG + 'classifier = { type = "linear-svm" }\ngrid = { "classifier.C" = [0.1, -1] }',
+     "'C'"),
+    ("too-much-pca", HOG + 'classifier = { type = "linear-svm" }\npreprocess = { pca = 5000 }', "pca"),
+    ("tiny-cells", 'features = { name = "hog", params = { pixels_per_cell = 40 } }\n'
+                   'classifier = { type = "linear-svm" }', "too small for HOG"),
+])
+def test_a_bad_config_fails_before_any_training_naming_the_pipeline(tmp_path, capsys, name, rest, says):
+    (tmp_path / "c.toml").write_text(BAD.format(name=name, rest=rest))
+    synthetic.write_image_folder(tmp_path / "src", n_train=12, n_test=2)
+    code = main(["compare", "--config", str(tmp_path / "c.toml"), "--source", str(tmp_path / "src"),
+                 "--data-root", str(tmp_path / "data"), "--models-dir", str(tmp_path / "models"),
+                 "--reports-dir", str(tmp_path / "reports")])
+    err = capsys.readouterr().err
+    assert code == 2 and name in err and says in err, err
+    assert not (tmp_path / "models").exists()  # not even the valid first pipeline was trained
+
+
+def test_compare_check_trains_nothing(tmp_path, capsys):
+    synthetic.write_image_folder(tmp_path / "src", n_train=12, n_test=2)
+    assert main(["compare", "--check", "--source", str(tmp_path / "src"), "--data-root",
+                 str(tmp_path / "data"), "--models-dir", str(tmp_path / "models")]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(load_compare_config().pipelines)} pipelines checked" in out
+    assert not (tmp_path / "models").exists()
+
+
+def test_shipped_files_are_in_the_package():
+    import cvpipe
+
+    here = Path(cvpipe.__file__).parent
+    assert (here / "compare.toml").is_file() and (here / "pipelines.toml").is_file()
+    assert os.fspath(load_compare_config().path).endswith("compare.toml")
