@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cvpipe.images import decode  # noqa: E402
-from cvpipe.models import load_model, read_metadata  # noqa: E402
+from cvpipe.models import load_model, model_card, read_metadata  # noqa: E402
 
 log = logging.getLogger("benchmarks.api")
 
@@ -115,10 +115,8 @@ def find_models(folder: Path) -> tuple[str | None, str | None]:
             meta = read_metadata(sub, verify=False)
         except Exception:  # noqa: BLE001 - not a model
             continue
-        clf = meta.get("classifier") if isinstance(meta.get("classifier"), dict) else {}
-        feats = meta.get("features") if isinstance(meta.get("features"), dict) else {}
-        if (svm is None and meta.get("kind") == "classic" and clf.get("type") == "linear-svm"
-                and feats.get("name") == "hog+color"):
+        card = model_card(meta)
+        if svm is None and card["classifier"] == "linear-svm" and card["features"] == "hog+color":
             svm = sub.name
         if cnn is None and meta.get("kind") == "cnn":
             cnn = sub.name
@@ -127,9 +125,8 @@ def find_models(folder: Path) -> tuple[str | None, str | None]:
 
 def train_benchmark_model(folder: Path, source: str | None) -> dict[str, Any]:
     """Train a HOG+colour linear SVM into ``folder/hog-color-linear-svm``; describe how."""
-    from cvpipe.classifiers.specs import PipelineSpec
-    from cvpipe.classifiers.training import train_classic
     from cvpipe.data import load_cifar10
+    from cvpipe.models import ClassicPipeline
 
     if source:
         ds = load_cifar10(source, limit_per_class=500)
@@ -141,9 +138,9 @@ def train_benchmark_model(folder: Path, source: str | None) -> dict[str, Any]:
         write_image_folder(tmp / "images", n_train=30, n_test=10)
         ds = load_cifar10(tmp / "images", tmp / "root")
         origin = "synthetic images (tests/synthetic.py)"
-    spec = PipelineSpec.from_dict("hog-color-linear-svm", {
+    pipeline = ClassicPipeline.from_table("hog-color-linear-svm", {
         "features": {"name": "hog+color"}, "classifier": {"type": "linear-svm", "params": {"C": 0.01}}})
-    meta = train_classic(ds, spec, folder / "hog-color-linear-svm", progress=False)
+    meta = pipeline.train(ds, folder / "hog-color-linear-svm", progress=False)
     return {"trained_by_benchmark": True, "trained_on": origin,
             "test_accuracy": meta["metrics"]["test"]["accuracy"]}
 

@@ -34,9 +34,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see cvpipe/
 
 import torch  # noqa: E402
 
-from cvpipe.cnn import CNNConfig, resolve_device, train_cnn  # noqa: E402
+from cvpipe.cnn import CNNConfig, train_cnn  # noqa: E402
 from cvpipe.cnn.train import score  # noqa: E402
 from cvpipe.data import load_cifar10  # noqa: E402
+from cvpipe.device import resolve_device  # noqa: E402
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.93, 0.94)
 TARGETS = {"cuda": {"test_accuracy": 0.94, "train_seconds": 5.0},

@@ -14,6 +14,7 @@ import numpy as np
 from cvpipe.config import models_dir
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.errors import ConfigError
+from cvpipe.images import IMAGE_FORMATS
 from cvpipe.models.artifact import model_card, read_metadata
 from cvpipe.models.base import DataShape
 from cvpipe.models.pipelines import get_pipeline, list_pipelines, load_model
@@ -184,8 +185,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_evaluate)
 
     pr = sub.add_parser("predict", help="classify image files with a saved model",
-                        description="Classify image files of any size and common format "
-                        "(PNG, JPEG, BMP, GIF, WebP, TIFF), resized to the model's input.")
+                        description="Classify image files of any size and mode in "
+                        f"{', '.join(IMAGE_FORMATS)} format, decoded as the model's training images "
+                        "were (EXIF orientation, alpha on white) and resized to its input.")
     pr.add_argument("model", help="model name in the models folder, or a model folder")
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--top-k", type=int, default=3)
@@ -193,7 +195,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=_predict)
 
-    models = sub.add_parser("models", help="list saved models and built-in pipelines")
+    models = sub.add_parser("models", help="list saved models and built-in pipelines",
+                            description="'list': the models of the models folder with their feature "
+                            "set, classifier and test accuracy; 'pipelines': the pipelines "
+                            "'cvpipe train --pipeline' and 'cvpipe compare' know.")
     msub = models.add_subparsers(dest="models_command", metavar="<action>", required=True)
     ls = msub.add_parser("list", help="saved models with their test accuracy")
     ls.add_argument("--models-dir")
