@@ -35,10 +35,41 @@ class ImageError(CvpipeError):
     """An input is not a decodable image of an accepted format, or is too large."""
 
 
+class UnsupportedFormat(ImageError):
+    """An image in a format Pillow knows but cvpipe does not accept (EPS, ICO, PSD, ...)."""
+
+
+def identify(data: bytes) -> str | None:
+    """The format Pillow recognises in ``data``'s header (nothing is decoded), or None."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.format
+    except Exception:  # noqa: BLE001 - not recognised at all
+        return None
+
+
 def is_image_name(name: str) -> bool:
     """True for a visible file whose name ends in one of :data:`IMAGE_EXTENSIONS`."""
     base = os.path.basename(name)
     return not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _to_8bit(arr: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 image of a 16-bit, 32-bit or float grayscale one, scaled to its range, converted
+    a million pixels at a time so the temporaries stay small whatever the image's size."""
+    top = float(arr.max()) if arr.size else 0.0
+    hi = 65535.0 if mode.startswith("I;16") or top > 255 else 255.0
+    if mode == "F":
+        hi = max(top, 1.0)
+    scale = np.float32(255.0 / hi)
+    out = np.empty(arr.shape, np.uint8)
+    rows = max(1, (1 << 20) // max(1, arr.shape[1] if arr.ndim > 1 else 1))
+    for r in range(0, arr.shape[0], rows):
+        block = arr[r: r + rows].astype(np.float32)
+        block *= scale
+        block += np.float32(0.5)
+        out[r: r + rows] = np.clip(block, 0, 255, out=block)
+    return out
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -46,14 +77,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     palette expanded, 16-bit and float grayscale scaled to 8 bits."""
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float32)
-        top = float(arr.max()) if arr.size else 0.0
-        hi = 65535.0 if im.mode.startswith("I;16") or top > 255 else 255.0
-        if im.mode == "F":
-            hi = max(top, 1.0)
-        np.multiply(arr, 255.0 / hi, out=arr)
-        np.add(arr, 0.5, out=arr)
-        im = Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8))
+        im = Image.fromarray(_to_8bit(np.asarray(im), im.mode))
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     if im.mode in ("RGBA", "LA", "PA", "RGBa"):
@@ -91,6 +115,10 @@ def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        known = identify(data) if isinstance(exc, UnidentifiedImageError) else None
+        if known:
+            raise UnsupportedFormat(f"{name}: {known} images are not accepted; send one of "
+                                    f"{', '.join(IMAGE_FORMATS)}") from exc
         raise ImageError(f"{name}: not an image of an accepted format "
                          f"({', '.join(IMAGE_FORMATS)})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:

@@ -13,9 +13,12 @@ goes through here, so one set of rules holds everywhere:
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cvpipe.errors import ConfigError, CvpipeError
 
 
 def to_jsonable(value: Any) -> Any:
@@ -84,6 +89,89 @@ def _fsync_tree(path: Path) -> None:
         _fsync_dir(Path(root))
 
 
+class StorageError(CvpipeError):
+    """A file or folder could not be written (disk full, permissions), or may not be replaced."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+
+
+def safe_name(name: str, what: str = "name") -> str:
+    """``name`` if it is one plain path component (letters, digits, ``._+-``), else
+    :class:`ConfigError`: a model or report name never reaches outside its folder."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", "..") or len(name) > 200:
+        raise ConfigError(f"{what} {name!r} must be one plain name: letters, digits and ._+- "
+                          "(no slashes, not starting with a dot)")
+    return name
+
+
+def _disk_error(path: Path, exc: OSError) -> StorageError:
+    hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
+    return StorageError(f"could not write {path}: {exc.strerror or exc}{hint}; nothing was replaced")
+
+
+def _temp_name(path: Path, kind: str) -> Path:
+    # The pid says whose it is: a leftover of a dead process can be cleaned up safely.
+    return path.with_name(f".{kind}-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holds(*names: str) -> Callable[[Path], bool]:
+    """An ``owned`` test for :func:`replace_dir`: the folder is empty or holds one of ``names``."""
+
+    def owned(folder: Path) -> bool:
+        return not any(folder.iterdir()) or any((folder / n).exists() for n in names)
+
+    return owned
+
+
+def recover(target: str | os.PathLike[str]) -> None:
+    """Finish or undo an interrupted replacement of ``target``.
+
+    A process killed between moving the old version aside and moving the new one in leaves
+    ``target`` missing and ``.old-<name>-*`` beside it: the old version is put back. Temporary
+    and old folders of processes no longer alive are removed.
+    """
+    target = Path(target)
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    leftovers = []
+    for kind in ("tmp", "old"):
+        for p in parent.glob(f".{kind}-{glob.escape(target.name)}-*"):
+            pid = p.name[len(f".{kind}-{target.name}-"):].split("-", 1)[0]
+            if pid.isdigit() and not _pid_alive(int(pid)) or not pid.isdigit():
+                leftovers.append((kind, p))
+    olds = sorted((p for kind, p in leftovers if kind == "old"), key=lambda p: p.stat().st_mtime)
+    if not target.exists() and olds:
+        os.replace(olds.pop(), target)  # the most recent complete version
+        _fsync_dir(parent)
+    for _, p in leftovers:
+        if p.exists():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def recover_all(parent: str | os.PathLike[str]) -> None:
+    """:func:`recover` every folder of ``parent`` that an interrupted replacement left behind."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for p in parent.glob(".[to][ml][pd]-*"):
+        kind, _, rest = p.name[1:].partition("-")
+        parts = rest.rsplit("-", 2)
+        if kind in ("tmp", "old") and len(parts) == 3 and parts[0]:
+            recover(parent / parts[0])
+
+
 def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Path], None]) -> Path:
     """Write ``path`` whole or not at all.
 
@@ -96,11 +184,16 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Pat
     Returns
     -------
     Path
-        ``path``. On any failure (a full disk included) the temporary file is removed and the
-        previous content of ``path``, if any, is untouched.
+        ``path``.
+
+    Raises
+    ------
+    StorageError
+        The write failed (a full disk, say): the temporary file is removed and the previous
+        content of ``path``, if any, is untouched.
     """
     path = Path(path)
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
+    tmp = _temp_name(path, "tmp")
     try:
         if callable(data):
             data(tmp)
@@ -111,6 +204,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Pat
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        raise _disk_error(path, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -122,27 +217,49 @@ def write_json(path: str | os.PathLike[str], value: Any) -> Path:
 
 
 @contextlib.contextmanager
-def replace_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+def replace_dir(target: str | os.PathLike[str], owned: Callable[[Path], bool] | None = None
+                ) -> Iterator[Path]:
     """Build a folder under a temporary name; on success, swap it in for ``target``.
 
     ``with replace_dir(out) as tmp:`` -- write everything into ``tmp``. When the block ends
-    normally the files are synced and ``tmp`` takes ``target``'s place; the previous
-    ``target`` is moved aside first and deleted only once the new one is in place. When the
-    block raises, ``tmp`` is removed and ``target`` is left as it was.
+    normally the files are synced and ``tmp`` takes ``target``'s place: the previous
+    ``target`` is moved aside first and deleted only once the new one is in place (a process
+    killed between the two moves is repaired by :func:`recover`, run first). When the block
+    raises, ``tmp`` is removed and ``target`` is left as it was.
+
+    Parameters
+    ----------
+    target : path
+    owned : callable, optional
+        ``owned(target)`` says whether an existing ``target`` was written by cvpipe; if not
+        (a user's folder that happens to have the name), it is never replaced or deleted.
+
+    Raises
+    ------
+    StorageError
+        ``target`` is not cvpipe's to replace, or writing failed (the old ``target`` stays).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    tmp = target.with_name(f".tmp-{target.name}-{tag}")
-    tmp.mkdir()
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        recover(target)
+    except OSError as exc:
+        raise _disk_error(target, exc) from exc
+    if target.exists() and owned is not None and not owned(target):
+        raise StorageError(f"{target} exists and was not written by cvpipe; refusing to replace "
+                           "it (move it away or choose another name)")
+    tmp = _temp_name(target, "tmp")
+    try:
+        tmp.mkdir()
         yield tmp
         _fsync_tree(tmp)
-        old = target.with_name(f".old-{target.name}-{tag}")
+        old = _temp_name(target, "old")
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise _disk_error(target, exc) from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

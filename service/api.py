@@ -10,7 +10,8 @@ import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from cvpipe.models import model_card
-from service.auth import check_token
+from service.auth import authorised, check_token
+from service.batching import BatchTimeout
 from service.errors import ApiError
 from service.features import ExtractorCache, feature_names, parse_spec
 from service.inputs import decode_images, int_option, json_option, option, read_images
@@ -51,19 +52,26 @@ def _elapsed_ms(start: float) -> float:
 
 @bp.get("/models")
 def list_models() -> Response:
-    """Every served model with its summary, and the models that could not be loaded."""
+    """Every served model with its summary, and the models that could not be loaded (why, only
+    to a client with the token when authentication is on)."""
     reg = registry()
+    show = authorised()
     return jsonify({"models": [m.summary for m in reg.models.values()],
-                    "unavailable": [{"name": n, "reason": r} for n, r in reg.failed.items()]})
+                    "unavailable": [{"name": n, **({"reason": r} if show else {})}
+                                    for n, r in reg.failed.items()]})
 
 
 @bp.get("/models/<name>")
 def get_model(name: str) -> Response:
-    """One model's summary plus its full metrics and library versions."""
+    """One model's summary and metrics; with the token (or without authentication) also how it
+    was selected, the dataset it was trained on and the library versions."""
     model = _model(name)
     meta = model.metadata
-    return jsonify({**model.summary, "metrics": meta.get("metrics"), "versions": meta.get("versions"),
-                    "selection": meta.get("selection"), "dataset": meta.get("dataset")})
+    body = {**model.summary, "metrics": meta.get("metrics")}
+    if authorised():
+        body.update(versions=meta.get("versions"), selection=meta.get("selection"),
+                    dataset=meta.get("dataset"))
+    return jsonify(body)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,9 +99,15 @@ def predict(name: str) -> Response:
     # to start may wait for this request rather than for the network.
     with model.batcher.incoming() as score:
         t0 = time.perf_counter()
-        images = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"])
+        images = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
+                               cfg["MAX_DECODE_BYTES"])
         t1 = time.perf_counter()
-        scores, kind = model.scores(images, score)
+        try:
+            scores, kind = model.scores(images, score)
+        except BatchTimeout:
+            raise ApiError(503, "model_timeout", f"Model {name!r} gave no answer within "
+                           f"{model.batcher.timeout:g} s; try again later.", {"model": name},
+                           headers={"Retry-After": "5"}) from None
         t2 = time.perf_counter()
     idx, best = top_k(scores, k)
     best = np.round(best.astype(np.float64), 6).tolist()
@@ -178,7 +192,8 @@ def features() -> Response:
                        "images or a smaller size")
     g.n_images = len(uploads)
     t0 = time.perf_counter()
-    images = decode_images(uploads, size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"])
+    images = decode_images(uploads, size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
+                           cfg["MAX_DECODE_BYTES"])
     t1 = time.perf_counter()
     vectors = extractor.transform(images)
     t2 = time.perf_counter()

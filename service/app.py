@@ -12,35 +12,13 @@ from flask import Flask, Response, g, request
 
 from service import api, health
 from service.config import load_settings
-from service.errors import register_error_handlers
+from service.errors import ApiError, register_error_handlers
 from service.features import ExtractorCache
+from service.guard import BodyDeadline
 from service.metrics import ApiMetrics
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-
-
-def _drain_unread_body(cap: int) -> None:
-    """Read and drop what the client sent that the request did not read (a body over the size
-    limit, a body sent to an unknown model or without a token), up to ``cap`` bytes.
-
-    Otherwise the server would close the connection with the client still sending, and most
-    clients then see a broken pipe instead of the JSON error. A body larger than ``cap`` is not
-    read: that connection is closed.
-    """
-    length = request.content_length
-    stream = request.environ.get("wsgi.input")
-    if stream is None or (length is not None and length > cap):
-        return
-    remaining = cap if length is None else length
-    try:
-        while remaining > 0:
-            chunk = stream.read(min(1 << 16, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-    except Exception:  # noqa: BLE001 - a client gone mid-body: nothing to answer anyway
-        log.debug("could not drain a request body", exc_info=True)
 
 
 def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry | None = None) -> Flask:
@@ -76,6 +54,7 @@ def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry 
     for name, model in registry.models.items():
         model.batcher.on_batch = functools.partial(metrics.observe_batch, name)
         model.batcher.linger = settings["BATCH_LINGER_MS"] / 1000.0
+        model.batcher.timeout = settings["PREDICT_TIMEOUT"]
     app.extensions["cvpipe"] = {"registry": registry, "metrics": metrics,
                                 "extractors": ExtractorCache()}
 
@@ -86,10 +65,15 @@ def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry 
     @app.before_request
     def _start_timer() -> None:
         g.start = time.perf_counter()
+        # Refuse an over-long body from its declared length, before reading any of it.
+        length = request.content_length
+        if length is not None and length > settings["MAX_CONTENT_LENGTH"]:
+            raise ApiError(413, "payload_too_large", f"The request body ({length} bytes) is over "
+                           f"the limit of {settings['MAX_CONTENT_LENGTH']} bytes.",
+                           {"limit": settings["MAX_CONTENT_LENGTH"]})
 
     @app.after_request
     def _record(resp: Response) -> Response:
-        _drain_unread_body(2 * settings["MAX_CONTENT_LENGTH"])
         start = g.get("start")
         if start is not None:
             endpoint = (request.endpoint or "unmatched") if request.url_rule else "unmatched"
@@ -99,6 +83,9 @@ def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry 
                             error=g.get("error_code"), images=g.get("n_images", 0))
         return resp
 
+    # A body must arrive within BODY_TIMEOUT seconds under gunicorn (service.guard).
+    app.wsgi_app = BodyDeadline(app.wsgi_app, settings["BODY_TIMEOUT"],  # type: ignore[method-assign]
+                                settings["MAX_CONTENT_LENGTH"])
     log.info("cvpipe API ready: %d model(s), authentication %s", len(registry),
              "on" if settings["API_TOKEN"] else "off")
     return app

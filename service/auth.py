@@ -15,6 +15,15 @@ from service.errors import ApiError
 _CHALLENGE = 'Bearer realm="cvpipe"'
 
 
+def authorised() -> bool:
+    """True when authentication is off or the request carries the valid token (never raises)."""
+    try:
+        check_token()
+    except ApiError:
+        return False
+    return True
+
+
 def check_token() -> None:
     """Raise a 401 :class:`ApiError` unless authentication is off or the request carries the token."""
     token = current_app.config.get("API_TOKEN")

@@ -10,10 +10,17 @@ Setting (environment variable, default):
 * ``MAX_PIXELS`` (``CVPIPE_MAX_PIXELS``, 40 megapixels): pixels per image, read from the
   header before decoding (decompression bombs);
 * ``MAX_REQUEST_PIXELS`` (``CVPIPE_MAX_REQUEST_PIXELS``, 200 megapixels): pixels per request;
+* ``MAX_DECODE_BYTES`` (``CVPIPE_MAX_DECODE_BYTES``, 256 MiB): memory one request's decoding
+  may need (largest image decoded + the batch at the model's or the requested size), from
+  the headers, before decoding;
 * ``TOP_K`` (``CVPIPE_TOP_K``, 5): classes per image when the request does not say;
 * ``WARMUP`` (``CVPIPE_WARMUP``, true): one prediction per model when the app is created;
 * ``BATCH_LINGER_MS`` (``CVPIPE_BATCH_LINGER_MS``, 2): how long a model call may wait for
-  requests already being decoded, to take them along (:mod:`service.batching`); 0 never waits.
+  requests already being decoded, to take them along (:mod:`service.batching`); 0 never waits;
+* ``BODY_TIMEOUT`` (``CVPIPE_BODY_TIMEOUT``, 30): seconds a request body may take to arrive
+  under ``cvpipe serve`` before a 408 (:mod:`service.guard`); 0 turns the deadline off;
+* ``PREDICT_TIMEOUT`` (``CVPIPE_PREDICT_TIMEOUT``, 30): seconds a request waits for its model
+  call before a 503 (a stuck model fails its requests instead of holding them forever).
 """
 
 from __future__ import annotations
@@ -35,9 +42,12 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "MAX_CONTENT_LENGTH": ("CVPIPE_MAX_CONTENT_LENGTH", int, 32 * 1024 * 1024),
     "MAX_PIXELS": ("CVPIPE_MAX_PIXELS", int, MAX_PIXELS),
     "MAX_REQUEST_PIXELS": ("CVPIPE_MAX_REQUEST_PIXELS", int, 200_000_000),
+    "MAX_DECODE_BYTES": ("CVPIPE_MAX_DECODE_BYTES", int, 256 << 20),
     "TOP_K": ("CVPIPE_TOP_K", int, 5),
     "WARMUP": ("CVPIPE_WARMUP", bool, True),
     "BATCH_LINGER_MS": ("CVPIPE_BATCH_LINGER_MS", float, 2.0),
+    "PREDICT_TIMEOUT": ("CVPIPE_PREDICT_TIMEOUT", float, 30.0),
+    "BODY_TIMEOUT": ("CVPIPE_BODY_TIMEOUT", float, 30.0),
 }
 
 _TRUE = {"1", "true", "yes", "on"}

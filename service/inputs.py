@@ -30,7 +30,7 @@ import numpy as np
 from flask import Request
 from PIL import Image
 
-from cvpipe.images import ImageError, decode
+from cvpipe.images import IMAGE_FORMATS, ImageError, UnsupportedFormat, decode
 from service import multipart
 from service.errors import ApiError
 
@@ -175,10 +175,7 @@ def read_images(request: Request, max_images: int, allowed_fields: tuple[str, ..
         raw = request.get_data(cache=False)
         if not raw.strip():
             raise ApiError(400, "empty_body", f"The request has no body: {_USAGE}.")
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "malformed_json", f"The body is not valid JSON: {exc}.") from None
+        body = loads(raw, "The body")
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_request", 'The JSON body must be an object such as '
                            '{"images": ["<base64>", ...]}.')
@@ -211,32 +208,44 @@ def read_images(request: Request, max_images: int, allowed_fields: tuple[str, ..
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _peek_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header alone: read directly for PNG, else by Pillow's lazy open."""
-    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 24:
+#: Bytes per pixel of the decoded array of a Pillow mode (bands x 8 bits unless listed).
+_MODE_BYTES = {"1": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
+#: PNG colour type -> channels.
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _peek(data: bytes) -> tuple[int, int, int]:
+    """(width, height, bytes per decoded pixel) from the header alone: read directly for PNG,
+    else by Pillow's lazy open (nothing is decoded)."""
+    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 26:
         w, h = struct.unpack(">II", data[16:24])
-        return w, h
-    with Image.open(io.BytesIO(data)) as im:
-        return im.size
+        depth, colour = data[24], data[25]
+        return w, h, _PNG_CHANNELS.get(colour, 4) * max(1, depth // 8)
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+        bpp = _MODE_BYTES.get(im.mode) or len(im.getbands())
+        return im.size[0], im.size[1], bpp
 
 
 def decode_images(uploads: list[Upload], size: tuple[int, int], max_pixels: int,
-                  max_request_pixels: int) -> np.ndarray:
+                  max_request_pixels: int, max_decode_bytes: int = 256 << 20) -> np.ndarray:
     """uint8 (N, H, W, 3) RGB batch at ``size`` (H, W) of the uploads.
 
-    Sizes are read from the headers first, so an image over ``max_pixels`` or a request over
-    ``max_request_pixels`` in all is refused (413) before any pixel is decoded.
+    Sizes are read from the headers first, so an image over ``max_pixels``, a request over
+    ``max_request_pixels`` in all, or one whose decoding would need more than
+    ``max_decode_bytes`` of memory at once (the largest image as decoded and converted to RGB,
+    plus the output batch) is refused (413) before any pixel is decoded.
 
     Raises
     ------
     ApiError
-        400 ``bad_image`` (not an image, truncated, empty) or 413 ``image_too_large`` /
-        ``request_too_large``; ``details.index`` says which image.
+        400 ``bad_image`` (not an image, truncated, empty), 415 ``unsupported_image_format``
+        (an image format outside :data:`cvpipe.images.IMAGE_FORMATS`) or 413
+        ``image_too_large`` / ``request_too_large``; ``details.index`` says which image.
     """
-    total = 0
+    total, largest = 0, 0
     for i, up in enumerate(uploads):
         try:
-            w, h = _peek_size(up.data)
+            w, h, bpp = _peek(up.data)
         except Image.DecompressionBombError:
             raise ApiError(413, "image_too_large", f"{up.name}: over the limit of {max_pixels} pixels",
                            {"index": i, "name": up.name}) from None
@@ -249,10 +258,19 @@ def decode_images(uploads: list[Upload], size: tuple[int, int], max_pixels: int,
         if total > max_request_pixels:
             raise ApiError(413, "request_too_large", f"the images hold more than {max_request_pixels} "
                            "pixels in all: send fewer or smaller images", {"index": i})
+        largest = max(largest, w * h * (bpp + 3))  # the decoded array and its RGB conversion
+    need = largest + len(uploads) * size[0] * size[1] * 3
+    if need > max_decode_bytes:
+        raise ApiError(413, "request_too_large", f"decoding these images at {size[0]}x{size[1]} needs "
+                       f"about {need >> 20} MiB, over the limit of {max_decode_bytes >> 20} MiB: send "
+                       "fewer or smaller images, or a smaller size", {"limit_bytes": max_decode_bytes})
     out = np.empty((len(uploads), size[0], size[1], 3), np.uint8)
     for i, up in enumerate(uploads):
         try:
             out[i] = decode(up.data, up.name, size, max_pixels=max_pixels)
+        except UnsupportedFormat as exc:
+            raise ApiError(415, "unsupported_image_format", str(exc),
+                           {"index": i, "name": up.name}) from None
         except ImageError as exc:
             raise ApiError(400, "bad_image", str(exc), {"index": i, "name": up.name}) from None
     return out
@@ -272,6 +290,40 @@ def int_option(options: Options, name: str, default: int, low: int, high: int) -
     return option(options, name, parse, default)
 
 
+#: Deepest nesting of arrays and objects a JSON body or option may have.
+MAX_JSON_DEPTH = 32
+
+
+def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``value`` nests arrays/objects more than ``limit`` deep (checked iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def loads(raw: str | bytes, what: str) -> Any:
+    """JSON of a request, or a 400: malformed, or nested deeper than :data:`MAX_JSON_DEPTH`."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        value = None
+        deep = True
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"{what} is not valid JSON: {exc}.") from None
+    else:
+        deep = _too_deep(value)
+    if deep:
+        raise ApiError(400, "malformed_json", f"{what} nests arrays or objects more than "
+                       f"{MAX_JSON_DEPTH} deep.")
+    return value
+
+
 def json_option(options: Options, name: str, check: Callable[[Any], bool], expected: str) -> Any:
     """An option that is JSON: as such in a JSON body, a JSON string in a form or query string."""
 
@@ -279,9 +331,12 @@ def json_option(options: Options, name: str, check: Callable[[Any], bool], expec
         if isinstance(value, str):
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ApiError(400, "invalid_option", f"{name} must be {expected} (as JSON text in a "
                                "form field or query parameter)", {"option": name}) from None
+        if _too_deep(value):
+            raise ApiError(400, "invalid_option", f"{name} nests more than {MAX_JSON_DEPTH} deep",
+                           {"option": name})
         if not check(value):
             raise ApiError(400, "invalid_option", f"{name} must be {expected}", {"option": name})
         return value

@@ -25,6 +25,8 @@ LATENCY_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0
 
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: Label values come from fixed sets only: a client inventing methods must not create series.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def multiprocess_dir() -> str | None:
@@ -37,8 +39,10 @@ class ApiMetrics:
     """The API's metrics and their exposition.
 
     Labels: ``endpoint`` (the Flask endpoint, e.g. ``api.predict``; ``unmatched`` for unknown
-    URLs), ``model`` (a loaded model's name or ``""``: unknown names never become labels) and,
-    for counters, ``status`` (HTTP status) or ``error`` (the JSON error code).
+    URLs), ``model`` (a loaded model's name or ``""``: unknown names never become labels),
+    ``method`` (a standard HTTP method, else ``other``) and, for counters, ``status`` (HTTP
+    status) or ``error`` (the JSON error code). Every label takes its value from a fixed set, so
+    no request can add series.
     """
 
     def __init__(self) -> None:
@@ -68,6 +72,7 @@ class ApiMetrics:
     def observe(self, endpoint: str, model: str, method: str, status: int, seconds: float,
                 error: str | None, images: int) -> None:
         """Record one answered request."""
+        method = method if method in METHODS else "other"
         self.requests.labels(endpoint, model, method, str(status)).inc()
         self.latency.labels(endpoint, model).observe(seconds)
         if error is not None:

@@ -184,9 +184,13 @@ SCHEMAS: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "metrics": {"type": "object", "nullable": True, "additionalProperties": True},
-                "versions": {"type": "object", "nullable": True, "additionalProperties": True},
-                "selection": {"type": "object", "nullable": True, "additionalProperties": True},
-                "dataset": {"type": "object", "nullable": True, "additionalProperties": True},
+                "versions": {"type": "object", "nullable": True, "additionalProperties": True,
+                             "description": "Only with the token when authentication is on."},
+                "selection": {"type": "object", "nullable": True, "additionalProperties": True,
+                              "description": "Only with the token when authentication is on."},
+                "dataset": {"type": "object", "nullable": True, "additionalProperties": True,
+                            "description": "Only with the token when authentication is on; URLs "
+                            "carry no credentials."},
             },
         }],
     },
@@ -195,8 +199,9 @@ SCHEMAS: dict[str, Any] = {
         "required": ["models", "unavailable"],
         "properties": {
             "models": {"type": "array", "items": _ref("ModelSummary")},
-            "unavailable": {"type": "array", "description": "Models that failed to load.", "items": {
-                "type": "object", "required": ["name", "reason"],
+            "unavailable": {"type": "array", "description": "Models that failed to load (the reason "
+                            "only with the token when authentication is on).", "items": {
+                "type": "object", "required": ["name"],
                 "properties": {"name": {"type": "string"}, "reason": {"type": "string"}}}},
         },
     },
@@ -290,7 +295,8 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
         "401": _error("Missing or wrong bearer token (only when the server has CVPIPE_API_TOKEN)."),
         "413": _error("Body, image (pixels) or number of images over the server's limits."),
         "415": _error("Content-Type is not multipart/form-data, application/json, image/* or "
-                      "application/octet-stream."),
+                      "application/octet-stream, or an image is in a format outside "
+                      f"{', '.join(IMAGE_FORMATS)} (unsupported_image_format)."),
     }
     paths: dict[str, Any] = {
         "/v1/models": {"get": {
@@ -316,7 +322,9 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
                                          {"top_k": top_k_schema}),
             "security": security,
             "responses": {"200": _json("Predictions, in the order of the images.", "PredictResponse"),
-                          **common_errors, "404": _error("No such model.")},
+                          **common_errors, "404": _error("No such model."),
+                          "503": _error("The model gave no answer in time (CVPIPE_PREDICT_TIMEOUT); "
+                                        "Retry-After says when to try again.")},
         }},
         "/v1/features": {"post": {
             "operationId": "features", "tags": ["features"], "summary": "Extract feature vectors",

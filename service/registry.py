@@ -17,6 +17,7 @@ import numpy as np
 
 from cvpipe.errors import CvpipeError
 from cvpipe.models import ArtifactError, Predictor, load_model, model_card
+from cvpipe.storage import recover_all
 from service.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,10 @@ class ModelRegistry:
         if not self.models_dir.is_dir():
             log.warning("models folder %s does not exist: no models to serve", self.models_dir)
             return self
+        try:
+            recover_all(self.models_dir)  # a model whose replacement was interrupted comes back
+        except OSError as exc:
+            log.warning("could not tidy %s: %s", self.models_dir, exc)
         for sub in sorted(self.models_dir.iterdir()):
             if sub.name.startswith(".") or not (sub / "model.json").is_file():
                 continue

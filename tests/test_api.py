@@ -750,3 +750,69 @@ def test_openapi_document_describes_every_endpoint(client, local):
     assert set(predict_op["parameters"][0]["schema"]["enum"]) == set(local)
     assert "securitySchemes" not in doc["components"]  # authentication is off here
     assert doc == json.loads(json.dumps(doc))  # plain JSON
+
+
+def test_micro_batcher_times_out_a_hung_model_and_isolates_a_bad_input():
+    import threading
+
+    from service.batching import BatchTimeout, MicroBatcher
+
+    release = threading.Event()
+
+    def hangs(images):
+        release.wait(30)
+        return np.zeros((len(images), 2)), "decision"
+
+    stuck = MicroBatcher(hangs, timeout=0.3)
+    start = time.monotonic()
+    with pytest.raises(BatchTimeout):
+        stuck(np.zeros((1, 2, 2, 3), np.uint8))  # its own call hangs
+    with pytest.raises(BatchTimeout):
+        stuck(np.zeros((1, 2, 2, 3), np.uint8))  # queued behind it
+    assert time.monotonic() - start < 2
+    release.set()
+    scores, _ = stuck(np.zeros((1, 2, 2, 3), np.uint8))  # the model answers again
+    assert scores.shape == (1, 2)
+
+    gate = threading.Event()
+
+    def breaks_on_13(images):
+        gate.wait(5)  # let every request join one call
+        if (images == 13).any():
+            raise ValueError("cannot score 13")
+        return images.reshape(len(images), -1)[:, :2].astype(float), "probability"
+
+    batcher = MicroBatcher(breaks_on_13, linger=0.5)
+    outcomes = {}
+
+    def request(i):
+        try:
+            outcomes[i] = batcher(np.full((1, 2, 2, 3), i, np.uint8))[0][0, 0]
+        except ValueError as exc:
+            outcomes[i] = str(exc)
+
+    threads = [threading.Thread(target=request, args=(i,)) for i in (11, 12, 13, 14)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert outcomes == {11: 11.0, 12: 12.0, 13: "cannot score 13", 14: 14.0}
+
+
+def test_a_hung_model_is_a_503_not_a_hung_request(registry, models_dir, monkeypatch):
+    import threading
+
+    release = threading.Event()
+    model = registry.get(SVM)
+    original = model.batcher.fn
+    monkeypatch.setattr(model.batcher, "fn", lambda images: (release.wait(30), original(images))[1])
+    app = create_app({"MODELS_DIR": str(models_dir), "PREDICT_TIMEOUT": 0.3}, registry=registry)
+    try:
+        resp = app.test_client().post(f"/v1/models/{SVM}/predict", data=files(encode(test_images(1)[0])))
+        body = assert_error(resp, 503, "model_timeout")
+        assert resp.headers["Retry-After"] and body["details"]["model"] == SVM
+    finally:
+        release.set()
+        model.batcher.timeout = 30.0

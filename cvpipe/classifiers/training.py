@@ -136,7 +136,8 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
         if isinstance(clf, MLPClassifier):
             rec["best_epoch"] = clf.best_epoch_
         records.append(rec)
-        log.info("%s %s: val accuracy %.4f (%.1f s)", spec.name, params or "", val_acc, secs)
+        log.info("%s%s: val accuracy %.4f (%.1f s)", spec.name, f" {params}" if params else "", val_acc,
+                 secs)
         if best is None or val_acc > best[0]["val_accuracy"]:
             best = (rec, cand, pre, clf)
     rec, chosen, pre, clf = best

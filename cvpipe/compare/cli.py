@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cvpipe.errors import ConfigError
+from cvpipe.storage import safe_name
 
 REPORTS_DIR = "reports"
 
@@ -36,6 +37,7 @@ def _compare(args: argparse.Namespace) -> int:
     from cvpipe.compare.runner import prepare, run_comparison
 
     cfg = load_compare_config(args.config)
+    safe_name(args.run or args.profile, "--run")  # before hours of work, not after
     if args.limit_per_class is not None and args.limit_per_class < 2:
         raise ConfigError("--limit-per-class must be at least 2")
     profile = cfg.profile(args.profile).with_overrides(args.limit_per_class, parse_set(args.set))
@@ -55,7 +57,7 @@ def _compare(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     results = run_comparison(cfg, profile, source=args.source, data_root=args.data_root,
                              models_root=args.models_dir, force=args.force, pipelines=pipelines)
-    out = Path(args.reports_dir) / (args.run or args.profile)
+    out = Path(args.reports_dir) / safe_name(args.run or args.profile, "--run")
     html = write_report(results, out)
     print(_table(results))
     print(f"\n{results['summary'].get('text', '')}\n")

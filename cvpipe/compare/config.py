@@ -29,6 +29,7 @@ from typing import Any
 
 from cvpipe.errors import ConfigError
 from cvpipe.models import DataShape, Pipeline, all_pipelines, load_pipeline_config
+from cvpipe.storage import safe_name
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "compare.toml"
 PROFILE_KEYS = ("limit_per_class", "model_prefix", "options")
@@ -118,7 +119,10 @@ def load_compare_config(path: str | os.PathLike[str] | None = None) -> CompareCo
         if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
             raise ConfigError(f"{path}: profile {name!r}: options must be a table of tables "
                               "(pipeline name -> options)")
-        profiles[name] = Profile(name, limit, str(p.get("model_prefix", "")), options)
+        prefix = str(p.get("model_prefix", ""))
+        if prefix:
+            safe_name(prefix, f"{path}: profile {name!r} model_prefix")
+        profiles[name] = Profile(name, limit, prefix, options)
     if not profiles:
         raise ConfigError(f"{path}: no [profiles.<name>] tables")
     declared = load_pipeline_config(path) if "pipelines" in data else {}

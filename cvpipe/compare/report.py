@@ -10,7 +10,7 @@ import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cvpipe.compare import plots
-from cvpipe.storage import json_dumps, replace_dir, to_jsonable
+from cvpipe.storage import holds, json_dumps, replace_dir, safe_name, to_jsonable
 
 COLUMNS = [  # (key, header, format)
     ("pipeline", "pipeline", "{}"),
@@ -85,9 +85,10 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str, bytes]]:
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     """Write the run's files into ``out_dir`` (replaced whole); returns the path of ``report.html``."""
     out_dir = Path(out_dir)
-    figures = _figures(results)
     public = to_jsonable({k: v for k, v in results.items() if not k.startswith("_")})
-    with replace_dir(out_dir) as tmp:
+    safe_name(out_dir.name, "report name")
+    with replace_dir(out_dir, owned=holds("results.json", "report.html")) as tmp:
+        figures = _figures(results)
         images = []
         for i, (section, caption, data) in enumerate(figures):
             name = f"fig{i:02d}-{section}.png"

@@ -28,10 +28,10 @@ from cvpipe import __version__
 from cvpipe.config import ENV_CIFAR10_CHECKSUM, ENV_CIFAR10_SOURCE, data_root
 from cvpipe.data import readers
 from cvpipe.data.checksums import memo_digests, parse_expected, verify
-from cvpipe.data.download import download
+from cvpipe.data.download import download, public_location
 from cvpipe.data.splits import stratified_split
 from cvpipe.errors import DataError
-from cvpipe.storage import json_dumps, replace_dir
+from cvpipe.storage import holds, json_dumps, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -253,9 +253,9 @@ def _decode(src: Source, options: dict) -> readers.DecodedDataset:
 
 def _build_cache(src: Source, cache_dir: Path, options: dict) -> None:
     start = time.perf_counter()
-    log.info("decoding %s (%s) into %s", src.location, src.kind, cache_dir)
+    log.info("decoding %s (%s) into %s", public_location(src.location), src.kind, cache_dir)
     decoded = _decode(src, options)
-    with replace_dir(cache_dir) as tmp:
+    with replace_dir(cache_dir, owned=holds("manifest.json")) as tmp:
         for split in readers.SPLITS:
             np.save(tmp / f"{split}_images.npy", decoded.images[split])
             np.save(tmp / f"{split}_labels.npy", decoded.labels[split])
@@ -266,7 +266,7 @@ def _build_cache(src: Source, cache_dir: Path, options: dict) -> None:
         manifest = {
             "format": CACHE_FORMAT,
             "dataset": "cifar10",
-            "source": src.location,
+            "source": public_location(src.location),
             "source_path": str(src.path),
             "source_kind": src.kind,
             "source_checksum": src.checksum,

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -14,6 +15,18 @@ from tqdm.auto import tqdm
 from cvpipe.errors import ChecksumError, DataError
 
 log = logging.getLogger(__name__)
+
+
+def public_location(location: str) -> str:
+    """``location`` without what must not be shown or stored: a URL's user, password, query
+    and fragment (tokens often travel there). Local paths are returned as they are."""
+    parts = urllib.parse.urlsplit(location)
+    if not parts.scheme or not parts.netloc:
+        return location
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0) -> Path:
@@ -25,7 +38,8 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     digest = hashlib.md5()
-    log.info("downloading %s -> %s", url, dest)
+    shown = public_location(url)
+    log.info("downloading %s -> %s", shown, dest)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
@@ -35,11 +49,11 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
                     digest.update(block)
                     bar.update(len(block))
             if total is not None and out.tell() != total:
-                raise DataError(f"download of {url} ended early ({out.tell()} of {total} bytes)")
+                raise DataError(f"download of {shown} ended early ({out.tell()} of {total} bytes)")
     except (urllib.error.URLError, OSError, ValueError) as exc:
         part.unlink(missing_ok=True)
         raise DataError(
-            f"could not download {url}: {exc}. Without network access, point "
+            f"could not download {shown}: {exc}. Without network access, point "
             "CVPIPE_CIFAR10_SOURCE (or --source) at a local copy."
         ) from exc
     except BaseException:
@@ -48,7 +62,7 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
     if md5 is not None and digest.hexdigest() != md5:
         part.unlink(missing_ok=True)
         raise ChecksumError(
-            f"download of {url}: md5 {digest.hexdigest()} differs from the published {md5}"
+            f"download of {shown}: md5 {digest.hexdigest()} differs from the published {md5}"
         )
     os.replace(part, dest)
     return dest

@@ -33,6 +33,11 @@ CIFAR10_CLASSES: tuple[str, ...] = (
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 SPLITS: tuple[str, ...] = ("train", "test")
+#: Most bytes one archive member may declare (an official batch is about 31 MB; a photo a few
+#: MB) and most bytes of all members read from one archive: a crafted archive (a gzip bomb)
+#: is refused from its headers before it fills the memory.
+MAX_MEMBER_BYTES = 256 << 20
+MAX_ARCHIVE_BYTES = 8 << 30
 _OFFICIAL_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
@@ -119,11 +124,12 @@ def read_official_archive(path: Path) -> DecodedDataset:
     """Read ``cifar-10-python.tar.gz`` without extracting it to disk."""
     wanted = {*(n for names in _OFFICIAL_BATCHES.values() for n in names), "batches.meta"}
     files: dict[str, bytes] = {}
+    budget = _Budget(path)
     with _open_tar(path) as tar:
         for member in _iter_members(tar, path):
             name = PurePosixPath(member.name).name
             if member.isfile() and name in wanted:
-                files[name] = _read_member(tar, member, path)
+                files[name] = _read_member(tar, member, path, budget)
     return _batches_to_arrays(files)
 
 
@@ -185,6 +191,7 @@ def find_image_root(path: Path) -> Path:
 
 def _entries_from_tar(path: Path) -> tuple[list[_Entry], set[tuple[str, str]]]:
     entries, class_dirs = [], set()
+    budget = _Budget(path)
     with _open_tar(path) as tar:
         for member in _iter_members(tar, path):
             parts = PurePosixPath(member.name).parts
@@ -196,7 +203,8 @@ def _entries_from_tar(path: Path) -> tuple[list[_Entry], set[tuple[str, str]]]:
             if not member.isfile() or where is None or not is_image_name(parts[-1]):
                 continue
             class_dirs.add(where)
-            entries.append(_Entry(*where, f"{path}:{member.name}", _read_member(tar, member, path)))
+            entries.append(_Entry(*where, f"{path}:{member.name}",
+                                  _read_member(tar, member, path, budget)))
     entries.sort(key=lambda e: (e.split, e.cls, e.name))
     return entries, class_dirs
 
@@ -317,7 +325,25 @@ def _iter_members(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]
         raise DataError(f"{path}: archive is truncated or corrupt ({exc})") from exc
 
 
-def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
+class _Budget:
+    """Bytes still allowed from one archive (:data:`MAX_ARCHIVE_BYTES`)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.left = MAX_ARCHIVE_BYTES
+
+    def take(self, member: tarfile.TarInfo) -> None:
+        if member.size > MAX_MEMBER_BYTES:
+            raise DataError(f"{self.path}: member {member.name} declares {member.size:,} bytes, over "
+                            f"the limit of {MAX_MEMBER_BYTES:,} for one file")
+        self.left -= member.size
+        if self.left < 0:
+            raise DataError(f"{self.path}: the files read from this archive exceed "
+                            f"{MAX_ARCHIVE_BYTES:,} bytes in all; split the dataset")
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, budget: _Budget) -> bytes:
+    budget.take(member)
     try:
         f = tar.extractfile(member)
         data = f.read() if f is not None else b""

@@ -11,7 +11,9 @@ from typing import Any
 
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.errors import ConfigError
+from cvpipe.extract.sources import ALLOWED_PROTOCOLS, MAX_FILE_BYTES, MAX_LIST_BYTES
 from cvpipe.extract.store import DEFAULT_CHUNK_ROWS, FORMATS, NPZ_MAX_BYTES
+from cvpipe.images import IMAGE_FORMATS
 
 
 def _features_arg(text: str) -> str | dict[str, Any]:
@@ -136,7 +138,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--input", metavar="DIR|FILE|URL",
                    help="a folder of images (recursive, sorted by path; labels from the first "
                    "folder level when every image is in one) or a text file of paths/URLs, one a "
-                   "line (labels -1); read through fsspec")
+                   f"line (labels -1); read through fsspec. Protocols: {', '.join(ALLOWED_PROTOCOLS)} "
+                   f"(chained URLs a::b are refused); files over {MAX_FILE_BYTES >> 20} MiB and lists "
+                   f"over {MAX_LIST_BYTES >> 20} MiB are refused; formats: {', '.join(IMAGE_FORMATS)}")
     i.add_argument("--size", default="32", metavar="N|HxW",
                    help="resize --input images to this size (default 32)")
     o = p.add_argument_group("output")

@@ -171,12 +171,40 @@ class FileChunk:
         return out, np.asarray(self.labels, dtype=np.int64)
 
 
-def _read_image(path: str, size: tuple[int, int]) -> np.ndarray:
+#: fsspec protocols an input may name ("file" for plain paths); chained URLs ("a::b") are refused.
+ALLOWED_PROTOCOLS = ("file", "local", "http", "https", "s3", "gs", "gcs", "az", "abfs", "memory")
+#: Most bytes read from one image file, and from one list of images.
+MAX_FILE_BYTES = 64 << 20
+MAX_LIST_BYTES = 64 << 20
+
+
+def check_location(url: str) -> str:
+    """``url`` if its protocol is one of :data:`ALLOWED_PROTOCOLS`, else :class:`DataError`."""
+    if "::" in url:
+        raise DataError(f"{url}: chained URLs are not accepted")
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if protocol not in ALLOWED_PROTOCOLS:
+        raise DataError(f"{url}: the protocol {protocol!r} is not accepted; use one of "
+                        f"{', '.join(ALLOWED_PROTOCOLS)}")
+    return url
+
+
+def _read_capped(url: str, limit: int, mode: str = "rb") -> Any:
+    """The content of ``url`` (bytes, or text with ``mode="rt"``), refused beyond ``limit`` bytes."""
     import fsspec
 
+    with fsspec.open(check_location(url), mode) as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise DataError(f"{url}: larger than the limit of {limit:,} bytes")
+    return data
+
+
+def _read_image(path: str, size: tuple[int, int]) -> np.ndarray:
     try:
-        with fsspec.open(path, "rb") as f:
-            data = f.read()
+        data = _read_capped(path, MAX_FILE_BYTES)
+    except DataError as exc:
+        raise ImageError(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise ImageError(f"{path}: cannot read ({exc})") from exc
     return decode(data, path, size)
@@ -291,11 +319,8 @@ class FileSource:
         skipped), in the file's order; relative paths are relative to the list's folder.
         Labels are -1. The fingerprint hashes the list; contents changed in place are not
         noticed (use ``--force``)."""
-        import fsspec
-
         try:
-            with fsspec.open(list_file, "rt") as f:
-                lines = f.read().splitlines()
+            lines = _read_capped(list_file, MAX_LIST_BYTES, "rt").splitlines()
         except (OSError, ValueError) as exc:
             raise DataError(f"{list_file}: cannot read the list of images ({exc})") from None
         base = posixpath.dirname(list_file)
@@ -306,7 +331,7 @@ class FileSource:
                 continue
             if "://" not in line and not posixpath.isabs(line) and base:
                 line = posixpath.join(base, line)
-            paths.append(line)
+            paths.append(check_location(line))
         return cls(paths, size, origin=list_file)
 
 
@@ -319,6 +344,7 @@ def open_input(spec: str, size: tuple[int, int]) -> FileSource:
     """A :class:`FileSource` from ``--input``: a folder (local or URL), else a list file."""
     import fsspec
 
+    check_location(spec)
     try:
         fs, path = fsspec.core.url_to_fs(spec)
         is_dir = fs.isdir(path)

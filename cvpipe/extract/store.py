@@ -24,6 +24,7 @@ distributed run do not share a filesystem with the client.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ import numpy as np
 
 from cvpipe.errors import ConfigError, DataError
 from cvpipe.features import FeatureSpec
-from cvpipe.storage import atomic_write, canonical_json, json_dumps
+from cvpipe.storage import StorageError, atomic_write, canonical_json, json_dumps
 
 log = logging.getLogger(__name__)
 
@@ -187,9 +188,15 @@ class FeatureStore:
         import zarr
 
         stop = start + len(features)
-        group = zarr.open_group(self.zarr_url, mode="r+")
-        group["features"][start:stop] = features
-        group["labels"][start:stop] = labels
+        try:
+            group = zarr.open_group(self.zarr_url, mode="r+")
+            group["features"][start:stop] = features
+            group["labels"][start:stop] = labels
+        except OSError as exc:
+            hint = " (the disk is full)" if exc.errno == errno.ENOSPC else ""
+            raise StorageError(f"could not write rows {start}-{stop} to {self.url}: "
+                               f"{exc.strerror or exc}{hint}; the chunks written so far are kept, "
+                               "run again to resume") from exc
         self.write_json(posixpath.join("done", f"{index:06d}.json"),
                         {"chunk": index, "start": start, "stop": stop, **meta})
 

@@ -13,9 +13,11 @@ Two backends compute every feature:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,62 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 BACKENDS = ("numpy", "torch")
+
+
+class BoundedCache:
+    """A thread-safe least-recently-used cache bounded in bytes, not entries.
+
+    Tables computed once per parameter set (HOG block indices, device copies of lookup
+    tables) are kept here, so that no sequence of parameter sets, however hostile, can make
+    the cache hold more than ``max_bytes``; a value larger than the budget is not kept.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+        self._size = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def nbytes(value: Any) -> int:
+        if isinstance(value, (tuple, list)):
+            return sum(BoundedCache.nbytes(v) for v in value)
+        if dataclasses.is_dataclass(value):
+            return sum(BoundedCache.nbytes(getattr(value, f.name)) for f in dataclasses.fields(value))
+        if hasattr(value, "nbytes"):
+            return int(value.nbytes)
+        if hasattr(value, "element_size") and hasattr(value, "numel"):  # a torch tensor
+            return int(value.element_size() * value.numel())
+        return 64
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value for ``key``, made by ``make()`` and kept when it fits."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key][0]
+        value = make()
+        size = self.nbytes(value)
+        if size > self.max_bytes:
+            return value
+        with self._lock:
+            if key not in self._items:
+                self._items[key] = (value, size)
+                self._size += size
+                while self._size > self.max_bytes:
+                    _, (_, dropped) = self._items.popitem(last=False)
+                    self._size -= dropped
+        return value
+
+    @property
+    def size(self) -> int:
+        """Bytes held now."""
+        return self._size
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._size = 0
 
 
 def is_tensor(x: Any) -> bool:
@@ -59,6 +117,27 @@ def n_workers(n_jobs: int | None) -> int:
         raise ConfigError(f"n_jobs must be an integer, not {n_jobs!r}")
     n = cpu_count()
     return int(n_jobs) if n_jobs > 0 else max(1, n + 1 + int(n_jobs))
+
+
+def check_device(device: Any, backend: str | None) -> None:
+    """Check ``device`` and ``backend`` names without asking the driver anything.
+
+    ``"auto"``/None are resolved only when features are computed (:func:`resolve_backend`):
+    a process that merely builds extractors (a server's master before it forks its workers)
+    must not initialise CUDA.
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"invalid device {device!r}: {exc}") from None
+    if backend == "numpy" and dev.type != "cpu":
+        raise ConfigError(f"the numpy backend runs on the CPU only, not on {dev}")
 
 
 def resolve_backend(images: Any, device: Any, backend: str | None) -> tuple[str, Any]:

@@ -20,7 +20,6 @@ CVPR 2005, :doi:`10.1109/CVPR.2005.177`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import threading
@@ -31,6 +30,7 @@ import numpy as np
 
 from cvpipe.errors import ConfigError
 from cvpipe.features._common import (
+    BoundedCache,
     as_pair,
     check_images,
     check_out,
@@ -44,6 +44,10 @@ from cvpipe.features._common import (
 
 log = logging.getLogger(__name__)
 
+#: Tables kept between calls (gradient lookup tables, block indices, their copies on a
+#: device), 64 MiB at most whatever parameters are asked for.
+_CACHE = BoundedCache(64 << 20)
+
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
 #: The small constant of scikit-image's block normalisation.
 EPS = 1e-5
@@ -55,6 +59,9 @@ _SIDE = 2 * _G + 1  # 511 gradient values per axis
 _LUT_SIZE = _SIDE * _SIDE
 _K0 = _G * _SIDE + _G  # key of the zero gradient
 
+
+#: Most orientation bins (half a degree each): beyond, bins hold single gradients.
+MAX_ORIENTATIONS = 360
 
 @dataclass(frozen=True)
 class HOGParams:
@@ -81,9 +88,10 @@ class HOGParams:
         if (
             isinstance(orientations, bool)
             or not isinstance(orientations, (int, np.integer))
-            or orientations < 1
+            or not 1 <= orientations <= MAX_ORIENTATIONS
         ):
-            raise ConfigError(f"orientations must be a positive integer, not {orientations!r}")
+            raise ConfigError(f"orientations must be an integer from 1 to {MAX_ORIENTATIONS}, "
+                              f"not {orientations!r}")
         ppc = as_pair(pixels_per_cell, "pixels_per_cell")
         cpb = as_pair(cells_per_block, "cells_per_block")
         if block_norm not in BLOCK_NORMS:
@@ -377,10 +385,13 @@ class _Tables:
 _TABLE_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=16)
 def _base_tables(orientations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rank, bin, magnitude) for every 8-bit gradient pair, by ``key = (g_row + 255) * 511 +
     (g_col + 255)``."""
+    return _CACHE.get(("base", orientations), lambda: _make_base_tables(orientations))
+
+
+def _make_base_tables(orientations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     g = np.arange(-_G, _G + 1, dtype=np.float64)
     g_row, g_col = np.meshgrid(g, g, indexing="ij")
     # exactly the float64 expressions of skimage.feature._hoghistogram.hog_histograms
@@ -395,9 +406,12 @@ def _base_tables(orientations: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return rank.ravel().astype(np.int64), bins.astype(np.int64), uniq
 
 
-@functools.lru_cache(maxsize=16)
 def _tables(orientations: int, channels: int) -> _Tables | None:
     """Packed table, or None when the packed value would not fit in 31 bits."""
+    return _CACHE.get(("tables", orientations, channels), lambda: _make_tables(orientations, channels))
+
+
+def _make_tables(orientations: int, channels: int) -> _Tables | None:
     with _TABLE_LOCK:
         rank, bins, magnitude = _base_tables(orientations)
     bin_bits = max(1, int(orientations).bit_length())
@@ -416,10 +430,13 @@ def _tables(orientations: int, channels: int) -> _Tables | None:
 # numpy backend
 
 
-@functools.lru_cache(maxsize=32)
 def _block_index(ncr: int, ncc: int, n: int, br: int, bc: int) -> np.ndarray:
     """Indices into one image's flattened (ncr, ncc, n) cell histograms that list its blocks
     in output order (block row, block col, cell row, cell col, orientation)."""
+    return _CACHE.get(("blocks", ncr, ncc, n, br, bc), lambda: _make_block_index(ncr, ncc, n, br, bc))
+
+
+def _make_block_index(ncr: int, ncc: int, n: int, br: int, bc: int) -> np.ndarray:
     nbr, nbc = ncr - br + 1, ncc - bc + 1
     cells = np.arange(ncr * ncc * n).reshape(ncr, ncc, n)
     r = np.arange(nbr)[:, None, None, None] + np.arange(br)[None, None, :, None]
@@ -654,32 +671,21 @@ def _hog_numpy(
 # torch backend
 
 
-_TORCH_TABLES: dict[tuple[int, int, str], Any] = {}
-
-
 def _torch_tables(orientations: int, channels: int, device: Any) -> tuple[Any, Any, Any] | None:
     torch = torch_module()
     t = _tables(orientations, channels)
     if t is None:
         return None
-    key = (orientations, channels, str(device))
-    with _TABLE_LOCK:
-        if key not in _TORCH_TABLES:
-            _TORCH_TABLES[key] = (
-                torch.from_numpy(t.packed).to(device),
-                torch.tensor(t.prio, dtype=torch.int32, device=device),
-                torch.from_numpy(t.magnitude.astype(np.float32)).to(device),
-            )
-    return _TORCH_TABLES[key]
+    return _CACHE.get(("torch", orientations, channels, str(device)), lambda: (
+        torch.from_numpy(t.packed).to(device),
+        torch.tensor(t.prio, dtype=torch.int32, device=device),
+        torch.from_numpy(t.magnitude.astype(np.float32)).to(device),
+    ))
 
 
 def _sqrt_table_u8(device: Any) -> Any:
-    key = (-1, -1, str(device))
-    with _TABLE_LOCK:
-        if key not in _TORCH_TABLES:
-            table = np.sqrt(np.arange(256, dtype=np.float64))
-            _TORCH_TABLES[key] = torch_module().from_numpy(table).to(device)
-    return _TORCH_TABLES[key]
+    return _CACHE.get(("sqrt", str(device)), lambda: torch_module().from_numpy(
+        np.sqrt(np.arange(256, dtype=np.float64))).to(device))
 
 
 def _hog_torch(

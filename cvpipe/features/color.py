@@ -64,6 +64,7 @@ CHANNEL_NAMES = {
 _CV2_CODES = {"hsv": "COLOR_RGB2HSV", "lab": "COLOR_RGB2Lab", "gray": "COLOR_RGB2GRAY"}
 _OUT = 1 << 28  # table value of an out-of-range channel value (3 of them fit in int32)
 MAX_BINS = 1 << 24  # bins of one cell histogram
+MAX_GRID = 64  # cells a side of the spatial grid
 
 
 @dataclass(frozen=True)
@@ -105,10 +106,15 @@ class ColorHistParams:
         for b in bins:
             if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1:
                 raise ConfigError(f"bins must be positive integers, not {bins!r}")
+            if b > 256:
+                raise ConfigError(f"bins {bins!r}: at most 256 per channel (8-bit channels have "
+                                  "256 values)")
         bins = tuple(int(b) for b in bins)
         if not isinstance(joint, (bool, np.bool_)):
             raise ConfigError(f"joint must be True or False, not {joint!r}")
         grid = as_pair(grid, "grid")
+        if max(grid) > MAX_GRID:
+            raise ConfigError(f"grid {grid!r}: at most {MAX_GRID} cells a side")
         if isinstance(norm, str):
             norm = norm.lower()
             if norm == "none":

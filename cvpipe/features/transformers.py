@@ -23,7 +23,7 @@ from sklearn.pipeline import FeatureUnion
 from sklearn.utils.validation import check_array, validate_data
 
 from cvpipe.errors import ConfigError
-from cvpipe.features._common import is_tensor, n_workers, resolve_backend
+from cvpipe.features._common import check_device, is_tensor, n_workers
 from cvpipe.features._hog import HOGParams, hog
 from cvpipe.features.color import ColorHistParams, color_histogram
 
@@ -58,7 +58,7 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     def _check_common(self) -> None:
         _image_shape(self.image_shape)
-        resolve_backend(np.empty(0), self.device, self.backend)
+        check_device(self.device, self.backend)
         n_workers(self.n_jobs)
 
     def _as_images(self, X: Any, reset: bool) -> Any:

@@ -33,7 +33,7 @@ import numpy as np
 
 from cvpipe import __version__
 from cvpipe.errors import ArtifactError
-from cvpipe.storage import json_dumps, replace_dir, sha256_file
+from cvpipe.storage import holds, json_dumps, replace_dir, safe_name, sha256_file
 
 FORMAT = "cvpipe-model"
 FORMAT_VERSION = 2
@@ -80,8 +80,10 @@ def write_artifact(model_dir: str | os.PathLike[str], metadata: dict[str, Any],
         if key not in metadata:
             raise ValueError(f"model metadata needs {key!r}")
     model_dir = Path(model_dir)
-    with replace_dir(model_dir) as tmp:
-        more = write_files(tmp) or {}
+    safe_name(model_dir.name, "model name")
+    with replace_dir(model_dir, owned=holds("model.json")) as tmp:
+        more = write_files(tmp)
+        more = more if isinstance(more, dict) else {}
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         meta = {
             "format": FORMAT,

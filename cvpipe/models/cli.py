@@ -18,6 +18,7 @@ from cvpipe.images import IMAGE_FORMATS
 from cvpipe.models.artifact import model_card, read_metadata
 from cvpipe.models.base import DataShape
 from cvpipe.models.pipelines import get_pipeline, list_pipelines, load_model
+from cvpipe.storage import recover_all, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(args: argparse.Namespace) -> int:
     pipeline = get_pipeline(args.pipeline, args.config).configure(_run_options(args))
-    name = args.name or args.pipeline
+    name = safe_name(args.name or args.pipeline, "model name")
     target = models_dir(args.models_dir) / name
     if (target / "model.json").exists() and not args.force:
         meta = read_metadata(target, verify=False)
@@ -128,6 +129,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     root = models_dir(args.models_dir)
+    recover_all(root)
     rows = []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if (d / "model.json").is_file():

@@ -17,6 +17,7 @@ from cvpipe.models.artifact import Predictor, read_metadata
 from cvpipe.models.base import Pipeline
 from cvpipe.models.classic import ClassicPipeline
 from cvpipe.models.cnn import CNNPipeline
+from cvpipe.storage import safe_name
 
 BUILTIN_CONFIG = Path(__file__).resolve().parent.parent / "pipelines.toml"
 #: kind -> the Pipeline class that trains and loads models of that kind
@@ -39,6 +40,7 @@ def load_pipeline_config(path: str | os.PathLike[str]) -> dict[str, Pipeline]:
         raise ConfigError(f"{path}: no [pipelines.<name>] tables")
     pipelines = {}
     for name, table in tables.items():
+        safe_name(name, f"{path}: pipeline name")
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: pipelines.{name} must be a table")
         table = dict(table)
