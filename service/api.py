@@ -180,12 +180,17 @@ def features() -> Response:
                            f"({model_card(model.metadata)['family']}) has no hand-made features",
                            {"model": model_name})
         spec = parse_spec(model.metadata["features"])
+        fitted = getattr(model.predictor, "feature_extractor", None) if spec.stateful else None
+        if fitted is not None and size is not None and tuple(size) != tuple(model.input_size):
+            raise ApiError(400, "invalid_option", f"model {model_name!r} learned its features on "
+                           f"{model.input_size[0]}x{model.input_size[1]} images: leave size out",
+                           {"option": "size"})
         size = size or model.input_size
     else:
-        spec = parse_spec(name or DEFAULT_FEATURES, params)
+        spec, fitted = parse_spec(name or DEFAULT_FEATURES, params), None
     size = size or (32, 32)
     cache: ExtractorCache = current_app.extensions["cvpipe"]["extractors"]
-    extractor = cache.get(spec, size, params)
+    extractor = cache.get(spec, size, params, fitted=fitted, owner=model_name or "")
     if len(uploads) * extractor.dim > MAX_FEATURE_VALUES:
         raise ApiError(413, "result_too_large", f"{len(uploads)} images x {extractor.dim} values is "
                        f"over the limit of {MAX_FEATURE_VALUES} values per response: send fewer "

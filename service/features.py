@@ -46,16 +46,20 @@ def parse_spec(features: str | dict[str, Any], params: dict[str, Any] | None = N
 class Extractor:
     """The transformer of one feature set for one image size, with its output dimension."""
 
-    def __init__(self, spec: FeatureSpec, size: tuple[int, int], params: dict[str, Any] | None = None
-                 ) -> None:
+    def __init__(self, spec: FeatureSpec, size: tuple[int, int], params: dict[str, Any] | None = None,
+                 fitted: Any = None) -> None:
         self.spec = spec
         self.size = size
+        if spec.stateful and fitted is None:
+            raise ApiError(400, "invalid_features", f"features {spec.name!r} are learned from "
+                           "training images: ask for them with model=<a model that has them>",
+                           {"option": "features"})
         try:
             self.dim = spec.check((*size, 3))  # from the parameters: nothing is computed yet
         except ConfigError as exc:
             raise ApiError(400, "invalid_features", f"{exc} (images resized to {size[0]}x{size[1]})",
                            {"option": "features"}) from None
-        self.transformer = spec.build()
+        self.transformer = fitted if fitted is not None else spec.build()
         effective = dict(zip(spec.step_names(), (c["params"] for c in spec.effective_params()),
                              strict=True))
         self.config = {"name": spec.name, "params": to_jsonable(params or {}),
@@ -75,16 +79,19 @@ class ExtractorCache:
         self._lock = threading.Lock()
         self._size = size
 
-    def get(self, spec: FeatureSpec, size: tuple[int, int], params: dict[str, Any] | None = None
-            ) -> Extractor:
-        """The extractor of a feature set at an image size; 400 :class:`ApiError` if invalid."""
-        key = canonical_json([spec.name, spec.key(), size, params or {}])
+    def get(self, spec: FeatureSpec, size: tuple[int, int], params: dict[str, Any] | None = None,
+            fitted: Any = None, owner: str = "") -> Extractor:
+        """The extractor of a feature set at an image size; 400 :class:`ApiError` if invalid.
+
+        ``fitted``: a model's own fitted extractor (learned features), ``owner`` its name.
+        """
+        key = canonical_json([spec.name, spec.key(), size, params or {}, owner if fitted is not None else ""])
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        extractor = Extractor(spec, size, params)
+        extractor = Extractor(spec, size, params, fitted)
         with self._lock:
             self._items[key] = extractor
             while len(self._items) > self._size:

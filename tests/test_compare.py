@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from cvpipe.cli import main
@@ -53,8 +54,15 @@ def test_compare_trains_every_pipeline_and_writes_the_report(run):
     assert s["best_classic"] in rows and "points" in s["text"]
     assert s["gap_points"] == pytest.approx(
         100 * (rows["cnn"]["test_accuracy"] - rows[s["best_classic"]]["test_accuracy"]))
+    for r in rows.values():  # a 95% interval around every test accuracy
+        lo, hi = r["test_ci95"]
+        assert lo <= r["test_accuracy"] <= hi and 0 < hi - lo < 0.2
+    assert [s["family"] for s in results["ladder"]] == ["raw pixels", "colour", "HOG + colour", "CNN"]
+    assert all("p_value" in s for s in results["ladder"][1:])
+    assert set(results["pareto"]) == {"train_seconds", "latency_ms_per_image_batch"}
+    assert results["pareto"]["train_seconds"] and "McNemar" in s["text"]
     md = (out / "report.md").read_text()
-    assert "| hog+color-mlp |" in md and "![" in md
+    assert "| hog+color-mlp |" in md and "![" in md and "## The ladder" in md
     assert all((out / f).exists() for f in ("report.html", "fig00-accuracy.png"))
 
 
@@ -71,6 +79,20 @@ def test_second_run_reuses_unchanged_models_and_force_retrains(run, capsys):
     # Same config and seed: the classic pipeline's figures are reproduced exactly.
     first = json.loads((root / "reports" / "tiny" / "results.json").read_text())["pipelines"][0]
     assert forced["pipelines"][0]["test_metrics"] == first["test_metrics"]
+
+
+def test_seeds_repeat_chosen_pipelines(run):
+    root, args = run
+    assert main(args + ["--run", "seeds", "--pipelines", "color-linear-svm,hog+color-mlp", "--seeds", "3",
+                        "--seed-pipelines", "hog+color-mlp"]) == 0
+    results = json.loads((root / "reports" / "seeds" / "results.json").read_text())
+    rows = {r["pipeline"]: r for r in results["pipelines"]}
+    seeds = rows["hog+color-mlp"]["seeds"]
+    assert seeds["seeds"] == [0, 1, 2] and len(seeds["test_accuracy"]) == 3
+    assert seeds["mean"] == pytest.approx(np.mean(seeds["test_accuracy"]))
+    assert seeds["test_accuracy"][0] == rows["hog+color-mlp"]["test_accuracy"]
+    assert "seeds" not in rows["color-linear-svm"]
+    assert (root / "models" / "tiny-hog+color-mlp-seed2" / "model.json").exists()
 
 
 def test_unknown_pipeline_fails_before_training(run, capsys):

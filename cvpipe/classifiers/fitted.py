@@ -42,9 +42,15 @@ class ClassicModel:
     preprocess: BaseEstimator | None
     classifier: BaseEstimator
     metadata: dict[str, Any] = field(default_factory=dict)
+    extractor: Any = None  # fitted; built from ``features`` when None (stateless features only)
 
     def __post_init__(self) -> None:
-        self.feature_extractor = self.features.build()
+        if self.extractor is None:
+            if self.features.stateful:
+                raise ValueError(f"features {self.features.name!r} learn from images: pass the "
+                                 "fitted extractor")
+            self.extractor = self.features.build()
+        self.feature_extractor = self.extractor
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         """Preprocessed feature vectors of uint8 (N, H, W, C) images."""

@@ -35,13 +35,34 @@ log = logging.getLogger(__name__)
 
 #: (dataset cache dir, feature key, split, flipped) -> (features, images/s)
 _FEATURE_MEMO: dict[tuple[str, str, str, bool], tuple[np.ndarray, float]] = {}
+#: (dataset cache dir, feature key) -> (extractor fitted on the train split, seconds to fit it)
+_EXTRACTORS: dict[tuple[str, str], tuple[Any, float]] = {}
+#: dataset cache dir -> fitted learning components, shared by the feature sets that hold them
+_COMPONENTS: dict[str, dict[str, Any]] = {}
 CHUNK = 4096
 
 
-def extract_features(images: np.ndarray, features: FeatureSpec, desc: str = "features",
+def fitted_extractor(ds: Dataset, features: FeatureSpec) -> tuple[Any, float]:
+    """The feature extractor of ``features`` for ``ds`` and the seconds its fit took.
+
+    A feature set that learns (patches) learns from the images of the "train" split only --
+    neither validation nor test images, and no labels; a stateless one is just built.
+    """
+    key = (str(ds.cache_dir), features.key())
+    if key not in _EXTRACTORS:
+        if features.stateful:
+            log.info("learning %s from the train split's images", features.name)
+            cache = _COMPONENTS.setdefault(str(ds.cache_dir), {})
+            extractor = features.fit(np.asarray(ds.split("train")[0]), cache=cache)
+            _EXTRACTORS[key] = (extractor, features.fit_seconds(cache))
+        else:
+            _EXTRACTORS[key] = (features.build(), 0.0)
+    return _EXTRACTORS[key]
+
+
+def extract_features(images: np.ndarray, extractor: Any, desc: str = "features",
                      progress: bool = True) -> tuple[np.ndarray, float]:
     """Feature matrix (N, D) float32 of uint8 images, in chunks, and images per second."""
-    extractor = features.build()
     start = time.perf_counter()
     chunks = []
     for i in tqdm(range(0, len(images), CHUNK), desc=desc, unit="chunk",
@@ -59,7 +80,8 @@ def split_features(ds: Dataset, features: FeatureSpec, split: str, flip: bool = 
     images, labels = ds.split(split)
     if key not in _FEATURE_MEMO:
         imgs = images[:, :, ::-1] if flip else images
-        _FEATURE_MEMO[key] = extract_features(imgs, features, f"{features.name} {split}"
+        extractor, _ = fitted_extractor(ds, features)
+        _FEATURE_MEMO[key] = extract_features(imgs, extractor, f"{features.name} {split}"
                                               f"{' flipped' if flip else ''}", progress)
     feats, speed = _FEATURE_MEMO[key]
     return feats, np.asarray(labels), speed
@@ -96,10 +118,13 @@ class ClassicFit:
     metrics: dict[str, dict[str, Any]]  # train / val / test
     selection: dict[str, Any]
     feature_dim: int
-    fit_seconds: float
+    fit_seconds: float  # the final classifier fit
     selection_seconds: float
     extraction_images_per_second: float
     history: list[dict[str, float]] | None
+    feature_fit_seconds: float = 0.0  # learning the features (patches), from the train split
+    train_seconds: float = 0.0  # all it takes to make the model: features learnt, the training
+    # images described, the final fit (selection excluded)
 
 
 def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
@@ -154,12 +179,16 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
             final = chosen.with_params({"classifier.max_epochs": rec["best_epoch"] + 1,
                                         "classifier.early_stopping": False})
         pre, clf, fit_seconds = _fit(final, Xall, yall)
+        n_fit_images = len(yall)
         train_split = "train_full"
         Xtrain_eval, ytrain_eval = np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva])
     else:
         fit_seconds = rec["fit_seconds"]
+        n_fit_images = len(yfit)
         train_split, Xtrain_eval, ytrain_eval = "train", Xtr, ytr
 
+    extractor, feature_fit_seconds = fitted_extractor(ds, spec.features)
+    train_seconds = feature_fit_seconds + n_fit_images / speed + fit_seconds
     Xte, yte, _ = split_features(ds, spec.features, "test", progress=progress)
     metrics = {"train": {**_metrics(pre, clf, Xtrain_eval, ytrain_eval, classes), "split": train_split},
                "val": val_metrics,
@@ -167,7 +196,7 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
     log.info("%s: train %.4f val %.4f test %.4f, fit %.1f s", spec.name, metrics["train"]["accuracy"],
              metrics["val"]["accuracy"], metrics["test"]["accuracy"], fit_seconds)
     return ClassicFit(
-        model=ClassicModel(spec.features, pre, clf),
+        model=ClassicModel(spec.features, pre, clf, extractor=extractor),
         chosen=chosen,
         metrics=metrics,
         selection={
@@ -180,4 +209,6 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
         selection_seconds=sum(r["fit_seconds"] for r in records),
         extraction_images_per_second=speed,
         history=getattr(clf, "history_", None),
+        feature_fit_seconds=feature_fit_seconds,
+        train_seconds=train_seconds,
     )

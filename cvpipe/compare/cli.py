@@ -55,12 +55,19 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"{len(plan)} pipelines checked; nothing trained")
         return 0
     start = time.perf_counter()
+    if args.seeds < 1:
+        raise ConfigError("--seeds must be at least 1")
+    seed_pipelines = [p.strip() for p in args.seed_pipelines.split(",")] if args.seed_pipelines else None
     results = run_comparison(cfg, profile, source=args.source, data_root=args.data_root,
-                             models_root=args.models_dir, force=args.force, pipelines=pipelines)
+                             models_root=args.models_dir, force=args.force, pipelines=pipelines,
+                             seeds=args.seeds, seed_pipelines=seed_pipelines)
     out = Path(args.reports_dir) / safe_name(args.run or args.profile, "--run")
     html = write_report(results, out)
     print(_table(results))
-    print(f"\n{results['summary'].get('text', '')}\n")
+    print(f"\n{results['summary'].get('text', '')}")
+    if results["summary"].get("ladder_text"):
+        print(results["summary"]["ladder_text"])
+    print()
     print(f"report: {html}  (also report.md, results.json)  in {time.perf_counter() - start:.0f} s")
     models = sorted({Path(r['model_dir']).parent for r in results["pipelines"]})
     print(f"models: {', '.join(map(str, models))}; serve them with: "
@@ -100,6 +107,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "repeatable (overrides the profile's options)")
     p.add_argument("--check", action="store_true",
                    help="only check every pipeline against the data it would get, train nothing")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train --seed-pipelines with N seeds in all and report the mean and standard "
+                   "deviation of their test accuracy (default 1: no repeats)")
+    p.add_argument("--seed-pipelines", metavar="LIST",
+                   help="comma-separated pipelines for --seeds (default: the best classic one, "
+                   "chosen on validation, and the CNN)")
     p.add_argument("--force", action="store_true", help="retrain even unchanged models")
     p.add_argument("--run", help="report folder name under --reports-dir (default: the profile name)")
     p.add_argument("--reports-dir", default=REPORTS_DIR, help="default: ./reports")

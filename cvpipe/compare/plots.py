@@ -100,10 +100,43 @@ def learning_curves(rows: list[dict[str, Any]]) -> bytes | None:
     return png(fig)
 
 
+def cost_accuracy(rows: list[dict[str, Any]], fronts: dict[str, list[str]]) -> bytes:
+    """Test accuracy against training time and against prediction time per image (log axes),
+    each pipeline a labelled point with its 95% interval, the Pareto front joined."""
+    panels = [("train_seconds", "training time (s): features learnt + described, final fit"),
+              ("latency_ms_per_image_batch", "prediction time per image in a batch (ms)")]
+    fig = Figure(figsize=(12, 5.2), layout="constrained")
+    for ax, (cost, label) in zip(fig.subplots(1, 2), panels, strict=True):
+        pts = [r for r in rows if r.get(cost)]
+        for r in pts:
+            acc = 100 * r["test_accuracy"]
+            lo, hi = (100 * v for v in r.get("test_ci95", (r["test_accuracy"],) * 2))
+            on_front = r["pipeline"] in fronts.get(cost, [])
+            ax.errorbar(r[cost], acc, yerr=[[max(0.0, acc - lo)], [max(0.0, hi - acc)]], fmt="o", ms=5,
+                        capsize=2, color="#b5452f" if r["family"] == "cnn" else "#2f6db5",
+                        alpha=1.0 if on_front else 0.55)
+            ax.annotate(r["pipeline"], (r[cost], acc), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)
+        front = sorted((r[cost], 100 * r["test_accuracy"]) for r in pts
+                       if r["pipeline"] in fronts.get(cost, []))
+        if front:
+            ax.step([c for c, _ in front], [a for _, a in front], where="post", color="#444",
+                    lw=1, ls="--", label="Pareto front")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%), 95% interval")
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle("What each pipeline costs and buys (upper left is better)")
+    return png(fig)
+
+
 def misclassified_gallery(images: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
-                          classes: list[str], title: str, n: int = 16) -> bytes:
-    """The first ``n`` misclassified test images with predicted and true classes."""
-    wrong = np.flatnonzero(y_true != y_pred)[:n]
+                          classes: list[str], title: str, per_class: int = 2) -> bytes:
+    """Misclassified test images drawn across the true classes (``per_class`` of each, the
+    first in test order), with predicted and true classes."""
+    wrong = np.concatenate([np.flatnonzero((y_true == c) & (y_true != y_pred))[:per_class]
+                            for c in range(len(classes))]).astype(int)
     cols = 8
     rows = max(1, -(-len(wrong) // cols))
     fig = Figure(figsize=(cols * 1.25, rows * 1.5 + 0.4), layout="constrained")

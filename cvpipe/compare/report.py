@@ -18,12 +18,15 @@ COLUMNS = [  # (key, header, format)
     ("train_accuracy", "train acc", "{:.1%}"),
     ("val_accuracy", "val acc", "{:.1%}"),
     ("test_accuracy", "test acc", "{:.1%}"),
+    ("test_ci95", "test 95% CI", "ci"),
+    ("seeds", "test over seeds", "seeds"),
     ("macro_precision", "macro P", "{:.3f}"),
     ("macro_recall", "macro R", "{:.3f}"),
     ("macro_f1", "macro F1", "{:.3f}"),
     ("log_loss", "log loss", "{:.3f}"),
     ("extraction_images_per_second", "extract img/s", "{:,.0f}"),
     ("fit_seconds", "fit s", "{:.1f}"),
+    ("train_seconds", "train s", "{:.1f}"),
     ("latency_ms_single", "latency ms (1 img)", "{:.2f}"),
     ("latency_ms_per_image_batch", "ms/img (batch)", "{:.3f}"),
     ("model_bytes", "model size", "{}"),
@@ -33,6 +36,10 @@ COLUMNS = [  # (key, header, format)
 def _fmt(key: str, fmt: str, value: Any) -> str:
     if value is None:
         return "n/a"
+    if fmt == "ci":
+        return f"{100 * value[0]:.1f}–{100 * value[1]:.1f}%"
+    if fmt == "seeds":
+        return f"{100 * value['mean']:.1f} ± {100 * value['std']:.1f}% (n={len(value['seeds'])})"
     if key == "model_bytes":
         for unit in ("B", "KiB", "MiB", "GiB"):
             if value < 1024 or unit == "GiB":
@@ -63,6 +70,8 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str, bytes]]:
     y_test = arrays["y_test"]
     figs = [("accuracy", "Test accuracy per pipeline, train accuracy beside it",
              plots.accuracy_bars(rows)),
+            ("costs", "Test accuracy against training time and prediction time per image; the "
+             "dashed line is the Pareto front", plots.cost_accuracy(rows, results.get("pareto", {}))),
             ("per-class", "Per-class test accuracy", plots.per_class_chart(rows, classes))]
     best = results["summary"].get("best_classic")
     focus = [r for r in rows if r["pipeline"] == best or r["family"] == "cnn"]

@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from cvpipe.compare import stats
 from cvpipe.compare.config import CompareConfig, Profile
 from cvpipe.config import models_dir as default_models_dir
 from cvpipe.data.dataset import Dataset, load_cifar10
+from cvpipe.errors import ConfigError
 from cvpipe.features import FeatureSpec
 from cvpipe.metrics import classification_metrics
 from cvpipe.models import DataShape, Pipeline, library_versions, load_model, model_card, read_metadata
@@ -33,6 +35,8 @@ from cvpipe.storage import canonical_json, write_json
 log = logging.getLogger(__name__)
 
 LATENCY_REPEATS = 30
+#: What a pipeline costs, against which the report plots its accuracy (Pareto fronts).
+COSTS = ("train_seconds", "latency_ms_per_image_batch")
 BATCH_FOR_LATENCY = 1000
 
 
@@ -127,8 +131,14 @@ def prepare(cfg: CompareConfig, profile: Profile, *, source: str | None = None,
 
 def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | None = None,
                    data_root: str | None = None, models_root: str | Path | None = None,
-                   force: bool = False, pipelines: list[str] | None = None) -> dict[str, Any]:
-    """Train/reuse and measure every pipeline; returns the results (arrays under ``_arrays``)."""
+                   force: bool = False, pipelines: list[str] | None = None, seeds: int = 1,
+                   seed_pipelines: list[str] | None = None) -> dict[str, Any]:
+    """Train/reuse and measure every pipeline; returns the results (arrays under ``_arrays``).
+
+    With ``seeds`` > 1, ``seed_pipelines`` (default: the best classic pipeline and the CNN)
+    are trained again with ``seeds - 1`` more seeds, and their rows get the mean and standard
+    deviation of test accuracy over all seeds.
+    """
     profile = cfg.profile(profile) if isinstance(profile, str) else profile
     started = time.perf_counter()
     ds, plan = prepare(cfg, profile, source=source, data_root=data_root, pipelines=pipelines)
@@ -163,6 +173,7 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
             "log_loss": measured["test_metrics"]["log_loss"],
             "extraction_images_per_second": meta.get("extraction_images_per_second"),
             "fit_seconds": meta["fit_seconds"],
+            "train_seconds": meta.get("train_seconds", meta["fit_seconds"]),
             "selection_seconds": meta.get("selection_seconds"),
             "selection": meta.get("selection"),
             "history": meta.get("history"),
@@ -171,6 +182,13 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
             "test_metrics": measured["test_metrics"],
         })
     x_test, y_test = ds.split("test")
+    y_test = np.asarray(y_test)
+    correct = {name: scores.argmax(1) == y_test for name, scores in arrays.items()}
+    for r in rows:
+        lo, hi = stats.wilson(int(correct[r["pipeline"]].sum()), len(y_test))
+        r["test_ci95"] = [lo, hi]
+    if seeds > 1:
+        _repeat_with_seeds(rows, plan, ds, models_root, profile, seeds, seed_pipelines, force)
     results = {
         "run": {"profile": asdict(profile), "config_path": str(cfg.path), "config": cfg.source_text,
                 "seed": cfg.seed, "val_fraction": cfg.val_fraction,
@@ -183,11 +201,42 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
                     "train": int(len(ds.split("train")[1])), "val": int(len(ds.split("val")[1])),
                     "test": int(len(y_test))},
         "pipelines": rows,
-        "summary": summarise(rows),
+        "summary": summarise(rows, correct),
+        "ladder": stats.ladder(rows, correct),
+        "pareto": {cost: stats.pareto(rows, cost) for cost in COSTS},
         "_arrays": {"scores": arrays, "y_test": np.asarray(y_test), "x_test": x_test,
                     "x_train": ds.images("train"), "y_train": np.asarray(ds.labels("train"))},
     }
     return results
+
+
+def _repeat_with_seeds(rows: list[dict[str, Any]], plan: list[Pipeline], ds: Dataset,
+                       models_root: Path, profile: Profile, seeds: int, names: list[str] | None,
+                       force: bool) -> None:
+    """Train chosen pipelines with more seeds; add mean and std of their test accuracy."""
+    by_name = {p.name: p for p in plan}
+    if names is None:
+        classic = [r for r in rows if r["family"] == "classic"]
+        names = [max(classic, key=lambda r: r["val_accuracy"])["pipeline"]] if classic else []
+        names += [r["pipeline"] for r in rows if r["family"] == "cnn"]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"--seed-pipelines: {', '.join(unknown)} not in this run")
+    y_test = np.asarray(ds.split("test")[1])
+    for row in rows:
+        if row["pipeline"] not in names:
+            continue
+        pipeline = by_name[row["pipeline"]]
+        accuracies, used = [row["test_accuracy"]], [pipeline.seed]
+        for extra in range(1, seeds):
+            seeded = pipeline.configure(seed=used[0] + extra)
+            model_dir = models_root / f"{profile.model_prefix}{row['pipeline']}-seed{used[0] + extra}"
+            _train_one(seeded, ds, model_dir, force)
+            scores = _measure(model_dir, ds)["scores"]
+            accuracies.append(float((scores.argmax(1) == y_test).mean()))
+            used.append(used[0] + extra)
+        row["seeds"] = {"seeds": used, "test_accuracy": accuracies,
+                        "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies, ddof=1))}
 
 
 def _feature_set(meta: dict[str, Any], ds: Dataset) -> dict[str, Any] | None:
@@ -199,8 +248,10 @@ def _feature_set(meta: dict[str, Any], ds: Dataset) -> dict[str, Any] | None:
             "dim": spec.n_features(tuple(ds.images("train").shape[1:]))}
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best classic pipeline against the CNN: accuracy gap and cost ratios, with a sentence."""
+def summarise(rows: list[dict[str, Any]], correct: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Best classic pipeline against the CNN: accuracy gap (with McNemar's test on the test
+    images when ``correct`` holds each pipeline's per-image correctness) and cost ratios, with
+    a sentence."""
     classic = [r for r in rows if r["family"] == "classic"]
     cnn = next((r for r in rows if r["family"] == "cnn"), None)
     out: dict[str, Any] = {}
@@ -212,7 +263,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out["cnn_test_accuracy"] = cnn["test_accuracy"]
     if classic and cnn:
         out["gap_points"] = 100 * (cnn["test_accuracy"] - best["test_accuracy"])
-        out["fit_time_ratio"] = cnn["fit_seconds"] / max(best["fit_seconds"], 1e-9)
+        out["fit_time_ratio"] = cnn["train_seconds"] / max(best["train_seconds"], 1e-9)
         out["latency_ratio"] = cnn["latency_ms_single"] / max(best["latency_ms_single"], 1e-9)
         lead = "ahead of" if out["gap_points"] >= 0 else "behind"
         out["text"] = (
@@ -221,11 +272,21 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             f"(train {100 * best['train_accuracy']:.1f}%). The CNN reaches "
             f"{100 * cnn['test_accuracy']:.1f}% (train {100 * cnn['train_accuracy']:.1f}%), "
             f"{abs(out['gap_points']):.1f} points {lead} it. Training the CNN took "
-            f"{out['fit_time_ratio']:.1f}x the classic pipeline's fit time "
-            f"({cnn['fit_seconds']:.0f} s vs {best['fit_seconds']:.0f} s), and one prediction "
+            f"{out['fit_time_ratio']:.1f}x the classic pipeline's training time "
+            f"({cnn['train_seconds']:.0f} s vs {best['train_seconds']:.0f} s), and one prediction "
             f"{out['latency_ratio']:.1f}x its latency "
             f"({cnn['latency_ms_single']:.1f} ms vs {best['latency_ms_single']:.1f} ms).")
+        if correct is not None:
+            test = stats.mcnemar(correct[cnn["pipeline"]], correct[best["pipeline"]])
+            out["cnn_vs_best_classic"] = test
+            out["text"] += " " + stats.describe_difference("The CNN", best["pipeline"], test) + "."
     elif classic:
         out["text"] = (f"The best classic pipeline is {best['pipeline']} at "
                        f"{100 * best['test_accuracy']:.1f}% test accuracy; no CNN in this run.")
+    if correct is not None:
+        steps = [r for r in stats.ladder(rows, correct) if "gain_points" in r]
+        if steps:
+            out["ladder_text"] = "Up the ladder: " + "; ".join(
+                f"{r['family']} ({r['pipeline']}) {r['gain_points']:+.1f} points over {r['below']} "
+                f"({stats.p_text(r['p_value'])})" for r in steps) + "."
     return out

@@ -53,15 +53,44 @@ def _size_arg(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+def _model_features(name: str, models: str | None) -> tuple[dict[str, Any], Any, tuple[int, int]]:
+    """(feature config, fitted extractor or None, input size) of a trained classic model."""
+    from pathlib import Path
+
+    from cvpipe.config import models_dir
+    from cvpipe.features import FeatureSpec
+    from cvpipe.models import load_model
+
+    path = Path(name) if (Path(name) / "model.json").is_file() else models_dir(models) / name
+    model = load_model(path)
+    meta = model.metadata
+    if not meta.get("features"):
+        raise ConfigError(f"model {name!r} has no hand-made features (a CNN learns its own)")
+    spec = FeatureSpec.parse(meta["features"])
+    fitted = model.feature_extractor if spec.stateful else None
+    size = tuple(int(s) for s in (meta.get("input_size") or (32, 32)))
+    return meta["features"], fitted, (size[0], size[1])
+
+
 def _extract(args: argparse.Namespace) -> int:
     from cvpipe.extract.sources import DatasetSource, open_input
 
-    features = _features_arg(args.features)
+    fitted, size = None, _size_arg(args.size) if args.size else None
+    if args.model:
+        if args.feature_params:
+            raise ConfigError("--feature-params goes with --features, not --model")
+        features, fitted, model_size = _model_features(args.model, args.models_dir)
+        if size is not None and fitted is not None and size != model_size:
+            raise ConfigError(f"the model learned its features on {model_size[0]}x{model_size[1]} "
+                              "images: leave --size out")
+        size = size or model_size
+    else:
+        features = _features_arg(args.features)
     params = _params_arg(args.feature_params)
     if args.scheduler and args.workers:
         raise ConfigError("give --scheduler (a running cluster) or --workers (a local one), not both")
     if args.input:
-        source = open_input(args.input, _size_arg(args.size))
+        source = open_input(args.input, size or (32, 32))
     else:
         source = DatasetSource(load_from_args(args), args.split)
     progress = not (args.no_progress or args.quiet)
@@ -80,11 +109,11 @@ def _extract(args: argparse.Namespace) -> int:
                   f"{sum(client.nthreads().values())} threads)", file=sys.stderr, flush=True)
 
         result = extract_dask(source, features, scheduler=args.scheduler, workers=args.workers,
-                              on_client=announce, **common)
+                              on_client=announce, fitted=fitted, **common)
     else:
         from cvpipe.extract.local import extract
 
-        result = extract(source, features, n_jobs=args.n_jobs, **common)
+        result = extract(source, features, n_jobs=args.n_jobs, fitted=fitted, **common)
     if args.json:
         print(json.dumps({"path": result.path, "reused": result.reused,
                           "computed_chunks": result.computed_chunks, **result.manifest}, indent=2))
@@ -120,14 +149,21 @@ def register(sub: argparse._SubParsersAction) -> None:
             "  cvpipe extract --features '{\"name\": \"hog2\", \"components\": [{\"name\": \"hog\", "
             "\"params\": {\"pixels_per_cell\": 4}}, {\"name\": \"hog\"}]}'\n"
             "  cvpipe extract --features hog+color --input photos/ --size 32 --workers 4\n"
-            "  cvpipe extract --features hog+color --input urls.txt --scheduler tcp://10.0.0.5:8786"
+            "  cvpipe extract --features hog+color --input urls.txt --scheduler tcp://10.0.0.5:8786\n"
+            "  cvpipe extract --model patches-linear-svm --split test   # a model's learned features"
         ),
     )
     f = p.add_argument_group("features")
-    f.add_argument("--features", required=True, metavar="NAME|JSON",
-                   help="feature set: components joined by '+' (hog, color, pixels), e.g. hog+color; "
-                   "or a JSON features config {\"name\": ..., \"params\": {...}} or "
-                   "{\"name\": label, \"components\": [...]} as in pipeline specs")
+    which = f.add_mutually_exclusive_group(required=True)
+    which.add_argument("--features", metavar="NAME|JSON",
+                       help="feature set: components joined by '+' (hog, color, pixels), e.g. "
+                       "hog+color; or a JSON features config {\"name\": ..., \"params\": {...}} or "
+                       "{\"name\": label, \"components\": [...]} as in pipeline specs")
+    which.add_argument("--model", metavar="NAME|DIR",
+                       help="the feature set of a trained classic model, as it was fitted (learned "
+                       "patch features included); --input images are resized to its input size")
+    f.add_argument("--models-dir", help="where --model is looked for (default $CVPIPE_MODELS_DIR or "
+                   "./models)")
     f.add_argument("--feature-params", metavar="JSON",
                    help="parameters for the feature set, e.g. '{\"hog__orientations\": 12, "
                    "\"color__space\": \"lab\"}'")
@@ -141,8 +177,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"line (labels -1); read through fsspec. Protocols: {', '.join(ALLOWED_PROTOCOLS)} "
                    f"(chained URLs a::b are refused); files over {MAX_FILE_BYTES >> 20} MiB and lists "
                    f"over {MAX_LIST_BYTES >> 20} MiB are refused; formats: {', '.join(IMAGE_FORMATS)}")
-    i.add_argument("--size", default="32", metavar="N|HxW",
-                   help="resize --input images to this size (default 32)")
+    i.add_argument("--size", metavar="N|HxW",
+                   help="resize --input images to this size (default 32, or --model's input size)")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default <data root>/features/<key>)")
     o.add_argument("--format", choices=FORMATS, default="auto",

@@ -3,6 +3,7 @@ chunk, and the completion record."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -27,7 +28,7 @@ from cvpipe.extract.store import (
     extraction_key,
     load_features,
 )
-from cvpipe.features import FeatureSpec
+from cvpipe.features import FeatureSpec, extractor_state
 from cvpipe.storage import canonical_json
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class ExtractPlan:
     fmt: str
     todo: list[int] = field(default_factory=list)
     manifest: dict[str, Any] | None = None
+    fitted: Any = None  # a fitted extractor (learned features), used as it is
 
     @property
     def n_chunks(self) -> int:
@@ -75,6 +77,16 @@ class ExtractPlan:
     def bounds(self, index: int) -> tuple[int, int]:
         start = index * self.chunk_rows
         return start, min(start + self.chunk_rows, self.n)
+
+    def extractor(self, n_jobs: int | None) -> Any:
+        """The transformer to run on ``n_jobs`` threads: the fitted one, or a new one."""
+        if self.fitted is None:
+            return self.features.build(n_jobs=n_jobs)
+        parts = getattr(self.fitted, "transformer_list", None) or [("", self.fitted)]
+        for _, est in parts:
+            if "n_jobs" in est.get_params(deep=False):
+                est.set_params(n_jobs=n_jobs)
+        return self.fitted
 
     @property
     def rows_todo(self) -> int:
@@ -114,6 +126,7 @@ def plan_extraction(
     chunk_rows: int | None = None,
     fmt: str = "auto",
     force: bool = False,
+    fitted: Any = None,
 ) -> ExtractPlan:
     """Validate the config, find the output folder and what is left to do there.
 
@@ -129,17 +142,26 @@ def plan_extraction(
     if source.n < 1:
         raise DataError("the input has no images")
     spec = FeatureSpec.parse(features, params, drop_runtime=True)
+    learned = ""
+    if spec.stateful:
+        if fitted is None:
+            raise ConfigError(f"features {spec.name!r} are learned from training images: extract "
+                              "them with a trained model's extractor (cvpipe extract --model NAME)")
+        digest = hashlib.sha256()
+        for name, array in sorted(extractor_state(fitted, spec).items()):
+            digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
+        learned = digest.hexdigest()
     sample, _ = source.chunk(0, 1).read()
     d = spec.check(tuple(sample.shape[1:]))
     fingerprint = source.fingerprint()
-    key = extraction_key(spec, fingerprint)
+    key = extraction_key(spec, fingerprint, learned)
     store = FeatureStore(out if out is not None else Path(data_root(root), "features", key))
 
     manifest = store.manifest()
     if manifest is not None and manifest.get("key") == key and not force:
         log.info("features already extracted in %s", store.url)
         return ExtractPlan(store, source, spec, key, manifest["n"], manifest["d"],
-                           manifest["chunk_rows"], manifest["format"], [], manifest)
+                           manifest["chunk_rows"], manifest["format"], [], manifest, fitted)
 
     run = store.run_info()
     if run is not None and run.get("key") != key and not force:
@@ -181,7 +203,7 @@ def plan_extraction(
         log.info("resuming %s: %d chunks of %d already done", key, len(done),
                  -(-run["n"] // run["chunk_rows"]))
     plan = ExtractPlan(store, source, spec, key, run["n"], run["d"], run["chunk_rows"],
-                       run["format"])
+                       run["format"], fitted=fitted)
     plan.todo = [i for i in range(plan.n_chunks) if i not in done]
     return plan
 
@@ -205,7 +227,9 @@ def compute_chunk(store: FeatureStore, chunk: ChunkInput | None, index: int, sta
     images, labels = data
     t1 = time.perf_counter()
     est = extractor if extractor is not None else features.build(n_jobs=n_jobs)
-    feats = est.fit(images[:1]).transform(images)
+    if not features.stateful:  # records the input shape; a learned extractor is used as fitted
+        est = est.fit(images[:1])
+    feats = est.transform(images)
     t2 = time.perf_counter()
     if delay:
         time.sleep(delay)

@@ -122,7 +122,7 @@ def _one_thread() -> None:
 
 
 def _run_task(store_url: str, key: str, chunks: list[tuple[int, int, ChunkInput]],
-              features: FeatureSpec, delay: float) -> list[dict[str, Any]]:
+              features: FeatureSpec, delay: float, fitted: Any = None) -> list[dict[str, Any]]:
     """Runs on a worker: a few row chunks, one after another, on one thread.
 
     A chunk already marked done (this task is a retry after its first worker died, say) is
@@ -140,7 +140,8 @@ def _run_task(store_url: str, key: str, chunks: list[tuple[int, int, ChunkInput]
             if store.is_done(index):
                 out.append({"chunk": index, "rows": None, "skipped": True})
                 continue
-            out.append(compute_chunk(store, chunk, index, start, features, n_jobs=1, delay=delay))
+            out.append(compute_chunk(store, chunk, index, start, features, n_jobs=1, delay=delay,
+                                     extractor=fitted))
         return out
     except CvpipeError as exc:
         return [{"chunk": chunks[0][0], "error": exc}]
@@ -174,13 +175,15 @@ def extract_dask(
     retries: int = 2,
     chunks_per_task: int | None = None,
     task_delay: float = 0.0,
+    fitted: Any = None,
 ) -> ExtractResult:
     """Extract features of every image of ``source`` on a Dask cluster.
 
     Parameters
     ----------
-    source, features, params, out, root, chunk_rows, fmt, force, progress, on_chunk
-        As in :func:`cvpipe.extract.local.extract`.
+    source, features, params, out, root, chunk_rows, fmt, force, progress, on_chunk, fitted
+        As in :func:`cvpipe.extract.local.extract` (a fitted extractor travels to the workers
+        with the tasks).
     client : distributed.Client, optional
         Use this client (its cluster stays up afterwards).
     scheduler : str, optional
@@ -202,7 +205,7 @@ def extract_dask(
         The same files as the single-machine path would write.
     """
     plan = plan_extraction(source, features, params=params, out=out, root=root,
-                           chunk_rows=chunk_rows, fmt=fmt, force=force)
+                           chunk_rows=chunk_rows, fmt=fmt, force=force, fitted=fitted)
     if plan.manifest is not None:
         return reused(plan)
     if client is not None:
@@ -242,6 +245,7 @@ def run_dask(plan: ExtractPlan, client: Any, *, progress: bool = False,
     def submit(group: list[int]) -> Any:
         chunks = [(i, plan.bounds(i)[0], plan.source.chunk(*plan.bounds(i))) for i in group]
         fut = client.submit(_run_task, plan.store.url, plan.key, chunks, plan.features, task_delay,
+                            plan.fitted,
                             key=f"cvpipe-extract-{plan.key}-{group[0]:06d}-{group[-1]:06d}-{run_id}",
                             retries=retries, pure=False)
         in_flight.add(fut)

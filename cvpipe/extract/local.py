@@ -39,6 +39,7 @@ def extract(
     n_jobs: int | None = -1,
     progress: bool = False,
     on_chunk: Callable[[dict[str, Any]], None] | None = None,
+    fitted: Any = None,
 ) -> ExtractResult:
     """Extract features of every image of ``source`` to disk, on this machine.
 
@@ -70,6 +71,8 @@ def extract(
     on_chunk : callable, optional
         Called with each finished chunk's metadata (an exception raised there stops the run,
         leaving a resumable extraction).
+    fitted : transformer, optional
+        The fitted extractor of learned features (a trained model's), used as it is.
 
     Returns
     -------
@@ -82,7 +85,7 @@ def extract(
         A features config that cannot describe these images.
     """
     plan = plan_extraction(source, features, params=params, out=out, root=root,
-                           chunk_rows=chunk_rows, fmt=fmt, force=force)
+                           chunk_rows=chunk_rows, fmt=fmt, force=force, fitted=fitted)
     if plan.manifest is not None:
         return reused(plan)
     return run_local(plan, n_jobs=n_jobs, progress=progress, on_chunk=on_chunk)
@@ -114,7 +117,7 @@ def run_local(plan: ExtractPlan, *, n_jobs: int | None = -1, progress: bool = Fa
     # Writing (compression, I/O) overlaps the features only where a core is free for it: on
     # every core, it would stall one feature thread and with it the whole chunk.
     overlap = threads < cpu_count()
-    est = plan.features.build(n_jobs=n_jobs)
+    est = plan.extractor(n_jobs)
     start_time = time.perf_counter()
     rows = plan.rows_todo
     bar = tqdm(total=plan.n, initial=plan.n - rows, unit="img", desc="extract", disable=not progress,

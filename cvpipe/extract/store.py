@@ -57,11 +57,12 @@ _OWN_NAMES = {"run.json", "manifest.json", "features.zarr", "features.npz", "don
 # the key
 
 
-def extraction_key(features: FeatureSpec, fingerprint: dict[str, Any]) -> str:
-    """16 hex digits naming an extraction: the feature set's effective parameters, the input
-    rows and the layout version (feature sets spelled differently share a key)."""
+def extraction_key(features: FeatureSpec, fingerprint: dict[str, Any], learned: str = "") -> str:
+    """16 hex digits naming an extraction: the feature set's effective parameters, what it
+    learned (a digest of a fitted extractor's arrays, for learned features), the input rows and
+    the layout version (feature sets spelled differently share a key)."""
     text = canonical_json({"version": FORMAT_VERSION, "features": features.effective_params(),
-                           "input": fingerprint})
+                           "learned": learned, "input": fingerprint})
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -23,7 +23,15 @@ from cvpipe.features.color import (
     color_histogram_size,
     convert_color,
 )
-from cvpipe.features.spec import FEATURE_NAMES, FeatureComponent, FeatureSpec, make_features
+from cvpipe.features.patches import PatchFeatures
+from cvpipe.features.spec import (
+    FEATURE_NAMES,
+    FeatureComponent,
+    FeatureSpec,
+    extractor_state,
+    make_features,
+    restore_extractor,
+)
 from cvpipe.features.transformers import (
     ColorHistogramTransformer,
     HOGTransformer,
@@ -43,6 +51,7 @@ __all__ = [
     "HOGParams",
     "HOGTransformer",
     "ImageFeatureUnion",
+    "PatchFeatures",
     "PixelTransformer",
     "color_histogram",
     "color_histogram_size",
@@ -51,7 +60,9 @@ __all__ = [
     "hog_cells",
     "hog_feature_count",
     "hog_glyphs",
+    "extractor_state",
     "make_features",
+    "restore_extractor",
     "plot_color_histogram",
     "plot_hog",
 ]

@@ -22,11 +22,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from cvpipe.errors import ConfigError
+from cvpipe.features.patches import PatchFeatures
 from cvpipe.features.transformers import (
     ColorHistogramTransformer,
     HOGTransformer,
@@ -37,12 +41,13 @@ from cvpipe.features.transformers import (
 from cvpipe.storage import canonical_json, to_jsonable
 
 #: Component names, in the order they are listed to users.
-FEATURE_NAMES = ("hog", "color", "pixels")
-_ALIASES = {"colour": "color", "hist": "color", "raw": "pixels"}
+FEATURE_NAMES = ("hog", "color", "pixels", "patches")
+_ALIASES = {"colour": "color", "hist": "color", "raw": "pixels", "learned": "patches"}
 _CLASSES: dict[str, type[_ImageTransformer]] = {
     "hog": HOGTransformer,
     "color": ColorHistogramTransformer,
     "pixels": PixelTransformer,
+    "patches": PatchFeatures,
 }
 #: Transformer parameters about where and how to compute, not what: never part of a spec.
 RUNTIME_PARAMS = frozenset({"n_jobs", "device", "backend", "image_shape"})
@@ -105,14 +110,23 @@ class FeatureComponent:
         """A new, unfitted transformer for this component."""
         return _CLASSES[self.kind](**self.params, **runtime)
 
+    @property
+    def stateful(self) -> bool:
+        """True when the component learns from training images (``fit`` is not a formality)."""
+        return hasattr(_CLASSES[self.kind], "get_state")
+
     def effective(self) -> dict[str, Any]:
         """Every parameter's value, defaults included, as validated (JSON types)."""
+        est = self.transformer()
         try:
-            validated = self.transformer()._validated_params()
+            validated = est._validated_params()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"feature {self.kind!r}: {exc}") from None
         if dataclasses.is_dataclass(validated):
             return to_jsonable(dataclasses.asdict(validated))
+        if isinstance(validated, dict):  # every parameter, some of them normalised
+            given = {k: v for k, v in est.get_params(deep=False).items() if k not in RUNTIME_PARAMS}
+            return to_jsonable({**given, **validated})
         return to_jsonable({"scale": validated})
 
     def n_features(self, image_shape: tuple[int, ...]) -> int:
@@ -233,6 +247,12 @@ class FeatureSpec:
         """``[{"name": kind, "params": every value}, ...]``, defaults included."""
         return [{"name": c.kind, "params": c.effective()} for c in self.components]
 
+    @property
+    def stateful(self) -> bool:
+        """True when some component learns from training images: the transformer must be
+        fitted on them, and what it learned is saved with the model."""
+        return any(c.stateful for c in self.components)
+
     def key(self) -> str:
         """Stable 16-hex-digit key of what is computed (effective parameters; not the label)."""
         return hashlib.sha256(canonical_json(self.effective_params()).encode()).hexdigest()[:16]
@@ -285,6 +305,46 @@ class FeatureSpec:
             return steps[0]
         return ImageFeatureUnion(list(zip(self.step_names(), steps, strict=True)))
 
+    def fit(self, images: Any, *, cache: MutableMapping[str, Any] | None = None, **runtime: Any
+            ) -> _ImageTransformer | ImageFeatureUnion:
+        """A transformer of this feature set, its learning components fitted on ``images``.
+
+        Parameters
+        ----------
+        images : (N, H, W[, C]) array
+            Training images (labels are never needed).
+        cache : dict, optional
+            ``(fitted component, seconds its fit took)`` by the component's effective
+            parameters: one fitted here is stored, one found is reused (the same patch
+            dictionary inside two feature sets is learned once; :meth:`fit_seconds` still
+            counts it for each). The caller keeps one cache per training set.
+        **runtime
+            As for :meth:`build`.
+        """
+        extractor = self.build(**runtime)
+        steps = _steps(extractor, self)
+        for i, (component, (name, est)) in enumerate(zip(self.components, steps, strict=True)):
+            if not component.stateful:
+                continue
+            key = _component_key(component)
+            if cache is not None and key in cache:
+                fitted = cache[key][0]
+            else:
+                start = time.perf_counter()
+                fitted = est.fit(images)
+                if cache is not None:
+                    cache[key] = (fitted, time.perf_counter() - start)
+            if len(steps) == 1:
+                return fitted
+            extractor.transformer_list[i] = (name, fitted)
+        return extractor
+
+    def fit_seconds(self, cache: Mapping[str, Any]) -> float:
+        """Seconds the learning components of this feature set took to fit (from a :meth:`fit`
+        cache), counted in full even where another feature set shared them."""
+        return sum(cache[_component_key(c)][1] for c in self.components
+                   if c.stateful and _component_key(c) in cache)
+
     def step_names(self) -> list[str]:
         """Names of the components in the built union: their kinds, or ``<kind>_<i>`` when a
         kind repeats."""
@@ -293,6 +353,37 @@ class FeatureSpec:
 
     def __str__(self) -> str:
         return self.name
+
+
+def extractor_state(extractor: Any, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """What a fitted extractor of ``spec`` learned, as named float32 arrays (``<step>.<name>``);
+    empty for a feature set that learns nothing."""
+    steps = _steps(extractor, spec)
+    return {f"{name}.{key}": value for name, est in steps if hasattr(est, "get_state")
+            for key, value in est.get_state().items()}
+
+
+def restore_extractor(extractor: Any, spec: FeatureSpec, state: Mapping[str, np.ndarray],
+                      image_shape: tuple[int, ...]) -> Any:
+    """``extractor`` (built from ``spec``) with the learned arrays of :func:`extractor_state`."""
+    for name, est in _steps(extractor, spec):
+        if hasattr(est, "set_state"):
+            prefix = f"{name}."
+            est.set_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                          image_shape)
+        else:
+            est.fit(np.zeros((1, *image_shape), np.uint8))  # stateless: records the input shape
+    return extractor
+
+
+def _component_key(component: FeatureComponent) -> str:
+    return canonical_json([component.kind, component.effective()])
+
+
+def _steps(extractor: Any, spec: FeatureSpec) -> list[tuple[str, Any]]:
+    if len(spec.components) == 1:
+        return [(spec.step_names()[0], extractor)]
+    return list(extractor.transformer_list)
 
 
 def make_features(name: str, **params: Any) -> _ImageTransformer | ImageFeatureUnion:

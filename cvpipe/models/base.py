@@ -64,6 +64,7 @@ class Pipeline(abc.ABC):
     """
 
     kind: ClassVar[str]
+    seed: int  # of everything random in training (a run option)
     #: Run options every kind takes: the seed of everything random in training.
     COMMON_OPTIONS: ClassVar[tuple[str, ...]] = ("seed",)
 

@@ -7,15 +7,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
 from cvpipe.classifiers.fitted import ClassicModel
 from cvpipe.classifiers.persist import load_parts, save_parts
 from cvpipe.classifiers.specs import CLASSIFIERS, ClassicSpec
 from cvpipe.classifiers.training import fit_classic
 from cvpipe.data.dataset import Dataset
 from cvpipe.errors import ArtifactError, ConfigError
-from cvpipe.features import FeatureSpec
+from cvpipe.features import FeatureSpec, extractor_state, restore_extractor
 from cvpipe.models.artifact import listed_file, write_artifact
 from cvpipe.models.base import DataShape, Pipeline
+
+FEATURES_FILE = "features.safetensors"
 
 
 class ClassicPipeline(Pipeline):
@@ -83,12 +88,24 @@ class ClassicPipeline(Pipeline):
             "hyperparameters": {**fit.chosen.classifier.get("params", {}),
                                 "preprocess": fit.chosen.preprocess},
             "fit_seconds": round(fit.fit_seconds, 3),
+            "feature_fit_seconds": round(fit.feature_fit_seconds, 3),
+            "train_seconds": round(fit.train_seconds, 3),
             "selection_seconds": round(fit.selection_seconds, 3),
             "extraction_images_per_second": round(fit.extraction_images_per_second, 1),
             "history": fit.history,
         }
-        return write_artifact(model_dir, metadata, lambda tmp: save_parts(
-            tmp, fit.model.preprocess, fit.model.classifier, self.spec.classifier["type"]))
+        image_shape = list(dataset.images("train").shape[1:])
+
+        def write_files(tmp: Path) -> dict[str, Any]:
+            described = save_parts(tmp, fit.model.preprocess, fit.model.classifier,
+                                   self.spec.classifier["type"])
+            state = extractor_state(fit.model.extractor, self.spec.features)
+            if state:  # what the features learnt (the patch dictionary), as data
+                save_file(state, str(tmp / FEATURES_FILE))
+                described["features_state"] = {"file": FEATURES_FILE, "image_shape": image_shape}
+            return described
+
+        return write_artifact(model_dir, metadata, write_files)
 
     @classmethod
     def load(cls, model_dir: Path, meta: dict[str, Any]) -> ClassicModel:
@@ -97,4 +114,13 @@ class ClassicPipeline(Pipeline):
         except (KeyError, ConfigError) as exc:
             raise ArtifactError(f"{model_dir}: model.json has no valid feature set ({exc})") from exc
         preprocess, classifier = load_parts(meta, lambda name: listed_file(model_dir, meta, name))
-        return ClassicModel(features, preprocess, classifier, meta)
+        extractor = None
+        if features.stateful:
+            stored = meta.get("features_state") or {}
+            try:
+                state = load_file(str(listed_file(model_dir, meta, stored.get("file"))))
+                extractor = restore_extractor(features.build(), features, state,
+                                              tuple(stored["image_shape"]))
+            except (KeyError, TypeError, ValueError, OSError, SafetensorError) as exc:
+                raise ArtifactError(f"{model_dir}: cannot restore the learned features ({exc})") from exc
+        return ClassicModel(features, preprocess, classifier, meta, extractor=extractor)

@@ -49,6 +49,10 @@ class CNNPipeline(Pipeline):
             raise ConfigError(f"pipeline {name!r}: {exc}") from None
         return cls(name, config, str(table.get("description", "")))
 
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
     def option_names(self) -> tuple[str, ...]:
         return tuple(self.config.to_dict())
 

@@ -1,0 +1,424 @@
+"""Learned patch features: one layer of features learned without labels from image patches.
+
+Coates, Lee & Ng, "An Analysis of Single-Layer Networks in Unsupervised Feature Learning",
+AISTATS 2011. ``fit`` learns from training images only, without their labels:
+
+1. sample ``n_patches`` patches of ``patch_size`` x ``patch_size`` pixels at random;
+2. normalise each patch's brightness and contrast:
+   ``(x - mean(x)) / sqrt(var(x) + norm_eps)`` (on the 0-255 scale);
+3. learn ZCA whitening, ``W = V diag(1 / sqrt(lambda + whiten_eps)) V^T`` from the eigen-
+   decomposition of the normalised patches' covariance;
+4. learn a dictionary of ``n_centroids`` centroids by k-means (Lloyd's iterations on the
+   whitened patches, initialised with distinct random patches).
+
+``transform`` describes each image by every patch at ``stride`` (27 x 27 = 729 patches of a
+32 x 32 image at stride 1):
+
+5. normalise and whiten each patch as in fit;
+6. encode it against the dictionary: ``"triangle"``, ``max(0, mean(z) - z_k)`` of the
+   distances ``z_k`` to the centroids (the paper's k-means "triangle" activation), or
+   ``"soft"``, ``max(0, c_k . x - alpha)`` (soft threshold, Coates & Ng, ICML 2011);
+7. sum the codes over the cells of a ``pooling`` grid of the patch positions (2 x 2: the four
+   quadrants), giving ``pooling[0] * pooling[1] * n_centroids`` float32 values per image.
+
+The encoding is a matrix product per chunk of images, computed on all CPU cores (NumPy, a
+few images per thread so each chunk's codes stay in cache) or on a CUDA GPU (PyTorch, the
+same stages); the two agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from cvpipe.errors import ConfigError
+from cvpipe.features._common import (
+    as_pair,
+    is_tensor,
+    n_workers,
+    resolve_backend,
+    run_chunked,
+    to_device_tensor,
+)
+from cvpipe.features.transformers import _ImageTransformer
+
+ENCODINGS = ("triangle", "soft")
+#: Codes (patches x centroids) encoded at once per thread: 8M float32, 32 MiB (measured best).
+CHUNK_CODES = 1 << 23
+#: Learned state, as saved in a model's files (all float32).
+STATE = ("mean_", "whitening_", "centroids_")
+
+
+def extract_patches(images: np.ndarray, size: int, stride: int) -> np.ndarray:
+    """Every ``size`` x ``size`` patch at ``stride`` of uint8/float (N, H, W, C) images.
+
+    Returns
+    -------
+    (N, oh, ow, size * size * C) ndarray of float32
+        Patches in row-major order of their top-left corner, each flattened as (row, col,
+        channel).
+    """
+    windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
+    windows = windows[:, ::stride, ::stride]  # (N, oh, ow, C, size, size)
+    n, oh, ow, c = windows.shape[:4]
+    # a copy (a contiguous window view would come back read-only); float32 for the products
+    return np.array(windows.transpose(0, 1, 2, 4, 5, 3), dtype=np.float32, order="C").reshape(
+        n, oh, ow, size * size * c)
+
+
+def _normalise(patches: Any, eps: float) -> Any:
+    """Brightness and contrast normalisation of rows (numpy or torch; in place where possible)."""
+    patches -= patches.mean(-1, keepdims=True)
+    var = (patches * patches).mean(-1, keepdims=True)  # mean is 0 now
+    patches /= (var + eps) ** 0.5
+    return patches
+
+
+def _edges(n: int, cells: int) -> list[int]:
+    """Boundaries of ``cells`` near-equal runs of ``n`` positions (halves rounded up, as the
+    paper's quadrants: 27 positions -> 14 + 13)."""
+    return [int(np.floor(i * n / cells + 0.5)) for i in range(cells + 1)]
+
+
+class PatchFeatures(_ImageTransformer):
+    """Single-layer features learned from image patches (Coates, Lee & Ng 2011).
+
+    Parameters
+    ----------
+    patch_size : int
+        Side of the square patches, in pixels (6).
+    stride : int
+        Step between the patches encoded by ``transform`` (1).
+    n_centroids : int
+        Dictionary size K (1600).
+    encoding : {"triangle", "soft"}
+        K-means triangle activation, or soft threshold at ``alpha``.
+    alpha : float
+        Threshold of the soft encoding.
+    pooling : (int, int)
+        Grid of cells over which codes are summed (2 x 2: the quadrants).
+    whiten_eps : float
+        Added to the covariance eigenvalues before whitening (0.1).
+    norm_eps : float
+        Added to each patch's variance before contrast normalisation (10, on the 0-255 scale).
+    n_patches : int
+        Random patches ``fit`` learns from (400,000).
+    max_iter : int
+        K-means iterations (Lloyd's).
+    random_state : int
+        Seeds the patch sample and the dictionary's initialisation.
+    image_shape, device, backend, n_jobs
+        As for the other image transformers.
+
+    Attributes
+    ----------
+    mean_ : (P,) ndarray of float32
+        Mean of the normalised training patches (P = patch_size**2 * channels).
+    whitening_ : (P, P) ndarray of float32
+        ZCA whitening matrix.
+    centroids_ : (K, P) ndarray of float32
+        The dictionary, in whitened patch space.
+    inertia_ : float
+        Mean squared distance of the training patches to their centroid in the last iteration.
+    n_iter_ : int
+        K-means iterations run.
+    augmented_ : (P + 2, K) ndarray of float32
+        The centroids arranged so one product gives squared distances (derived from them).
+    n_features_in_, image_shape_
+        As for the other image transformers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.random.default_rng(0).integers(0, 256, (20, 16, 16, 3), dtype=np.uint8)
+    >>> f = PatchFeatures(n_centroids=8, n_patches=500, max_iter=3, device="cpu").fit(x)
+    >>> f.transform(x).shape
+    (20, 32)
+    """
+
+    _parameter_constraints: dict = {
+        "patch_size": [Interval(Integral, 1, 64, closed="both")],
+        "stride": [Interval(Integral, 1, None, closed="left")],
+        "n_centroids": [Interval(Integral, 1, 100_000, closed="both")],
+        "encoding": [StrOptions(set(ENCODINGS))],
+        "alpha": [Interval(Real, None, None, closed="neither")],
+        "pooling": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "whiten_eps": [Interval(Real, 0, None, closed="neither")],
+        "norm_eps": [Interval(Real, 0, None, closed="left")],
+        "n_patches": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
+        "random_state": [Interval(Integral, 0, None, closed="left")],
+        "image_shape": [None, "array-like"],
+        "device": [None, str, object],
+        "backend": [None, str],
+        "n_jobs": [None, Integral],
+    }
+
+    def __init__(self, patch_size: int = 6, stride: int = 1, n_centroids: int = 1600,
+                 encoding: str = "triangle", alpha: float = 0.25, pooling: tuple[int, int] = (2, 2),
+                 whiten_eps: float = 0.1, norm_eps: float = 10.0, n_patches: int = 400_000,
+                 max_iter: int = 50, random_state: int = 0, image_shape: tuple[int, ...] | None = None,
+                 device: Any = None, backend: str | None = None, n_jobs: int | None = -1):
+        self.patch_size = patch_size
+        self.stride = stride
+        self.n_centroids = n_centroids
+        self.encoding = encoding
+        self.alpha = alpha
+        self.pooling = pooling
+        self.whiten_eps = whiten_eps
+        self.norm_eps = norm_eps
+        self.n_patches = n_patches
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.image_shape = image_shape
+        self.device = device
+        self.backend = backend
+        self.n_jobs = n_jobs
+
+    # ------------------------------------------------------------------ parameters and size
+
+    def _validated_params(self) -> dict[str, Any]:
+        try:
+            self._validate_params()
+        except ValueError as exc:  # InvalidParameterError: say it the way the others do
+            raise ConfigError(str(exc)) from None
+        return {"pooling": as_pair(self.pooling, "pooling")}
+
+    def _grid(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
+        h, w = int(image_shape[0]), int(image_shape[1])
+        if h < self.patch_size or w < self.patch_size:
+            raise ConfigError(f"images of {h}x{w} pixels are smaller than the {self.patch_size}x"
+                              f"{self.patch_size} patches")
+        oh = (h - self.patch_size) // self.stride + 1
+        ow = (w - self.patch_size) // self.stride + 1
+        gh, gw = as_pair(self.pooling, "pooling")
+        if gh > oh or gw > ow:
+            raise ConfigError(f"a {gh}x{gw} pooling grid needs at least {gh}x{gw} patch positions; "
+                              f"{h}x{w} images give {oh}x{ow}")
+        return oh, ow
+
+    def _n_out(self, image_shape: tuple[int, ...], params: dict[str, Any]) -> int:
+        self._grid(image_shape)
+        gh, gw = params["pooling"]
+        return gh * gw * int(self.n_centroids)
+
+    # ------------------------------------------------------------------ fit: stages 1-4
+
+    def fit(self, X: Any, y: Any = None) -> PatchFeatures:
+        """Learn the whitening and the dictionary from the patches of ``X`` (labels unused).
+
+        Parameters
+        ----------
+        X : (N, H, W[, C]) array_like, or (N, n_features) with ``image_shape``
+            Training images, 0-255.
+        y : ignored
+
+        Returns
+        -------
+        self
+        """
+        super().fit(X)
+        images = self._as_images(X, reset=False)
+        if is_tensor(images):
+            images = images.detach().cpu().numpy()
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        rng = np.random.default_rng(self.random_state)
+        patches = self._sample(images, rng)
+        _normalise(patches, float(self.norm_eps))
+        mean = patches.mean(0, dtype=np.float64)
+        patches -= mean.astype(np.float32)
+        cov = np.atleast_2d(np.cov(patches, rowvar=False, dtype=np.float64))
+        eigval, eigvec = np.linalg.eigh(cov)
+        whitening = (eigvec * (1.0 / np.sqrt(np.maximum(eigval, 0) + self.whiten_eps))) @ eigvec.T
+        patches = patches @ whitening.astype(np.float32)
+        self.mean_ = mean.astype(np.float32)
+        self.whitening_ = whitening.astype(np.float32)
+        self.centroids_, self.inertia_, self.n_iter_ = self._kmeans(patches, rng)
+        self._augment()
+        return self
+
+    def _sample(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Stage 1: ``n_patches`` random patches (float32, one a row)."""
+        n, h, w, c = images.shape
+        size = self.patch_size
+        if h < size or w < size:
+            raise ConfigError(f"images of {h}x{w} pixels are smaller than the {size}x{size} patches")
+        count = int(self.n_patches)
+        idx = rng.integers(0, n, count)
+        rows = rng.integers(0, h - size + 1, count)
+        cols = rng.integers(0, w - size + 1, count)
+        out = np.empty((count, size, size, c), np.float32)
+        for start in range(0, count, 65536):  # gathered in blocks: no (count, H, W, C) temporary
+            sl = slice(start, start + 65536)
+            r = rows[sl, None] + np.arange(size)[None, :]
+            q = cols[sl, None] + np.arange(size)[None, :]
+            out[sl] = images[idx[sl, None, None], r[:, :, None], q[:, None, :]]
+        return out.reshape(count, size * size * c)
+
+    def _kmeans(self, patches: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, int]:
+        """Stage 4: Lloyd's k-means from distinct random patches; a cluster left empty is
+        re-seeded with a random patch."""
+        from scipy import sparse
+
+        k = int(self.n_centroids)
+        if k > len(patches):
+            raise ConfigError(f"n_centroids={k} is more than the {len(patches)} sampled patches")
+        centroids = patches[rng.choice(len(patches), k, replace=False)].copy()
+        inertia = float("nan")
+        block = 16384
+        for _ in range(int(self.max_iter)):
+            sums = np.zeros((k, patches.shape[1]), np.float64)
+            counts = np.zeros(k, np.int64)
+            half_norms = 0.5 * (centroids * centroids).sum(1)
+            dist_sum = 0.0
+            for start in range(0, len(patches), block):
+                x = patches[start:start + block]
+                scores = x @ centroids.T - half_norms  # argmax: the nearest centroid
+                nearest = scores.argmax(1)
+                best = scores[np.arange(len(x)), nearest]
+                dist_sum += float(np.maximum((x * x).sum(1) - 2 * best, 0).sum())
+                members = sparse.csr_matrix((np.ones(len(x), np.float32), (nearest, np.arange(len(x)))),
+                                            shape=(k, len(x)))
+                sums += members @ x
+                counts += np.bincount(nearest, minlength=k)
+            inertia = dist_sum / len(patches)
+            centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+            empty = np.flatnonzero(counts == 0)
+            if len(empty):
+                centroids[empty] = patches[rng.choice(len(patches), len(empty), replace=False)]
+        return centroids, inertia, int(self.max_iter)
+
+    # ------------------------------------------------------------------ transform: stages 5-7
+
+    def _extract(self, images: Any, params: dict[str, Any], out: Any = None) -> Any:
+        check_is_fitted(self, STATE)
+        backend, device = resolve_backend(images, self.device, self.backend)
+        oh, ow = self._grid(tuple(images.shape[1:3]))
+        if backend == "torch":
+            return self._encode_torch(images, params["pooling"], oh, ow, device)
+        n = len(images)
+        d = self._n_out(tuple(images.shape[1:]), params)
+        if out is None:
+            out = np.empty((n, d), np.float32)
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        # A chunk's codes (patches x K float32) are walked several times: keep them in cache.
+        chunk = max(1, CHUNK_CODES // (oh * ow * int(self.n_centroids)))
+
+        def make_worker():
+            from threadpoolctl import threadpool_limits
+
+            def work(start: int, stop: int) -> None:
+                # Each thread multiplies on one core; the threads share the cores.
+                with threadpool_limits(1 if n_workers(self.n_jobs) > 1 else None):
+                    out[start:stop] = self._encode_numpy(images[start:stop], params["pooling"], oh, ow)
+            return work
+
+        run_chunked(n, chunk, self.n_jobs, make_worker)
+        return out
+
+    def _encode_numpy(self, images: np.ndarray, pooling: tuple[int, int], oh: int, ow: int) -> np.ndarray:
+        patches = extract_patches(images, self.patch_size, self.stride)
+        n = len(patches)
+        x = _normalise(patches.reshape(n * oh * ow, -1), float(self.norm_eps))
+        x -= self.mean_
+        x = x @ self.whitening_
+        c = self.centroids_
+        if self.encoding == "triangle":
+            # squared distances |x|^2 - 2 x.c + |c|^2 as one product of augmented matrices
+            ones = np.ones((len(x), 1), np.float32)
+            left = np.hstack([x, (x * x).sum(1, keepdims=True), ones])
+            codes = left @ self.augmented_
+            np.maximum(codes, 0, out=codes)
+            np.sqrt(codes, out=codes)
+            mu = codes.mean(1, keepdims=True)
+            np.subtract(mu, codes, out=codes)
+        else:
+            codes = x @ c.T
+            codes -= np.float32(self.alpha)
+        np.maximum(codes, 0, out=codes)
+        return self._pool(codes.reshape(n, oh, ow, -1), pooling, oh, ow, np)
+
+    def _augment(self) -> None:
+        """``augmented_`` (P + 2, K): ``[-2 c; 1; |c|^2]``, so that ``[x, |x|^2, 1]`` times it
+        is the squared distances of x to the centroids."""
+        c = self.centroids_
+        self.augmented_ = np.ascontiguousarray(np.vstack([
+            -2.0 * c.T, np.ones((1, len(c)), np.float32), (c * c).sum(1)[None, :]]), np.float32)
+
+    def _encode_torch(self, images: Any, pooling: tuple[int, int], oh: int, ow: int, device: Any) -> Any:
+        import torch
+
+        mean = torch.from_numpy(self.mean_).to(device)
+        whitening = torch.from_numpy(self.whitening_).to(device)
+        c = torch.from_numpy(self.centroids_).to(device)
+        c_norms = (c * c).sum(1)
+        x_all = to_device_tensor(images, device)
+        if x_all.ndim == 3:
+            x_all = x_all[..., None]
+        n = len(x_all)
+        outs = []
+        step = max(1, 32768 // (oh * ow))
+        for start in range(0, n, step):
+            x = x_all[start:start + step].float()
+            # (n, H, W, C) -> every patch, flattened (row, col, channel) as the numpy path
+            win = x.unfold(1, self.patch_size, self.stride).unfold(2, self.patch_size, self.stride)
+            b = len(win)  # win: (b, oh, ow, C, ps, ps)
+            p = win.permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, -1)
+            p = _normalise(p.clone(), float(self.norm_eps))
+            p = (p - mean) @ whitening
+            if self.encoding == "triangle":
+                codes = torch.addmm(c_norms.expand(len(p), -1), p, c.T, alpha=-2.0)
+                codes += (p * p).sum(1, keepdim=True)
+                codes = codes.clamp_(min=0).sqrt_()
+                codes = (codes.mean(1, keepdim=True) - codes).clamp_(min=0)
+            else:
+                codes = (p @ c.T - self.alpha).clamp_(min=0)
+            outs.append(self._pool(codes.reshape(b, oh, ow, -1), pooling, oh, ow, torch))
+        return torch.cat(outs) if outs else torch.zeros((0, pooling[0] * pooling[1] * len(c)))
+
+    @staticmethod
+    def _pool(codes: Any, pooling: tuple[int, int], oh: int, ow: int, xp: Any) -> Any:
+        """Stage 7: sum over each cell of the pooling grid; (n, gh * gw * K), cells row-major."""
+        rows, cols = _edges(oh, pooling[0]), _edges(ow, pooling[1])
+        cells = [codes[:, rows[i]:rows[i + 1], cols[j]:cols[j + 1]].sum((1, 2))
+                 for i in range(pooling[0]) for j in range(pooling[1])]
+        return xp.concatenate(cells, 1) if xp is np else xp.cat(cells, 1)
+
+    # ------------------------------------------------------------------ learned state
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The learned arrays by name (float32), to save as data."""
+        check_is_fitted(self, STATE)
+        return {name: np.ascontiguousarray(getattr(self, name), dtype=np.float32) for name in STATE}
+
+    def set_state(self, state: dict[str, np.ndarray], image_shape: tuple[int, ...]) -> PatchFeatures:
+        """Restore what :meth:`fit` learned (from :meth:`get_state`), for images of ``image_shape``."""
+        params = self._validated_params()
+        missing = [name for name in STATE if name not in state]
+        if missing:
+            raise ConfigError(f"patch features state lacks {', '.join(missing)}")
+        mean, whitening, centroids = (np.asarray(state[n], np.float32) for n in STATE)
+        p = self.patch_size ** 2 * (image_shape[2] if len(image_shape) > 2 else 1)
+        if (mean.shape != (p,) or whitening.shape != (p, p)
+                or centroids.shape != (int(self.n_centroids), p)):
+            raise ConfigError(f"patch features state does not fit the parameters ({mean.shape}, "
+                              f"{whitening.shape}, {centroids.shape} for {p}-value patches)")
+        self.mean_, self.whitening_, self.centroids_ = mean, whitening, centroids
+        self._augment()
+        self.image_shape_ = tuple(int(s) for s in image_shape)
+        self.n_features_in_ = int(np.prod(image_shape))
+        self._n_features_out = self._n_out(self.image_shape_, params)
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        return tags

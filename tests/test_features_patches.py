@@ -1,0 +1,180 @@
+"""Learned patch features (Coates, Lee & Ng 2011): the estimator contract, the stages against a
+direct implementation, train-only learning, save/load, the torch path, extraction and the API."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from cvpipe.data import load_cifar10
+from cvpipe.errors import ConfigError
+from cvpipe.features import FeatureSpec, PatchFeatures, extractor_state
+from cvpipe.features.patches import extract_patches
+from cvpipe.models import ClassicPipeline, load_model
+from tests import synthetic
+
+SMALL = dict(n_centroids=16, n_patches=4000, max_iter=5, device="cpu", random_state=1)
+
+
+@parametrize_with_checks([
+    PatchFeatures(image_shape=(1, -1), patch_size=1, pooling=(1, 1), n_centroids=2, n_patches=64,
+                  max_iter=2, device="cpu"),
+    PatchFeatures(image_shape=(1, -1), patch_size=1, pooling=(1, 1), n_centroids=2, n_patches=64,
+                  max_iter=2, encoding="soft", device="cpu"),
+])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def images():
+    x, _ = synthetic.make_images(6, seed=3)
+    return x  # (60, 32, 32, 3) uint8
+
+
+def reference(model: PatchFeatures, image: np.ndarray) -> np.ndarray:
+    """The paper's stages for one image, one patch at a time, in float64."""
+    s, k = model.patch_size, len(model.centroids_)
+    positions = range(0, image.shape[0] - s + 1, model.stride)
+    grid = np.zeros((len(positions), len(positions), k))
+    for a, r in enumerate(positions):
+        for b, c in enumerate(positions):
+            p = image[r:r + s, c:c + s].astype(np.float64).reshape(-1)
+            p = (p - p.mean()) / np.sqrt(p.var() + model.norm_eps)
+            p = (p - model.mean_) @ model.whitening_.astype(np.float64)
+            z = np.sqrt(((model.centroids_.astype(np.float64) - p) ** 2).sum(1))
+            grid[a, b] = np.maximum(0, z.mean() - z)
+    half = (len(positions) + 1) // 2  # 27 positions: 14 + 13, as the paper's quadrants
+    quads = [grid[:half, :half], grid[:half, half:], grid[half:, :half], grid[half:, half:]]
+    return np.concatenate([q.sum((0, 1)) for q in quads])
+
+
+def test_encoding_equals_the_paper_stages_done_directly(images):
+    model = PatchFeatures(**SMALL).fit(images)
+    got = model.transform(images[:3])
+    assert got.shape == (3, 4 * 16) and got.dtype == np.float32
+    for i in range(3):
+        np.testing.assert_allclose(got[i], reference(model, images[i]), rtol=2e-4, atol=2e-3)
+
+
+def test_whitening_decorrelates_and_the_dictionary_is_learned(images):
+    model = PatchFeatures(**SMALL).fit(images)
+    patches = extract_patches(images, 6, 1).reshape(-1, 108).astype(np.float64)
+    patches -= patches.mean(1, keepdims=True)
+    patches /= np.sqrt(patches.var(1, keepdims=True) + 10)
+    white = (patches - model.mean_) @ model.whitening_
+    np.testing.assert_allclose(model.whitening_, model.whitening_.T, atol=1e-5)  # ZCA: symmetric
+    # whitened covariance: eigenvalues lambda / (lambda + 0.1), near 1 where the data vary and
+    # below 1 where they do not; before, they spread over orders of magnitude
+    # (one eigenvalue is 0 either way: every normalised patch sums to 0)
+    before = np.linalg.eigvalsh(np.cov(patches, rowvar=False))[1:]
+    after = np.linalg.eigvalsh(np.cov(white, rowvar=False))[1:]
+    assert after.max() < 1.15 and after[-5:].min() > 0.8 and after.min() > 0.1
+    assert before.max() / before.min() > 100 * after.max() / after.min()
+    assert model.centroids_.shape == (16, 108) and np.isfinite(model.inertia_)
+    more = PatchFeatures(**{**SMALL, "max_iter": 20}).fit(images)
+    assert more.inertia_ <= model.inertia_ + 1e-6  # Lloyd's iterations never increase it
+
+
+def test_fit_uses_the_images_only_and_is_repeatable(images):
+    a = PatchFeatures(**SMALL).fit(images, y=np.arange(len(images)))
+    b = PatchFeatures(**SMALL).fit(images)
+    for name in ("mean_", "whitening_", "centroids_"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    c = PatchFeatures(**SMALL).fit(images[:30])
+    assert not np.array_equal(c.centroids_, a.centroids_)
+
+
+def test_torch_path_on_the_cpu_equals_the_numpy_path(images):
+    model = PatchFeatures(**SMALL).fit(images)
+    numpy_out = model.transform(images)
+    model.set_params(backend="torch")
+    np.testing.assert_allclose(model.transform(images), numpy_out, rtol=1e-4, atol=1e-3)
+    soft = PatchFeatures(**SMALL, encoding="soft", alpha=0.5).fit(images)
+    np.testing.assert_allclose(soft.set_params(backend="torch").transform(images),
+                               soft.set_params(backend="numpy").transform(images), rtol=1e-4, atol=1e-3)
+
+
+def test_parameters_and_size_are_checked(images):
+    spec = FeatureSpec.parse("patches", {"n_centroids": 100, "pooling": 3})
+    assert spec.stateful and spec.n_features((32, 32, 3)) == 9 * 100
+    with pytest.raises(ConfigError, match="encoding"):
+        FeatureSpec.parse("patches", {"encoding": "sparse-coding"})
+    with pytest.raises(ConfigError, match="smaller than"):
+        FeatureSpec.parse("patches", {"patch_size": 40}).check((32, 32, 3))
+    with pytest.raises(Exception, match="not fitted"):
+        PatchFeatures(**SMALL).transform(images)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patches")
+    synthetic.write_image_folder(root / "src", n_train=12, n_test=4)
+    ds = load_cifar10(root / "src", root / "data", val_fraction=0.25)
+    table = {"features": {"name": "patches+color", "components": [
+        {"name": "patches", "params": {"n_centroids": 16, "n_patches": 4000, "max_iter": 5}},
+        {"name": "color"}]},
+        "classifier": {"type": "linear-svm", "params": {"C": 0.1}}}
+    meta = ClassicPipeline.from_table("p", table).train(ds, root / "models" / "p", progress=False)
+    return root, ds, meta
+
+
+def test_learned_from_the_train_split_only_and_saved_as_data(trained):
+    root, ds, meta = trained
+    model = load_model(root / "models" / "p")
+    # the model's dictionary is exactly what fitting on the train split's images gives
+    own = PatchFeatures(n_centroids=16, n_patches=4000, max_iter=5).fit(np.asarray(ds.split("train")[0]))
+    np.testing.assert_array_equal(model.feature_extractor.named_transformers["patches"].centroids_,
+                                  own.centroids_)
+    on_disk = json.loads((root / "models" / "p" / "model.json").read_text())
+    assert "features.safetensors" in on_disk["files"]
+    assert on_disk["features_state"]["image_shape"] == [32, 32, 3]
+    assert meta["feature_dim"] == 4 * 16 + 128 and meta["train_seconds"] >= meta["fit_seconds"]
+    x_test, y_test = ds.split("test")
+    scores, _ = model.scores(np.asarray(x_test))
+    assert (scores.argmax(1) == y_test).mean() == pytest.approx(meta["metrics"]["test"]["accuracy"])
+    again = load_model(root / "models" / "p")
+    np.testing.assert_array_equal(again.scores(np.asarray(x_test))[0], scores)  # identical reload
+    state = extractor_state(model.feature_extractor, FeatureSpec.parse(on_disk["features"]))
+    assert set(state) == {"patches.mean_", "patches.whitening_", "patches.centroids_"}
+
+
+def test_extract_with_a_models_learned_features(trained, tmp_path, capsys):
+    from cvpipe.cli import main
+    from cvpipe.extract import load_features
+
+    root, ds, _ = trained
+    args = ["extract", "--model", "p", "--models-dir", str(root / "models"), "--split", "test",
+            "--source", ds.manifest["source_path"], "--data-root", str(root / "data"), "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    feats, _, _ = load_features(out["path"])
+    model = load_model(root / "models" / "p")
+    np.testing.assert_allclose(np.asarray(feats),
+                               model.feature_extractor.transform(np.asarray(ds.split("test")[0])),
+                               rtol=1e-6)
+    code = main(["extract", "--features", "patches", "--split", "test", "--source",
+                 ds.manifest["source_path"], "--data-root", str(root / "data")])
+    assert code == 2 and "--model" in capsys.readouterr().err
+
+
+def test_api_serves_a_models_learned_features(trained):
+    from service import create_app
+    from tests.test_api import encode
+
+    root, ds, meta = trained
+    client = create_app({"TESTING": True, "MODELS_DIR": str(root / "models"), "API_TOKEN": None}
+                        ).test_client()
+    blob = encode(np.asarray(ds.split("test")[0][0]))
+    r = client.post("/v1/features", data={"model": "p", "images": [(io.BytesIO(blob), "a.png")]})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["dim"] == meta["feature_dim"]
+    r = client.post("/v1/features", data={"features": "patches",
+                                          "images": [(io.BytesIO(blob), "a.png")]})
+    assert r.status_code == 400 and "model=" in r.get_json()["message"]
+    r = client.post("/v1/models/p/predict", data={"images": [(io.BytesIO(blob), "a.png")]})
+    assert r.status_code == 200
