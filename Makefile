@@ -37,7 +37,7 @@ demo: $(STAMP) ## prepare CIFAR-10, run the quick comparison, leave models ready
 	$(BIN)/cvpipe data prepare
 	$(BIN)/cvpipe compare --profile quick
 	@echo
-	@echo "Report: reports/quick/report.html. Serve the models with 'make serve', i.e.:"
+	@echo "Report: reports/cifar10-quick/report.html. Serve the models with 'make serve', i.e.:"
 	@echo "  $(BIN)/cvpipe serve --models models --host 127.0.0.1 --port 8000"
 
 serve: $(STAMP) ## serve the models in ./models on http://127.0.0.1:8000 (Ctrl-C stops it)

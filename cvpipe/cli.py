@@ -26,11 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cvpipe",
         description=(
-            "Classic computer-vision features (colour histograms, HOG) against a CNN on "
-            "CIFAR-10: prepare data, extract features, train, compare, serve."
+            "Classic computer-vision features (colour histograms, HOG, learned patches) against "
+            "a CNN on CIFAR-10 or any image dataset (--dataset): prepare data, extract "
+            "features, train, compare, summarise across datasets, serve."
         ),
         epilog="Run 'cvpipe <command> --help' for a command's options. Environment: "
-        "CVPIPE_CIFAR10_SOURCE (dataset source), CVPIPE_DATA_ROOT (default ./data), "
+        "CVPIPE_CIFAR10_SOURCE (CIFAR-10's files; CVPIPE_MNIST_SOURCE etc. for the other named "
+        "datasets), CVPIPE_DATA_ROOT (default ./data), "
         "CVPIPE_MODELS_DIR (default ./models).",
     )
     parser.add_argument("--version", action="version", version=f"cvpipe {__version__}")

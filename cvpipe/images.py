@@ -6,9 +6,16 @@ Dataset images, ``cvpipe predict``, the REST API and ``cvpipe extract`` all deco
 1. only the formats of :data:`IMAGE_FORMATS` are opened (no Ghostscript EPS, no exotic
    plug-ins), with the pixel count checked before any pixel is decoded;
 2. EXIF orientation is applied;
-3. every mode becomes 8-bit RGB: palette expanded, alpha composited on white, 16-bit and
-   float grayscale scaled to 8 bits, grayscale replicated;
-4. the image is resized (bicubic, antialiased) when a size is asked for.
+3. every mode becomes 8-bit RGB, or 8-bit gray when one channel is asked for (or, with
+   ``channels=None``, when the file is grayscale): palette expanded, alpha composited on
+   white, 16-bit and float grayscale scaled to 8 bits, grayscale replicated to RGB and RGB
+   reduced to luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B) where needed;
+4. the image is brought to a size when one is asked for, by one of :data:`FIT_POLICIES`:
+   ``"crop"`` (keep the aspect ratio, scale to cover, cut the centre), ``"pad"`` (keep the
+   aspect ratio, scale to fit, centre on black) or ``"stretch"`` (scale each side); bicubic,
+   antialiased.
+
+Arrays are uint8 ``(H, W, C)``, channels last, ``C`` 3 (RGB) or 1 (gray).
 """
 
 from __future__ import annotations
@@ -26,6 +33,10 @@ from cvpipe.errors import CvpipeError
 MAX_PIXELS = 40_000_000
 #: Pillow formats cvpipe decodes; anything else is refused.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+#: How an image is brought to another size (see the module docstring).
+FIT_POLICIES = ("crop", "pad", "stretch")
+#: Pillow modes of single-channel images (kept gray when ``channels=None``).
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 #: File name endings of those formats (image folders and lists keep only these files).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm", ".pbm", ".pnm")
@@ -72,32 +83,67 @@ def _to_8bit(arr: np.ndarray, mode: str) -> np.ndarray:
     return out
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """RGB view of any Pillow mode: EXIF orientation applied, alpha composited on white,
-    palette expanded, 16-bit and float grayscale scaled to 8 bits."""
+def natural_channels(im: Image.Image) -> int:
+    """1 for a grayscale Pillow image (by its mode), else 3."""
+    return 1 if im.mode in GRAY_MODES else 3
+
+
+def to_rgb(im: Image.Image, channels: int = 3) -> Image.Image:
+    """RGB (``channels=3``) or gray (``channels=1``) view of any Pillow mode: EXIF orientation
+    applied, alpha composited on white, palette expanded, 16-bit and float grayscale scaled to
+    8 bits."""
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         im = Image.fromarray(_to_8bit(np.asarray(im), im.mode))
+    if im.mode == "1":
+        im = im.convert("L")
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA", "RGBa"):
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, rgba)
-    return im.convert("RGB")
+    return im.convert("L" if channels == 1 else "RGB")
 
 
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) image resized to ``size`` (H, W), bicubic; unchanged if already that size."""
-    if image.shape[:2] == tuple(size):
+def _resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, C) image scaled to ``size`` (H, W), bicubic, antialiased."""
+    plane = image[..., 0] if image.shape[-1] == 1 else image
+    out = np.asarray(Image.fromarray(plane).resize((size[1], size[0]), Image.Resampling.BICUBIC),
+                     dtype=np.uint8)
+    return out[..., None] if out.ndim == 2 else out
+
+
+def resize(image: np.ndarray, size: tuple[int, int], fit: str = "stretch") -> np.ndarray:
+    """uint8 (H, W, C) image brought to ``size`` (H, W) by the ``fit`` policy ("crop", "pad"
+    or "stretch", see the module docstring); unchanged if already that size."""
+    if fit not in FIT_POLICIES:
+        raise ValueError(f"fit must be one of {', '.join(FIT_POLICIES)}, not {fit!r}")
+    th, tw = int(size[0]), int(size[1])
+    h, w = image.shape[:2]
+    if (h, w) == (th, tw):
         return image
-    resized = Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC)
-    return np.asarray(resized, dtype=np.uint8)
+    if fit == "stretch":
+        return _resample(image, (th, tw))
+    # keep the aspect ratio: scale so the image covers (crop) or fits in (pad) the target
+    scale = max(th / h, tw / w) if fit == "crop" else min(th / h, tw / w)
+    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    scaled = _resample(image, (sh, sw))
+    if fit == "crop":
+        top, left = (sh - th) // 2, (sw - tw) // 2
+        return np.ascontiguousarray(scaled[top: top + th, left: left + tw])
+    out = np.zeros((th, tw, image.shape[-1]), np.uint8)
+    top, left = (th - sh) // 2, (tw - sw) // 2
+    out[top: top + sh, left: left + sw] = scaled
+    return out
 
 
 def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None,
-           max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode encoded bytes to uint8 (H, W, 3) RGB, resized to ``size`` (H, W) if given.
+           max_pixels: int = MAX_PIXELS, channels: int | None = 3,
+           fit: str = "stretch") -> np.ndarray:
+    """Decode encoded bytes to uint8 (H, W, C), brought to ``size`` (H, W) by ``fit`` if given.
+
+    ``channels`` is 3 (RGB), 1 (gray) or None (the file's own: 1 for grayscale files).
 
     Raises :class:`ImageError` (naming ``name``) for empty, foreign, truncated or oversized
     input; Pillow's own decompression-bomb guard is replaced by the ``max_pixels`` check made
@@ -111,7 +157,12 @@ def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None
             if w * h > max_pixels:
                 raise ImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels}")
             im.load()  # decode now, so a truncated file fails here
-            rgb = np.asarray(to_rgb(im), dtype=np.uint8)
+            if channels not in (None, 1, 3):
+                raise ValueError(f"channels must be 1, 3 or None, not {channels!r}")
+            want = natural_channels(im) if channels is None else channels
+            pixels = np.asarray(to_rgb(im, want), dtype=np.uint8)
+            if pixels.ndim == 2:
+                pixels = pixels[..., None]
     except ImageError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
@@ -123,16 +174,17 @@ def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None
                          f"({', '.join(IMAGE_FORMATS)})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name}: truncated or corrupt image ({exc})") from exc
-    return resize(rgb, size) if size is not None else rgb
+    return resize(pixels, size, fit) if size is not None else pixels
 
 
-def load_images(paths: list[str | os.PathLike[str]], size: tuple[int, int]) -> np.ndarray:
-    """uint8 (N, H, W, 3) batch of image files, each resized to ``size``."""
-    out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
+def load_images(paths: list[str | os.PathLike[str]], size: tuple[int, int], channels: int = 3,
+                fit: str = "stretch") -> np.ndarray:
+    """uint8 (N, H, W, C) batch of image files, each brought to ``size`` by ``fit``."""
+    out = np.empty((len(paths), size[0], size[1], channels), dtype=np.uint8)
     for i, p in enumerate(paths):
         try:
             data = Path(p).read_bytes()
         except OSError as exc:
             raise ImageError(f"{p}: cannot read ({exc.strerror})") from exc
-        out[i] = decode(data, str(p), size)
+        out[i] = decode(data, str(p), size, channels=channels, fit=fit)
     return out

@@ -100,7 +100,7 @@ def predict(name: str) -> Response:
     with model.batcher.incoming() as score:
         t0 = time.perf_counter()
         images = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
-                               cfg["MAX_DECODE_BYTES"])
+                               cfg["MAX_DECODE_BYTES"], model.channels, model.fit)
         t1 = time.perf_counter()
         try:
             scores, kind = model.scores(images, score)
@@ -186,11 +186,14 @@ def features() -> Response:
                            f"{model.input_size[0]}x{model.input_size[1]} images: leave size out",
                            {"option": "size"})
         size = size or model.input_size
+        channels, fit = model.channels, model.fit
     else:
         spec, fitted = parse_spec(name or DEFAULT_FEATURES, params), None
+        channels, fit = 3, "stretch"
     size = size or (32, 32)
     cache: ExtractorCache = current_app.extensions["cvpipe"]["extractors"]
-    extractor = cache.get(spec, size, params, fitted=fitted, owner=model_name or "")
+    extractor = cache.get(spec, size, params, fitted=fitted, owner=model_name or "",
+                          channels=channels)
     if len(uploads) * extractor.dim > MAX_FEATURE_VALUES:
         raise ApiError(413, "result_too_large", f"{len(uploads)} images x {extractor.dim} values is "
                        f"over the limit of {MAX_FEATURE_VALUES} values per response: send fewer "
@@ -198,7 +201,7 @@ def features() -> Response:
     g.n_images = len(uploads)
     t0 = time.perf_counter()
     images = decode_images(uploads, size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
-                           cfg["MAX_DECODE_BYTES"])
+                           cfg["MAX_DECODE_BYTES"], channels, fit)
     t1 = time.perf_counter()
     vectors = extractor.transform(images)
     t2 = time.perf_counter()

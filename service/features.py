@@ -47,15 +47,16 @@ class Extractor:
     """The transformer of one feature set for one image size, with its output dimension."""
 
     def __init__(self, spec: FeatureSpec, size: tuple[int, int], params: dict[str, Any] | None = None,
-                 fitted: Any = None) -> None:
+                 fitted: Any = None, channels: int = 3) -> None:
         self.spec = spec
         self.size = size
+        self.channels = channels
         if spec.stateful and fitted is None:
             raise ApiError(400, "invalid_features", f"features {spec.name!r} are learned from "
                            "training images: ask for them with model=<a model that has them>",
                            {"option": "features"})
         try:
-            self.dim = spec.check((*size, 3))  # from the parameters: nothing is computed yet
+            self.dim = spec.check((*size, channels))  # from the parameters: nothing is computed yet
         except ConfigError as exc:
             raise ApiError(400, "invalid_features", f"{exc} (images resized to {size[0]}x{size[1]})",
                            {"option": "features"}) from None
@@ -67,7 +68,7 @@ class Extractor:
                        "key": spec.key()}
 
     def transform(self, images: np.ndarray) -> np.ndarray:
-        """float32 (N, dim) feature vectors of uint8 (N, H, W, 3) images at ``size``."""
+        """float32 (N, dim) feature vectors of uint8 (N, H, W, C) images at ``size``."""
         return np.asarray(self.transformer.transform(images), np.float32).reshape(len(images), -1)
 
 
@@ -80,18 +81,19 @@ class ExtractorCache:
         self._size = size
 
     def get(self, spec: FeatureSpec, size: tuple[int, int], params: dict[str, Any] | None = None,
-            fitted: Any = None, owner: str = "") -> Extractor:
+            fitted: Any = None, owner: str = "", channels: int = 3) -> Extractor:
         """The extractor of a feature set at an image size; 400 :class:`ApiError` if invalid.
 
         ``fitted``: a model's own fitted extractor (learned features), ``owner`` its name.
         """
-        key = canonical_json([spec.name, spec.key(), size, params or {}, owner if fitted is not None else ""])
+        key = canonical_json([spec.name, spec.key(), size, channels, params or {},
+                              owner if fitted is not None else ""])
         with self._lock:
             hit = self._items.get(key)
             if hit is not None:
                 self._items.move_to_end(key)
                 return hit
-        extractor = Extractor(spec, size, params, fitted)
+        extractor = Extractor(spec, size, params, fitted, channels)
         with self._lock:
             self._items[key] = extractor
             while len(self._items) > self._size:

@@ -227,8 +227,10 @@ def _peek(data: bytes) -> tuple[int, int, int]:
 
 
 def decode_images(uploads: list[Upload], size: tuple[int, int], max_pixels: int,
-                  max_request_pixels: int, max_decode_bytes: int = 256 << 20) -> np.ndarray:
-    """uint8 (N, H, W, 3) RGB batch at ``size`` (H, W) of the uploads.
+                  max_request_pixels: int, max_decode_bytes: int = 256 << 20, channels: int = 3,
+                  fit: str = "stretch") -> np.ndarray:
+    """uint8 (N, H, W, C) batch of the uploads, each converted to what a model takes: ``size``
+    (H, W) reached by the ``fit`` policy, ``channels`` 3 (RGB) or 1 (gray).
 
     Sizes are read from the headers first, so an image over ``max_pixels``, a request over
     ``max_request_pixels`` in all, or one whose decoding would need more than
@@ -264,10 +266,10 @@ def decode_images(uploads: list[Upload], size: tuple[int, int], max_pixels: int,
         raise ApiError(413, "request_too_large", f"decoding these images at {size[0]}x{size[1]} needs "
                        f"about {need >> 20} MiB, over the limit of {max_decode_bytes >> 20} MiB: send "
                        "fewer or smaller images, or a smaller size", {"limit_bytes": max_decode_bytes})
-    out = np.empty((len(uploads), size[0], size[1], 3), np.uint8)
+    out = np.empty((len(uploads), size[0], size[1], channels), np.uint8)
     for i, up in enumerate(uploads):
         try:
-            out[i] = decode(up.data, up.name, size, max_pixels=max_pixels)
+            out[i] = decode(up.data, up.name, size, max_pixels=max_pixels, channels=channels, fit=fit)
         except UnsupportedFormat as exc:
             raise ApiError(415, "unsupported_image_format", str(exc),
                            {"index": i, "name": up.name}) from None

@@ -45,8 +45,12 @@ class ServedModel:
         ``<created, compact UTC>-<first 12 hex digits of sha256(model.json)>``: changes whenever
         the model is retrained or its description edited.
     input_size : tuple of int
-        (H, W) every image is resized to.
+        (H, W) every image is brought to.
     classes : list of str
+    channels : int
+        3 (RGB) or 1 (gray): what the model was trained on; uploads are converted to it.
+    fit : str
+        How an upload of another size reaches ``input_size`` ("crop", "pad", "stretch").
     score_kind : str
         "probability" or "decision", learnt from a warm-up prediction (None before it).
     """
@@ -56,6 +60,8 @@ class ServedModel:
     version: str
     input_size: tuple[int, int]
     classes: list[str]
+    channels: int = 3
+    fit: str = "stretch"
     score_kind: str | None = None
     loaded_seconds: float = 0.0
     summary: dict[str, Any] = field(default_factory=dict)
@@ -81,7 +87,7 @@ class ServedModel:
         return self.predictor.metadata
 
     def scores(self, images: np.ndarray, score: Callable | None = None) -> tuple[np.ndarray, str]:
-        """(N, n_classes) scores of uint8 (N, H, W, 3) images at ``input_size`` and their kind.
+        """(N, n_classes) scores of uint8 (N, H, W, C) images at ``input_size`` and their kind.
 
         Concurrent calls are batched into one model call (:mod:`service.batching`); ``score``
         is the function :meth:`MicroBatcher.incoming` yielded for an announced request.
@@ -93,7 +99,7 @@ class ServedModel:
     def warm_up(self) -> None:
         """One prediction on a blank image: fills lazy tables and learns ``score_kind``."""
         start = time.perf_counter()
-        self.scores(np.full((1, *self.input_size, 3), 127, np.uint8))
+        self.scores(np.full((1, *self.input_size, self.channels), 127, np.uint8))
         self.summary["score_kind"] = self.score_kind
         log.debug("model %s warmed up in %.3f s", self.name, time.perf_counter() - start)
 
@@ -130,6 +136,9 @@ def summarise(name: str, meta: dict[str, Any], version: str) -> dict[str, Any]:
         "card": model_card(meta),
         "classes": list(meta.get("classes", [])),
         "input_size": list(meta.get("input_size") or [32, 32]),
+        "channels": int(meta.get("channels", 3)),
+        "fit": meta.get("fit", "stretch"),
+        "trained_on": (meta.get("dataset") or {}).get("name"),  # the name only: details need the token
         "features": meta.get("features"),
         "classifier": {"type": model_card(meta)["classifier"],
                        "params": meta.get("hyperparameters")},
@@ -191,6 +200,7 @@ class ModelRegistry:
             return
         version = model_version(meta_bytes, meta.get("created"))
         served = ServedModel(path.name, predictor, version, input_size, classes,
+                             channels=int(meta.get("channels", 3)), fit=meta.get("fit", "stretch"),
                              loaded_seconds=time.perf_counter() - start,
                              summary=summarise(path.name, meta, version))
         self.models[path.name] = served

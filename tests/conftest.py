@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from cvpipe.data.catalog import CATALOG
 from tests import synthetic
 
 
@@ -13,6 +14,8 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("CVPIPE_MODELS_DIR", str(tmp_path / "models"))
     monkeypatch.delenv("CVPIPE_CIFAR10_CHECKSUM", raising=False)
     monkeypatch.delenv("CVPIPE_CIFAR10_SOURCE", raising=False)
+    for entry in CATALOG.values():
+        monkeypatch.delenv(entry.env, raising=False)
 
 
 @pytest.fixture(scope="session")

@@ -174,8 +174,10 @@ def b64(blob: bytes) -> str:
 
 
 def local_labels(model, blobs: list[bytes]) -> list[str]:
-    size = tuple(model.metadata["input_size"])
-    x = np.stack([decode(b, size=size) for b in blobs])
+    meta = model.metadata  # the conversion the model records: size, channels, fit policy
+    size = tuple(meta["input_size"])
+    x = np.stack([decode(b, size=size, channels=meta.get("channels", 3),
+                         fit=meta.get("fit", "stretch")) for b in blobs])
     return [model.metadata["classes"][i] for i in model.predict(x)]
 
 

@@ -38,12 +38,12 @@ def run(tmp_path_factory):
 
 def test_compare_trains_every_pipeline_and_writes_the_report(run):
     root, _ = run
-    out = root / "reports" / "tiny"
+    out = root / "reports" / "cifar10-tiny"
     results = json.loads((out / "results.json").read_text())
     rows = {r["pipeline"]: r for r in results["pipelines"]}
     assert set(rows) == {"color-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"}
     for name, r in rows.items():
-        assert (root / "models" / f"tiny-{name}" / "model.json").exists()
+        assert (root / "models" / f"cifar10-tiny-{name}" / "model.json").exists()
         # The report re-scores the saved model: it must agree with training-time scoring.
         assert r["test_accuracy"] == pytest.approx(r["stored_test_accuracy"], abs=1e-6), name
         assert r["latency_ms_single"] > 0 and r["model_bytes"] > 0 and not r["reused"]
@@ -68,16 +68,16 @@ def test_compare_trains_every_pipeline_and_writes_the_report(run):
 
 def test_second_run_reuses_unchanged_models_and_force_retrains(run, capsys):
     root, args = run
-    before = (root / "models" / "tiny-color-linear-svm" / "model.json").read_text()
+    before = (root / "models" / "cifar10-tiny-color-linear-svm" / "model.json").read_text()
     assert main(args + ["--run", "again", "--pipelines", "color-linear-svm,cnn"]) == 0
     results = json.loads((root / "reports" / "again" / "results.json").read_text())
     assert all(r["reused"] for r in results["pipelines"])
-    assert (root / "models" / "tiny-color-linear-svm" / "model.json").read_text() == before
+    assert (root / "models" / "cifar10-tiny-color-linear-svm" / "model.json").read_text() == before
     assert main(args + ["--run", "forced", "--pipelines", "color-linear-svm", "--force"]) == 0
     forced = json.loads((root / "reports" / "forced" / "results.json").read_text())
     assert not forced["pipelines"][0]["reused"]
     # Same config and seed: the classic pipeline's figures are reproduced exactly.
-    first = json.loads((root / "reports" / "tiny" / "results.json").read_text())["pipelines"][0]
+    first = json.loads((root / "reports" / "cifar10-tiny" / "results.json").read_text())["pipelines"][0]
     assert forced["pipelines"][0]["test_metrics"] == first["test_metrics"]
 
 
@@ -92,7 +92,7 @@ def test_seeds_repeat_chosen_pipelines(run):
     assert seeds["mean"] == pytest.approx(np.mean(seeds["test_accuracy"]))
     assert seeds["test_accuracy"][0] == rows["hog+color-mlp"]["test_accuracy"]
     assert "seeds" not in rows["color-linear-svm"]
-    assert (root / "models" / "tiny-hog+color-mlp-seed2" / "model.json").exists()
+    assert (root / "models" / "cifar10-tiny-hog+color-mlp-seed2" / "model.json").exists()
 
 
 def test_unknown_pipeline_fails_before_training(run, capsys):
@@ -117,7 +117,7 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
     try:
-        driver.get((root / "reports" / "tiny" / "report.html").as_uri())
+        driver.get((root / "reports" / "cifar10-tiny" / "report.html").as_uri())
         rows = driver.execute_script(
             "return document.querySelectorAll('#summary-table tbody tr').length")
         images = driver.execute_script(
@@ -125,7 +125,7 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
         summary = driver.find_element("id", "summary").text
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1300, min(height, 16000))
-        shot = root / "reports" / "tiny" / "screenshot.png"
+        shot = root / "reports" / "cifar10-tiny" / "screenshot.png"
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import http.server
@@ -14,8 +15,8 @@ import pytest
 from PIL import Image
 
 from cvpipe.cli import main
+from cvpipe.data import catalog, load_cifar10, stratified_split
 from cvpipe.data import dataset as dataset_mod
-from cvpipe.data import load_cifar10, stratified_split
 from cvpipe.errors import ChecksumError, DataError
 from tests import synthetic
 
@@ -61,9 +62,16 @@ def test_non_cifar_class_names_are_sorted(tmp_path):
     assert ds.classes == ("ant", "moth", "zebra")
 
 
+def _publish(monkeypatch, name, *md5s):
+    """Make the catalogued dataset ``name``'s published MD5s those of our fakes."""
+    entry = catalog.CATALOG[name]
+    files = tuple(dataclasses.replace(f, md5=m) for f, m in zip(entry.files, md5s, strict=True))
+    monkeypatch.setitem(catalog.CATALOG, name, dataclasses.replace(entry, files=files))
+
+
 def test_official_archive_with_published_md5(tmp_path, monkeypatch):
     path, md5, arrays = synthetic.write_official_archive(tmp_path / "cifar-10-python.tar.gz")
-    monkeypatch.setattr(dataset_mod, "CIFAR10_MD5", md5)  # our fake is the "published" file
+    _publish(monkeypatch, "cifar10", md5)  # our fake is the "published" file
     ds = load_cifar10(path, tmp_path / "root")
     assert ds.manifest["source_kind"] == "official-archive"
     assert ds.manifest["source_checksum"]["md5"] == md5
@@ -196,7 +204,7 @@ def test_empty_class_folder(tmp_path):
     synthetic.write_image_folder(tmp_path / "t")
     for f in (tmp_path / "t" / "test" / "frog").iterdir():
         f.unlink()
-    with pytest.raises(DataError, match="empty class folder.*test/frog"):
+    with pytest.raises(DataError, match="empty or missing class folder.*test/frog"):
         load_cifar10(tmp_path / "t", tmp_path / "root")
 
 
@@ -205,7 +213,7 @@ def test_empty_class_folder_in_archive(tmp_path):
     for f in (tmp_path / "t" / "train" / "ship").iterdir():
         f.unlink()
     archive = synthetic.tar_folder(tmp_path / "t", tmp_path / "t.tar")
-    with pytest.raises(DataError, match="empty class folder.*train/ship"):
+    with pytest.raises(DataError, match="empty or missing class folder.*train/ship"):
         load_cifar10(archive, tmp_path / "root")
 
 
@@ -213,9 +221,9 @@ def test_mixed_sizes_refused_or_resized(tmp_path):
     synthetic.write_image_folder(tmp_path / "t")
     odd = tmp_path / "t" / "train" / "bird" / "0020.png"
     Image.fromarray(np.full((48, 40, 3), 200, np.uint8)).save(odd)
-    with pytest.raises(DataError, match=r"0020\.png is 40x48, expected 32x32"):
+    with pytest.raises(DataError, match=r"images differ in size .*0020\.png is 40x48.*--size HxW"):
         load_cifar10(tmp_path / "t", tmp_path / "root")
-    ds = load_cifar10(tmp_path / "t", tmp_path / "root", on_size_mismatch="resize")
+    ds = load_cifar10(tmp_path / "t", tmp_path / "root", size=(32, 32), fit="crop")
     assert ds.images("train").shape[1:] == (32, 32, 3)
     assert (np.asarray(ds.images("train")) == 200).all(axis=(1, 2, 3)).any()
 

@@ -46,7 +46,7 @@ def shipped(tmp_path_factory):
             "--set", f"cnn.time_budget={CNN_SECONDS}", "--models-dir", str(root / "models"),
             "--reports-dir", str(root / "reports"), *common]
     assert main(args) == 0
-    results = json.loads((root / "reports" / "quick" / "results.json").read_text())
+    results = json.loads((root / "reports" / "cifar10-quick" / "results.json").read_text())
     return root, results, common
 
 
@@ -56,11 +56,11 @@ def test_every_shipped_pipeline_trains_and_is_reported(shipped):
     rows = {r["pipeline"]: r for r in results["pipelines"]}
     assert list(rows) == declared and "cnn" in rows
     for name, r in rows.items():
-        assert (root / "models" / f"quick-{name}" / "model.json").is_file(), name
+        assert (root / "models" / f"cifar10-quick-{name}" / "model.json").is_file(), name
         assert r["test_accuracy"] == pytest.approx(r["stored_test_accuracy"], abs=1e-6), name
     assert results["dataset"]["test"] == 10 * PER_CLASS
     assert rows["cnn"]["fit_seconds"] < CNN_SECONDS + 30  # the budget was passed through
-    report = (root / "reports" / "quick" / "report.html").read_text()
+    report = (root / "reports" / "cifar10-quick" / "report.html").read_text()
     assert "Feature sets" in report and "hog2+color2" in report
 
 

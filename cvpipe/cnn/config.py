@@ -185,7 +185,7 @@ class CNNConfig:
             amp=amp if self.amp is None else self.amp,
         )
 
-    def net_config(self, n_classes: int) -> NetConfig:
+    def net_config(self, n_classes: int, in_channels: int = 3) -> NetConfig:
         w = self.width or DEVICE_DEFAULTS["cpu"][0]
         return NetConfig(widths=(w, 2 * w, 4 * w, 8 * w), blocks=tuple(self.blocks),
-                         activation=self.activation, n_classes=n_classes)
+                         activation=self.activation, n_classes=n_classes, in_channels=in_channels)

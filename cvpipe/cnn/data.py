@@ -13,20 +13,22 @@ import torch.nn.functional as F
 
 
 def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (N, H, W, 3) images -> uint8 (N, 3, H, W) tensor on ``device``."""
+    """uint8 (N, H, W, C) images -> uint8 (N, C, H, W) tensor on ``device`` (C: 3 RGB, 1 gray)."""
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"expected uint8 (N, H, W, 3) RGB images, got {images.dtype} {images.shape}")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"expected uint8 (N, H, W, 3) RGB or (N, H, W, 1) gray images, got "
+                         f"{images.dtype} {images.shape}")
     images = np.require(images, requirements=["C", "W"])  # a read-only memory map is copied
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous()
 
 
 def channel_stats(images: np.ndarray, chunk: int = 5000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation (0-255 scale) of uint8 (N, H, W, 3) images."""
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
+    """Per-channel mean and standard deviation (0-255 scale) of uint8 (N, H, W, C) images."""
+    channels = images.shape[-1]
+    total = np.zeros(channels)
+    total_sq = np.zeros(channels)
     for start in range(0, len(images), chunk):
-        block = np.asarray(images[start:start + chunk], dtype=np.float64).reshape(-1, 3)
+        block = np.asarray(images[start:start + chunk], dtype=np.float64).reshape(-1, channels)
         total += block.sum(0)
         total_sq += (block**2).sum(0)
     n = len(images) * images.shape[1] * images.shape[2]
@@ -36,7 +38,7 @@ def channel_stats(images: np.ndarray, chunk: int = 5000) -> tuple[list[float], l
 
 
 def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, 3, H, W) -> float32 ``(x - mean) / std``; mean and std are (1, 3, 1, 1)."""
+    """uint8 (N, C, H, W) -> float32 ``(x - mean) / std``; mean and std are (1, C, 1, 1)."""
     return (images.float() - mean) / std
 
 

@@ -2,12 +2,13 @@
 
 ::
 
-    stem      conv3x3(3 -> w0) -> BN -> act                             32x32
+    stem      conv3x3(C -> w0) -> BN -> act                             H x W (C: 3 RGB, 1 gray)
     stage i   conv3x3(w[i-1] -> w[i]) -> maxpool2 -> BN -> act          /2 per stage
               + ``blocks[i]`` residual blocks: x + act(BN(conv(act(BN(conv(x))))))
     head      global max pool -> linear(no bias) -> x ``scale``
 
-Convolutions have no bias (BN follows) and He-normal weights; the last BN of every
+Any input size of at least 8x8 works (the global pool takes what the stages leave; 32x32
+ends at 4x4, 28x28 at 3x3). Convolutions have no bias (BN follows) and He-normal weights; the last BN of every
 residual branch starts at zero, so each block starts as the identity. ``widths`` and
 ``blocks`` set the size: ``(64, 128, 256, 512)`` with ``(0, 1, 0, 1)`` is ResNet-9.
 """
@@ -33,6 +34,7 @@ class NetConfig:
     scale: float = 0.125
     bn_momentum: float = 0.1
     n_classes: int = 10
+    in_channels: int = 3
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.blocks) or len(self.widths) < 2:
@@ -72,13 +74,13 @@ class Residual(nn.Module):
 
 
 class ResNet(nn.Module):
-    """The network of the module docstring; input is normalised float (N, 3, 32, 32)."""
+    """The network of the module docstring; input is normalised float (N, C, H, W)."""
 
     def __init__(self, cfg: NetConfig) -> None:
         super().__init__()
         self.cfg = cfg
         w, b = cfg.widths, cfg.blocks
-        layers: list[nn.Module] = [conv_bn(3, w[0], cfg)]
+        layers: list[nn.Module] = [conv_bn(cfg.in_channels, w[0], cfg)]
         layers += [Residual(w[0], cfg) for _ in range(b[0])]
         for i in range(1, len(w)):
             layers.append(conv_bn(w[i - 1], w[i], cfg, pool=True))

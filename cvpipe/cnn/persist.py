@@ -50,11 +50,12 @@ class CNNPredictor:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         norm = metadata["normalisation"]
-        self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(norm["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1)
         self.batch_size = batch_size
         self.tta = bool(metadata.get("tta", False)) if tta is None else tta
         self.input_size = tuple(metadata.get("input_size", (32, 32)))
+        self.channels = int(metadata.get("channels", 3))
 
     def to(self, device: str) -> CNNPredictor:
         """Run on another device ("cpu", "cuda", "auto"); returns self."""
@@ -64,9 +65,10 @@ class CNNPredictor:
 
     def _check(self, images: np.ndarray) -> np.ndarray:
         images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (*self.input_size, 3):
-            raise ValueError(f"expected uint8 (N, {self.input_size[0]}, {self.input_size[1]}, 3) RGB "
-                             f"images, got {images.dtype} {images.shape}")
+        want = (*self.input_size, self.channels)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != want:
+            raise ValueError(f"expected uint8 (N, {', '.join(map(str, want))}) images, got "
+                             f"{images.dtype} {images.shape}")
         return images
 
     def logits(self, images: np.ndarray) -> np.ndarray:

@@ -138,15 +138,16 @@ def train_cnn(
 
     # Data: the whole split on the device as uint8; normalisation from the training split.
     mean_list, std_list = channel_stats(train[0])
-    mean = torch.tensor(mean_list, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(std_list, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(mean_list, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(std_list, device=device).view(1, -1, 1, 1)
     x_train, y_train = to_device(train[0], device), torch.as_tensor(train[1], device=device)
     x_val, y_val = to_device(val[0], device), torch.as_tensor(val[1], device=device)
     batch_size = min(cfg.batch_size, len(x_train))
     steps_per_epoch = len(x_train) // batch_size
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
-    model = ResNet(cfg.net_config(n_classes)).to(device, memory_format=memory_format)
+    in_channels = int(train[0].shape[-1])
+    model = ResNet(cfg.net_config(n_classes, in_channels)).to(device, memory_format=memory_format)
     optimizer = make_optimizer(model, cfg)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
@@ -358,8 +359,8 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 def score(result: TrainResult, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy and cross-entropy of the trained model on a split (un-augmented; TTA as configured)."""
     cfg = result.config
-    mean = torch.tensor(result.mean).view(1, 3, 1, 1)
-    std = torch.tensor(result.std).view(1, 3, 1, 1)
+    mean = torch.tensor(result.mean).view(1, -1, 1, 1)
+    std = torch.tensor(result.std).view(1, -1, 1, 1)
     z = logits(result.model, images, mean, std, batch_size=cfg.eval_batch_size, tta=cfg.tta, amp=cfg.amp,
                channels_last=cfg.channels_last)
     loss, accuracy = loss_and_accuracy(z, torch.from_numpy(np.array(labels, dtype=np.int64)))

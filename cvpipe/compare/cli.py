@@ -35,19 +35,23 @@ def _compare(args: argparse.Namespace) -> int:
     from cvpipe.compare.config import load_compare_config
     from cvpipe.compare.report import write_report
     from cvpipe.compare.runner import prepare, run_comparison
+    from cvpipe.data.cli import dataset_options
 
     cfg = load_compare_config(args.config)
-    safe_name(args.run or args.profile, "--run")  # before hours of work, not after
+    if args.run:
+        safe_name(args.run, "--run")  # before hours of work, not after
+    data = dataset_options(args)
+    data["data_root"] = data.pop("root")
     if args.limit_per_class is not None and args.limit_per_class < 2:
         raise ConfigError("--limit-per-class must be at least 2")
     profile = cfg.profile(args.profile).with_overrides(args.limit_per_class, parse_set(args.set))
     pipelines = [p.strip() for p in args.pipelines.split(",")] if args.pipelines else None
     if args.check:
-        ds, plan = prepare(cfg, profile, source=args.source, data_root=args.data_root,
-                           pipelines=pipelines)
+        ds, plan = prepare(cfg, profile, pipelines=pipelines, **data)
         train, val = ds.split_indices()
-        print(f"profile {profile.name}: {len(train)} training, {len(val)} validation, "
-              f"{len(ds.labels('test'))} test images of {'x'.join(map(str, ds.images('train').shape[1:]))}")
+        shape = "x".join(map(str, ds.image_shape))
+        print(f"{ds.title} ({ds.name}), profile {profile.name}: {len(train)} training, "
+              f"{len(val)} validation, {len(ds.labels('test'))} test images of {shape}")
         for p in plan:
             card = p.card()
             print(f"  ok  {p.name:<26} {card['family']:<8} {card['features'] or '-':<14} "
@@ -58,10 +62,11 @@ def _compare(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError("--seeds must be at least 1")
     seed_pipelines = [p.strip() for p in args.seed_pipelines.split(",")] if args.seed_pipelines else None
-    results = run_comparison(cfg, profile, source=args.source, data_root=args.data_root,
-                             models_root=args.models_dir, force=args.force, pipelines=pipelines,
-                             seeds=args.seeds, seed_pipelines=seed_pipelines)
-    out = Path(args.reports_dir) / safe_name(args.run or args.profile, "--run")
+    results = run_comparison(cfg, profile, models_root=args.models_dir, force=args.force,
+                             pipelines=pipelines, seeds=args.seeds, seed_pipelines=seed_pipelines,
+                             **data)
+    run = args.run or f"{results['dataset']['name']}-{profile.name}"
+    out = Path(args.reports_dir) / safe_name(run, "--run")
     html = write_report(results, out)
     print(_table(results))
     print(f"\n{results['summary'].get('text', '')}")
@@ -72,6 +77,20 @@ def _compare(args: argparse.Namespace) -> int:
     models = sorted({Path(r['model_dir']).parent for r in results["pipelines"]})
     print(f"models: {', '.join(map(str, models))}; serve them with: "
           f"cvpipe serve --models {models[0]} --host 127.0.0.1 --port 8000")
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    from cvpipe.compare.summary import HEADERS, _table, collect, verdict, write_summary
+
+    lines = collect(args.reports_dir)
+    page = write_summary(lines, args.reports_dir)
+    for line, row in zip(lines, _table(lines), strict=True):
+        print(f"{row[0]:<28}{row[1]:>8}  {row[2]:<9}best {row[4]:<30} test {row[6]:>6} | CNN "
+              f"{row[8]:>6}  {row[9]:>6} points ({row[10]})")
+        print(f"    {verdict(line)}")
+    print(f"\nsummary: {page}  (also summary.md, summary.json, summary.png); columns: "
+          f"{', '.join(HEADERS[:4])}, ...")
     return 0
 
 
@@ -91,10 +110,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Prepare the data, check every pipeline declared in the comparison config "
         "against it (colour, HOG and HOG+colour with linear SVM, kernel SVM and MLP; raw pixels; "
         "the CNN), then train (or reuse) each, choose hyperparameters on the validation split, "
-        "score the test split once, save the models to the models folder and write "
-        "reports/<run>/report.html, report.md and results.json.",
+        "score the test split once, save the models to the models folder (named "
+        "<dataset>-<profile prefix><pipeline>) and write reports/<dataset>-<profile>/report.html, "
+        "report.md and results.json. Any dataset: --dataset mnist, --dataset path/to/images/.",
         epilog="Examples: cvpipe compare --profile quick; cvpipe compare --profile full --check; "
-        "cvpipe compare --profile quick --limit-per-class 50 --set cnn.time_budget=30")
+        "cvpipe compare --profile quick --limit-per-class 50 --set cnn.time_budget=30; "
+        "cvpipe compare --dataset ../shared/datasets/mnist5k-png.tar.gz --profile full")
     p.add_argument("--profile", default="quick",
                    help="'quick' (a subsample, minutes on a CPU) or 'full' (all 60,000 images); "
                    "profiles are declared in the config (default: quick)")
@@ -114,9 +135,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated pipelines for --seeds (default: the best classic one, "
                    "chosen on validation, and the CNN)")
     p.add_argument("--force", action="store_true", help="retrain even unchanged models")
-    p.add_argument("--run", help="report folder name under --reports-dir (default: the profile name)")
+    p.add_argument("--run", help="report folder name under --reports-dir (default: "
+                   "<dataset>-<profile>, e.g. cifar10-quick)")
     p.add_argument("--reports-dir", default=REPORTS_DIR, help="default: ./reports")
     p.add_argument("--models-dir", help="default: $CVPIPE_MODELS_DIR or ./models")
-    p.add_argument("--source", help="dataset source (default: $CVPIPE_CIFAR10_SOURCE, else the download)")
-    p.add_argument("--data-root", help="default: $CVPIPE_DATA_ROOT or ./data")
+    from cvpipe.data.cli import add_dataset_arguments
+
+    add_dataset_arguments(p)
     p.set_defaults(func=_compare)
+
+    s = sub.add_parser(
+        "summary", help="one cross-dataset summary of every comparison run in a reports folder",
+        description="Read reports/<dataset>-<profile>/results.json of every comparison run and "
+        "set the best hand-made pipeline (chosen on validation) against the CNN, train and test, "
+        "per dataset, ordered by number of classes: on which tasks are hand-made features "
+        "enough? Writes reports/summary/index.html, summary.md, summary.json and summary.png.",
+        epilog="Example: cvpipe compare --dataset mnist --profile full; cvpipe compare --profile "
+        "full; cvpipe summary")
+    s.add_argument("--reports-dir", default=REPORTS_DIR, help="default: ./reports")
+    s.set_defaults(func=_summary)

@@ -144,7 +144,11 @@ def misclassified_gallery(images: np.ndarray, y_true: np.ndarray, y_pred: np.nda
     for ax in axes:
         ax.set_axis_off()
     for ax, i in zip(axes, wrong, strict=False):
-        ax.imshow(images[i], interpolation="nearest")
+        image = np.asarray(images[i])
+        if image.shape[-1] == 1:  # grayscale
+            ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+        else:
+            ax.imshow(image, interpolation="nearest")
         ax.set_title(f"{classes[y_pred[i]]}\n(true {classes[y_true[i]]})", fontsize=7,
                      color="#b00020")
     fig.suptitle(title, fontsize=10)
@@ -152,7 +156,8 @@ def misclassified_gallery(images: np.ndarray, y_true: np.ndarray, y_pred: np.nda
 
 
 def feature_pictures(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> list[tuple[str, bytes]]:
-    """HOG glyphs and HSV histograms of one training image of a few classes."""
+    """HOG glyphs and HSV (gray images: intensity) histograms of one training image of a few
+    classes."""
     from cvpipe.features import plot_color_histogram, plot_hog
 
     out = []
@@ -164,6 +169,7 @@ def feature_pictures(images: np.ndarray, labels: np.ndarray, classes: list[str])
             continue
         img = np.asarray(images[idx[0]])
         out.append((f"HOG of a {classes[c]}", png(plot_hog(img, title=f"{classes[c]}: HOG"))))
-        out.append((f"HSV histogram of a {classes[c]}",
-                    png(plot_color_histogram(img, title=f"{classes[c]}: HSV histogram"))))
+        kind = "intensity" if img.shape[-1] == 1 else "HSV"
+        out.append((f"{kind} histogram of a {classes[c]}",
+                    png(plot_color_histogram(img, title=f"{classes[c]}: {kind} histogram"))))
     return out

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from cvpipe.compare import stats
 from cvpipe.compare.config import CompareConfig, Profile
 from cvpipe.config import models_dir as default_models_dir
-from cvpipe.data.dataset import Dataset, load_cifar10
+from cvpipe.data.dataset import Dataset, load_dataset
 from cvpipe.errors import ConfigError
 from cvpipe.features import FeatureSpec
 from cvpipe.metrics import classification_metrics
@@ -119,20 +119,34 @@ def environment() -> dict[str, Any]:
             "platform": platform.platform(), "versions": library_versions()}
 
 
+def model_prefix(ds: Dataset, profile: Profile) -> str:
+    """Names of a run's models start with the dataset's name and the profile's prefix
+    (``cifar10-quick-hog-mlp``), so runs on several datasets share one models folder."""
+    return f"{ds.name}-{profile.model_prefix}"
+
+
+def run_name(ds: Dataset, profile: Profile) -> str:
+    """A run's report folder: ``<dataset>-<profile>`` (``reports/cifar10-quick/``)."""
+    return f"{ds.name}-{profile.name}"
+
+
 def prepare(cfg: CompareConfig, profile: Profile, *, source: str | None = None,
-            data_root: str | None = None, pipelines: list[str] | None = None
+            data_root: str | None = None, pipelines: list[str] | None = None,
+            dataset: str | None = None, **data_options: Any
             ) -> tuple[Dataset, list[Pipeline]]:
-    """The run's dataset and its pipelines, every one built for that data: a mistake in the
-    config fails here, in seconds, not after an hour of training."""
-    ds = load_cifar10(source, data_root, limit_per_class=profile.limit_per_class,
-                      val_fraction=cfg.val_fraction, seed=cfg.seed)
+    """The run's dataset (``dataset``: a name or path, default CIFAR-10; ``data_options``: more
+    :func:`cvpipe.data.load_dataset` options) and its pipelines, every one built for that data:
+    a mistake in the config fails here, in seconds, not after an hour of training."""
+    ds = load_dataset(dataset, data_root, source=source, limit_per_class=profile.limit_per_class,
+                      val_fraction=cfg.val_fraction, seed=cfg.seed, **data_options)
     return ds, cfg.check(profile, DataShape.of(ds), pipelines)
 
 
 def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | None = None,
                    data_root: str | None = None, models_root: str | Path | None = None,
                    force: bool = False, pipelines: list[str] | None = None, seeds: int = 1,
-                   seed_pipelines: list[str] | None = None) -> dict[str, Any]:
+                   seed_pipelines: list[str] | None = None, dataset: str | None = None,
+                   **data_options: Any) -> dict[str, Any]:
     """Train/reuse and measure every pipeline; returns the results (arrays under ``_arrays``).
 
     With ``seeds`` > 1, ``seed_pipelines`` (default: the best classic pipeline and the CNN)
@@ -141,12 +155,14 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
     """
     profile = cfg.profile(profile) if isinstance(profile, str) else profile
     started = time.perf_counter()
-    ds, plan = prepare(cfg, profile, source=source, data_root=data_root, pipelines=pipelines)
+    ds, plan = prepare(cfg, profile, source=source, data_root=data_root, pipelines=pipelines,
+                       dataset=dataset, **data_options)
     models_root = default_models_dir(models_root)
+    prefix = model_prefix(ds, profile)
     rows, arrays = [], {}
     for pipeline in tqdm(plan, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
         name = pipeline.name
-        model_dir = models_root / f"{profile.model_prefix}{name}"
+        model_dir = models_root / f"{prefix}{name}"
         meta, reused = _train_one(pipeline, ds, model_dir, force)
         measured = _measure(model_dir, ds)
         arrays[name] = measured.pop("scores")
@@ -195,7 +211,9 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "seconds": round(time.perf_counter() - started, 1)},
         "environment": environment(),
-        "dataset": {"source": ds.manifest["source"], "checksum": ds.checksum,
+        "dataset": {"name": ds.name, "title": ds.title, "source": ds.manifest["source"],
+                    "source_kind": ds.manifest["source_kind"], "checksum": ds.checksum,
+                    "image_shape": list(ds.image_shape), "notes": ds.manifest.get("notes", {}),
                     "classes": list(ds.classes), "counts": ds.manifest["counts"],
                     "limit_per_class": profile.limit_per_class,
                     "train": int(len(ds.split("train")[1])), "val": int(len(ds.split("val")[1])),
@@ -230,7 +248,7 @@ def _repeat_with_seeds(rows: list[dict[str, Any]], plan: list[Pipeline], ds: Dat
         accuracies, used = [row["test_accuracy"]], [pipeline.seed]
         for extra in range(1, seeds):
             seeded = pipeline.configure(seed=used[0] + extra)
-            model_dir = models_root / f"{profile.model_prefix}{row['pipeline']}-seed{used[0] + extra}"
+            model_dir = models_root / f"{model_prefix(ds, profile)}{row['pipeline']}-seed{used[0] + extra}"
             _train_one(seeded, ds, model_dir, force)
             scores = _measure(model_dir, ds)["scores"]
             accuracies.append(float((scores.argmax(1) == y_test).mean()))

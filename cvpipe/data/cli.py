@@ -5,35 +5,63 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
-from cvpipe.data.dataset import load_cifar10
+from cvpipe.data.catalog import CATALOG
+from cvpipe.data.dataset import load_dataset, parse_size
+from cvpipe.images import FIT_POLICIES
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """Options that choose a dataset and how it is decoded (every command that loads data)."""
+    g = parser.add_argument_group("dataset")
+    g.add_argument("--dataset", metavar="NAME|PATH|URL",
+                   help=f"a dataset by name ({', '.join(CATALOG)}; default cifar10), or a "
+                   "path/URL: an official archive or folder (CIFAR-10/100 python release, "
+                   "MNIST-style IDX files) or an image-folder tree (folder or .tar[.gz]) with "
+                   "train/<class>/ and test/<class>/, or with class folders only (then "
+                   "--test-fraction of each class becomes the test split)")
+    g.add_argument("--source", help="where a named dataset's files are: a URL, archive or "
+                   "folder (official format or image folder). Default: $CVPIPE_<NAME>_SOURCE "
+                   "(e.g. $CVPIPE_CIFAR10_SOURCE), else the official download")
+    g.add_argument("--data-root", help="downloads and caches (default: $CVPIPE_DATA_ROOT or ./data)")
+    g.add_argument("--checksum", help="expected md5:<hex> or sha256:<hex> of an archive source "
+                   "(official archives are always checked against their published MD5)")
+    g.add_argument("--size", metavar="HxW", help="bring every image to this size (default: the "
+                   "images' own size, which must then be the same for all; N means NxN)")
+    g.add_argument("--fit", choices=FIT_POLICIES, default="crop",
+                   help="how --size is reached: crop (keep the aspect ratio, cut the centre; "
+                   "default), pad (keep the aspect ratio, black borders) or stretch")
+    g.add_argument("--test-fraction", type=float, default=0.2,
+                   help="class folders without train/ and test/: share of each class drawn "
+                   "(seeded, stratified) into the test split (default 0.2)")
+    return g
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`cvpipe.data.load_dataset` from
+    :func:`add_dataset_arguments`' options."""
+    return {"dataset": args.dataset, "root": args.data_root, "source": args.source,
+            "checksum": args.checksum, "size": parse_size(args.size), "fit": args.fit,
+            "test_fraction": args.test_fraction}
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that choose and decode a dataset; shared by every command that loads data."""
-    g = parser.add_argument_group("dataset")
-    g.add_argument("--source", help="URL, official cifar-10-python.tar.gz or cifar-10-batches-py/, "
-                   "or an image-folder tree (folder or .tar[.gz]) with train/<class>/ and "
-                   "test/<class>/. Default: $CVPIPE_CIFAR10_SOURCE, else the official download.")
-    g.add_argument("--data-root", help="downloads and caches (default: $CVPIPE_DATA_ROOT or ./data)")
-    g.add_argument("--checksum", help="expected md5:<hex> or sha256:<hex> of an archive source "
-                   "(the official archive is always checked against its published MD5)")
+    """The dataset options plus a subset and the validation split (data, train, evaluate,
+    extract)."""
+    g = add_dataset_arguments(parser)
     g.add_argument("--limit-per-class", type=int, metavar="N",
                    help="keep only the first N images of each class in each split")
-    g.add_argument("--on-size-mismatch", choices=("error", "resize"), default="error",
-                   help="images that are not 32x32: refuse them (default) or resize them")
     g.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of each class in train held out for validation (default 0.1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the validation split (and of a drawn test split; default 0)")
 
 
 def load_from_args(args: argparse.Namespace, rebuild: bool = False):  # noqa: ANN201
     """The Dataset that the options of :func:`add_source_arguments` describe."""
-    return load_cifar10(
-        args.source, args.data_root, checksum=args.checksum,
-        limit_per_class=args.limit_per_class, on_size_mismatch=args.on_size_mismatch,
-        val_fraction=args.val_fraction, seed=args.seed, rebuild=rebuild,
-    )
+    return load_dataset(**dataset_options(args), limit_per_class=args.limit_per_class,
+                        val_fraction=args.val_fraction, seed=args.seed, rebuild=rebuild)
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -58,8 +86,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="prepare and describe the CIFAR-10 dataset",
-                          description="Prepare the CIFAR-10 dataset cache and describe it.")
+    data = sub.add_parser("data", help="prepare and describe a dataset (CIFAR-10 by default)",
+                          description="Prepare a dataset's cache and describe it: CIFAR-10 by "
+                          "default, any catalogued dataset by name, or a path (--dataset).")
     data_sub = data.add_subparsers(dest="data_command", metavar="<action>", required=True)
 
     prepare = data_sub.add_parser(

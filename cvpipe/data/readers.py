@@ -1,30 +1,41 @@
-"""Readers for the supported CIFAR-10 layouts, each yielding decoded uint8 arrays.
+"""Readers for the supported dataset formats, each yielding decoded uint8 arrays.
 
-Layouts:
+Formats (each as an archive or an extracted folder):
 
-* the official python release: ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``,
-  as a ``.tar.gz`` or an extracted folder;
-* an image-folder tree ``[prefix/]{train,test}/<class>/<image>``, as a folder or a ``.tar[.gz]``.
+* ``cifar10``: the official python release, ``cifar-10-batches-py/{data_batch_1..5,
+  test_batch,batches.meta}``;
+* ``cifar100``: the official python release, ``cifar-100-python/{train,test,meta}``, with its
+  fine (100) or coarse (20) labels;
+* ``idx``: MNIST's IDX files (``{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``), as
+  MNIST and Fashion-MNIST publish them;
+* ``image-folder``: ``[prefix/]{train,test}/<class>/<image>``, or ``[prefix/]<class>/<image>``
+  (then a seeded, stratified share of each class becomes the test split).
+
+Images are uint8 ``(N, H, W, C)``, channels last: 3 (RGB) or 1 (gray, as MNIST's IDX files and
+grayscale image folders are kept).
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
 import os
 import pickle
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from cvpipe.data.splits import stratified_split
 from cvpipe.errors import DataError
-from cvpipe.images import ImageError, decode, is_image_name, resize
+from cvpipe.images import FIT_POLICIES, GRAY_MODES, ImageError, decode, is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +52,23 @@ MAX_ARCHIVE_BYTES = 8 << 30
 _OFFICIAL_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
+#: Formats a source may hold (see the module docstring).
+FORMATS = ("cifar10", "cifar100", "idx", "image-folder")
+#: MNIST's IDX file stems per split (each may end in ``.gz``).
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
 @dataclass
 class DecodedDataset:
-    """What a reader returns: per split, images (N, H, W, 3) uint8 and labels (N,) int64."""
+    """What a reader returns: per split, uint8 (N, H, W, C) images and int64 (N,) labels;
+    ``notes`` go into the cache's manifest (how a test split was drawn, how images were
+    resized)."""
 
     images: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     classes: tuple[str, ...]
+    notes: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- official release
@@ -120,23 +141,114 @@ def _batches_to_arrays(files: dict[str, bytes]) -> DecodedDataset:
     return DecodedDataset(images, labels, classes)
 
 
-def read_official_archive(path: Path) -> DecodedDataset:
-    """Read ``cifar-10-python.tar.gz`` without extracting it to disk."""
-    wanted = {*(n for names in _OFFICIAL_BATCHES.values() for n in names), "batches.meta"}
+def _cifar100_to_arrays(files: dict[str, bytes], labels: str) -> DecodedDataset:
+    missing = [n for n in ("train", "test", "meta") if n not in files]
+    if missing:
+        raise DataError(f"official CIFAR-100 release is missing {', '.join(missing)}")
+    meta = _load_batch(files["meta"], "meta")
+    names = meta.get(f"{labels}_label_names")
+    if not names:
+        raise DataError(f"meta: no {labels}_label_names")
+    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    images, out_labels = {}, {}
+    for split in SPLITS:
+        batch = _load_batch(files[split], split)
+        data = np.asarray(batch.get("data"))
+        y = np.asarray(batch.get(f"{labels}_labels"), dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise DataError(f"{split}: expected uint8 rows of 3072 values, got {data.shape}")
+        if len(y) != len(data) or (len(y) and (y.min() < 0 or y.max() >= len(classes))):
+            raise DataError(f"{split}: labels do not match the images or the class list")
+        images[split] = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        out_labels[split] = y
+    return DecodedDataset(images, out_labels, classes, {"labels": labels})
+
+
+def _parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
+    """An IDX array of unsigned bytes (magic ``0x0000 08 <ndim>``), big-endian sizes."""
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{name}: not a readable gzip file ({exc})") from exc
+    if len(data) < 4 + 4 * ndim or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
+        raise DataError(f"{name}: not an IDX file of unsigned bytes with {ndim} dimension(s)")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = data[4 + 4 * ndim:]
+    if len(body) != int(np.prod(shape)):
+        raise DataError(f"{name}: holds {len(body)} values, its header declares {shape}")
+    return np.frombuffer(body, np.uint8).reshape(shape)
+
+
+def _idx_to_arrays(files: dict[str, bytes], classes: tuple[str, ...] | None) -> DecodedDataset:
+    images, labels = {}, {}
+    for split, (image_stem, label_stem) in IDX_FILES.items():
+        for stem in (image_stem, label_stem):
+            if stem not in files:
+                raise DataError(f"IDX dataset is missing {stem}[.gz]")
+        x = _parse_idx(files[image_stem], image_stem, 3)
+        y = _parse_idx(files[label_stem], label_stem, 1).astype(np.int64)
+        if len(x) != len(y):
+            raise DataError(f"{image_stem}: {len(x)} images but {len(y)} labels")
+        images[split], labels[split] = np.ascontiguousarray(x[..., None]), y
+    n_classes = int(max(labels["train"].max(initial=0), labels["test"].max(initial=0))) + 1
+    classes = classes or tuple(str(i) for i in range(n_classes))
+    if n_classes > len(classes):
+        raise DataError(f"IDX labels go up to {n_classes - 1}, but {len(classes)} classes are known")
+    return DecodedDataset(images, labels, tuple(classes))
+
+
+def _official_files(path: Path, accept: Callable[[str], str | None]) -> dict[str, bytes]:
+    """The files of an official release, by the key ``accept`` gives their base name (None:
+    not wanted), from a folder (searched recursively) or a tar archive (never extracted)."""
     files: dict[str, bytes] = {}
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            key = accept(p.name) if p.is_file() else None
+            if key is not None and key not in files:
+                files[key] = p.read_bytes()
+        return files
     budget = _Budget(path)
     with _open_tar(path) as tar:
         for member in _iter_members(tar, path):
-            name = PurePosixPath(member.name).name
-            if member.isfile() and name in wanted:
-                files[name] = _read_member(tar, member, path, budget)
-    return _batches_to_arrays(files)
+            key = accept(PurePosixPath(member.name).name) if member.isfile() else None
+            if key is not None and key not in files:
+                files[key] = _read_member(tar, member, path, budget)
+    return files
+
+
+def read_official(path: Path, fmt: str, *, labels: str = "fine",
+                  classes: tuple[str, ...] | None = None) -> DecodedDataset:
+    """Read an official release (``fmt`` "cifar10", "cifar100" or "idx") from its archive or
+    folder; ``labels`` picks CIFAR-100's "fine" or "coarse" labels, ``classes`` names IDX
+    labels (default "0", "1", ...)."""
+    if fmt == "cifar10":
+        wanted = {*(n for names in _OFFICIAL_BATCHES.values() for n in names), "batches.meta"}
+        return _batches_to_arrays(_official_files(path, lambda n: n if n in wanted else None))
+    if fmt == "cifar100":
+        if labels not in ("fine", "coarse"):
+            raise DataError(f"CIFAR-100 labels are 'fine' or 'coarse', not {labels!r}")
+        return _cifar100_to_arrays(
+            _official_files(path, lambda n: n if n in ("train", "test", "meta") else None), labels)
+    if fmt == "idx":
+        stems = {s for pair in IDX_FILES.values() for s in pair}
+        return _idx_to_arrays(_official_files(path, lambda n: _idx_stem(n) if _idx_stem(n) in stems
+                                              else None), classes)
+    raise DataError(f"unknown official format {fmt!r}")
+
+
+def _idx_stem(name: str) -> str:
+    return name[:-3] if name.endswith(".gz") else name
+
+
+def read_official_archive(path: Path) -> DecodedDataset:
+    """Read ``cifar-10-python.tar.gz`` without extracting it to disk."""
+    return read_official(path, "cifar10")
 
 
 def read_official_folder(path: Path) -> DecodedDataset:
     """Read an extracted ``cifar-10-batches-py/`` folder."""
-    files = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
-    return _batches_to_arrays(files)
+    return read_official(path, "cifar10")
 
 
 # --------------------------------------------------------------------------- image folders
@@ -144,166 +256,275 @@ def read_official_folder(path: Path) -> DecodedDataset:
 
 @dataclass
 class _Entry:
-    split: str
+    split: str  # "train", "test", or "all" until a test split is drawn
     cls: str
-    name: str  # path shown in errors
-    data: bytes
+    name: str  # path shown in errors; the tar member name or file path that holds the bytes
+    size: tuple[int, int] = (0, 0)  # (H, W) after EXIF orientation
+    gray: bool = False
 
 
 def _class_order(found: set[str]) -> tuple[str, ...]:
-    """CIFAR-10's label order when the names are CIFAR-10's, else sorted names."""
+    """CIFAR-10's label order when the names are CIFAR-10's, numeric order for numbers, else
+    sorted names."""
     if found == set(CIFAR10_CLASSES):
         return CIFAR10_CLASSES
+    if all(c.isdigit() for c in found):
+        return tuple(sorted(found, key=int))
     return tuple(sorted(found))
 
 
-def _split_class(parts: tuple[str, ...]) -> tuple[str, str] | None:
-    """(split, class) for a path ``.../split/class/file``, or None for anything else."""
+def _peek(data: bytes, name: str) -> tuple[tuple[int, int], bool]:
+    """((H, W) after EXIF orientation, is grayscale) from an image's header, decoding nothing."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated a quarter turn
+                w, h = h, w
+            return (h, w), im.mode in GRAY_MODES
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"unreadable image {name}: {exc}") from exc
+
+
+def _where(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """(split, class) of ``.../split/class/file``, ("all", class) of ``.../class/file``."""
     if len(parts) >= 3 and parts[-3] in SPLITS:
         return parts[-3], parts[-2]
+    if len(parts) >= 2:
+        return "all", parts[-2]
     return None
 
 
-def _entries_from_dir(root: Path) -> tuple[list[_Entry], set[tuple[str, str]]]:
-    entries, class_dirs = [], set()
-    for split in SPLITS:
-        split_dir = root / split
-        if not split_dir.is_dir():
-            continue
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            class_dirs.add((split, class_dir.name))
-            for f in sorted(class_dir.iterdir()):
+class _ImageSource:
+    """The image files of a folder or a tar archive: listed once (headers peeked), then read
+    again in order while decoding, so no more than a batch of encoded files is in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.is_dir = path.is_dir()
+        self.root = find_image_root(path) if self.is_dir else path
+
+    def _files(self) -> Iterator[tuple[tuple[str, ...], str, Callable[[], bytes]]]:
+        """(path parts, shown name, reader) of every visible image file, in a stable order."""
+        if self.is_dir:
+            for f in sorted(self.root.rglob("*")):
                 if f.is_file() and is_image_name(f.name):
-                    try:
-                        entries.append(_Entry(split, class_dir.name, str(f), f.read_bytes()))
-                    except OSError as exc:
-                        raise DataError(f"cannot read image {f}: {exc}") from exc
-    return entries, class_dirs
+                    yield f.relative_to(self.root).parts, str(f), f.read_bytes
+            return
+        budget = _Budget(self.path)
+        with _open_tar(self.path) as tar:
+            for member in _iter_members(tar, self.path):
+                parts = PurePosixPath(member.name).parts
+                if member.isfile() and is_image_name(parts[-1]):
+                    data = _read_member(tar, member, self.path, budget)
+                    yield parts, f"{self.path}:{member.name}", lambda data=data: data
+
+    def check_budget(self) -> None:
+        """Refuse an archive whose members declare too many bytes (a gzip bomb), from the tar
+        headers alone, before any member is read."""
+        if self.is_dir:
+            return
+        budget = _Budget(self.path)
+        with _open_tar(self.path) as tar:
+            for member in _iter_members(tar, self.path):
+                if member.isfile() and is_image_name(member.name):
+                    budget.take(member)
+
+    def entries(self) -> list[_Entry]:
+        self.check_budget()
+        found = []
+        for parts, name, read in tqdm(self._files(), desc="listing", unit="img", disable=None,
+                                      mininterval=0.5):
+            where = _where(parts)
+            if where is None:
+                continue
+            try:
+                data = read()
+            except OSError as exc:
+                raise DataError(f"cannot read image {name}: {exc}") from exc
+            size, gray = _peek(data, name)
+            found.append(_Entry(*where, name, size, gray))
+        if any(e.split != "all" for e in found):  # train/test layout: loose files are ignored
+            found = [e for e in found if e.split != "all"]
+        return found
+
+    def read_in_order(self, names: dict[str, int]) -> Iterator[tuple[int, str, bytes]]:
+        """(index, name, bytes) of the files in ``names`` (shown name -> index)."""
+        for _parts, name, read in self._files():
+            if name in names:
+                yield names[name], name, read()
 
 
 def find_image_root(path: Path) -> Path:
-    """The folder under ``path`` (itself or one level down) that holds ``train/`` or ``test/``."""
+    """The folder under ``path`` (itself or one level down) that holds ``train/`` or ``test/``,
+    else ``path`` itself (class folders only)."""
     for candidate in (path, *sorted(p for p in path.iterdir() if p.is_dir())):
         if any((candidate / s).is_dir() for s in SPLITS):
             return candidate
-    raise DataError(f"{path}: no train/ or test/ folder found (expected train/<class>/<image>)")
+    return path
 
 
-def _entries_from_tar(path: Path) -> tuple[list[_Entry], set[tuple[str, str]]]:
-    entries, class_dirs = [], set()
-    budget = _Budget(path)
-    with _open_tar(path) as tar:
-        for member in _iter_members(tar, path):
-            parts = PurePosixPath(member.name).parts
-            if member.isdir():
-                if len(parts) >= 2 and parts[-2] in SPLITS:
-                    class_dirs.add((parts[-2], parts[-1]))
-                continue
-            where = _split_class(parts)
-            if not member.isfile() or where is None or not is_image_name(parts[-1]):
-                continue
-            class_dirs.add(where)
-            entries.append(_Entry(*where, f"{path}:{member.name}",
-                                  _read_member(tar, member, path, budget)))
-    entries.sort(key=lambda e: (e.split, e.cls, e.name))
-    return entries, class_dirs
+def _check_layout(path: Path, entries: list[_Entry]) -> None:
+    if not entries:
+        raise DataError(f"{path}: no images found (expected [train|test/]<class>/<image>, "
+                        "images ending in .png, .jpg, ...)")
+    if entries[0].split == "all":
+        return
+    per_split = {s: {e.cls for e in entries if e.split == s} for s in SPLITS}
+    for split in SPLITS:
+        if not per_split[split]:
+            raise DataError(f"{path}: missing split '{split}' (expected {split}/<class>/<image>)")
+    if per_split["train"] != per_split["test"]:
+        missing = sorted(f"{s}/{c}" for s, other in (("train", "test"), ("test", "train"))
+                         for c in per_split[other] - per_split[s])
+        raise DataError(f"{path}: empty or missing class folder(s): {', '.join(missing)} (train "
+                        "and test need images of the same classes)")
+
+
+def _target_size(path: Path, entries: list[_Entry], size: tuple[int, int] | None) -> tuple[int, int]:
+    if size is not None:
+        return int(size[0]), int(size[1])
+    sizes = {e.size for e in entries}
+    if len(sizes) > 1:
+        by_size = {}
+        for e in entries:
+            by_size.setdefault(e.size, e.name)
+        examples = ", ".join(f"{n} is {w}x{h}" for (h, w), n in list(by_size.items())[:2])
+        raise DataError(f"{path}: images differ in size ({examples}); pass --size HxW (and "
+                        f"--fit {'|'.join(FIT_POLICIES)}) to bring them to one size")
+    return next(iter(sizes))
 
 
 def read_image_folder(
     path: Path,
-    image_size: tuple[int, int] = (32, 32),
-    on_size_mismatch: str = "error",
+    size: tuple[int, int] | None = None,
+    fit: str = "crop",
     limit_per_class: int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
     workers: int | None = None,
+    out_dir: Path | None = None,
 ) -> DecodedDataset:
     """Decode an image-folder tree (folder or tar archive) into arrays.
 
     Parameters
     ----------
     path : Path
-        A folder, or a ``.tar``/``.tar.gz`` archive, holding ``[prefix/]{train,test}/<class>/``.
-    image_size : (int, int)
-        Expected (height, width) of every image.
-    on_size_mismatch : {"error", "resize"}
-        Refuse images of another size (naming them), or resize them (bicubic, antialiased).
+        A folder, or a ``.tar``/``.tar.gz`` archive, holding ``[prefix/]{train,test}/<class>/``
+        or only ``[prefix/]<class>/`` folders of images.
+    size : (int, int), optional
+        (height, width) to bring every image to by ``fit``. Default: the images' own size,
+        which must then be the same for all (a clear error names two that differ).
+    fit : {"crop", "pad", "stretch"}
+        How an image of another size or aspect ratio is brought to ``size`` (see
+        :func:`cvpipe.images.resize`).
     limit_per_class : int, optional
         Keep only the first images (by file name) of each class in each split.
+    test_fraction, seed : float, int
+        Without train/ and test/ folders, the share of each class drawn (seeded, stratified)
+        into the test split.
     workers : int, optional
         Decoding threads; defaults to the number of CPUs.
+    out_dir : Path, optional
+        Decode straight into ``<out_dir>/{train,test}_images.npy`` (memory-mapped), so a
+        dataset larger than the memory can be prepared.
+
+    Returns
+    -------
+    DecodedDataset
+        uint8 (N, H, W, C) images: C is 1 when every image is grayscale, else 3.
     """
-    if on_size_mismatch not in ("error", "resize"):
-        raise DataError(f"on_size_mismatch must be 'error' or 'resize', not {on_size_mismatch!r}")
-    if path.is_dir():
-        entries, class_dirs = _entries_from_dir(find_image_root(path))
-    else:
-        entries, class_dirs = _entries_from_tar(path)
+    if fit not in FIT_POLICIES:
+        raise DataError(f"fit must be one of {', '.join(FIT_POLICIES)}, not {fit!r}")
+    source = _ImageSource(path)
+    entries = source.entries()
+    _check_layout(path, entries)
+    classes = _class_order({e.cls for e in entries})
+    index = {c: i for i, c in enumerate(classes)}
+    notes: dict = {"fit": fit}
 
-    for split in SPLITS:
-        if not any(s == split for s, _ in class_dirs):
-            raise DataError(f"{path}: missing split '{split}' (expected {split}/<class>/<image>)")
-    counts: dict[tuple[str, str], int] = dict.fromkeys(class_dirs, 0)
-    for e in entries:
-        counts[(e.split, e.cls)] += 1
-    empty = sorted(f"{s}/{c}" for (s, c), n in counts.items() if n == 0)
-    if empty:
-        raise DataError(f"{path}: empty class folder(s): {', '.join(empty)}")
-    per_split = {s: {c for (t, c) in class_dirs if t == s} for s in SPLITS}
-    if per_split["train"] != per_split["test"]:
-        diff = sorted(per_split["train"] ^ per_split["test"])
-        raise DataError(f"{path}: train and test have different classes ({', '.join(diff)})")
-    classes = _class_order(per_split["train"])
-
+    if entries[0].split == "all":  # class folders only: draw the test split
+        labels = np.array([index[e.cls] for e in entries], dtype=np.int64)
+        train_idx, test_idx = stratified_split(labels, test_fraction, seed)
+        if not len(test_idx) or not len(train_idx):
+            raise DataError(f"{path}: too few images for a test split of {test_fraction:.0%}")
+        for i in test_idx:
+            entries[i].split = "test"
+        for i in train_idx:
+            entries[i].split = "train"
+        notes["test_split"] = {"fraction": test_fraction, "seed": seed, "stratified": True}
+    entries.sort(key=lambda e: (e.split, index[e.cls], e.name))
     if limit_per_class is not None:
-        kept, seen = [], dict.fromkeys(counts, 0)
+        kept, seen = [], {}
         for e in entries:
-            if seen[(e.split, e.cls)] < limit_per_class:
-                seen[(e.split, e.cls)] += 1
+            seen[(e.split, e.cls)] = seen.get((e.split, e.cls), 0) + 1
+            if seen[(e.split, e.cls)] <= limit_per_class:
                 kept.append(e)
         entries = kept
 
-    images = _decode_all(entries, image_size, on_size_mismatch, workers)
-    index = {c: i for i, c in enumerate(classes)}
-    out_images, out_labels = {}, {}
+    h, w = _target_size(path, entries, size)
+    channels = 1 if all(e.gray for e in entries) else 3
+    notes["resized"] = sum(e.size != (h, w) for e in entries)
+    images, labels_out = {}, {}
     for split in SPLITS:
-        rows = [i for i, e in enumerate(entries) if e.split == split]
-        out_images[split] = images[rows]
-        out_labels[split] = np.array([index[entries[i].cls] for i in rows], dtype=np.int64)
-    return DecodedDataset(out_images, out_labels, classes)
+        rows = [e for e in entries if e.split == split]
+        shape = (len(rows), h, w, channels)
+        if out_dir is not None:
+            images[split] = np.lib.format.open_memmap(out_dir / f"{split}_images.npy", "w+",
+                                                      np.uint8, shape)
+        else:
+            images[split] = np.empty(shape, np.uint8)
+        labels_out[split] = np.array([index[e.cls] for e in rows], dtype=np.int64)
+    where = {}
+    for split in SPLITS:
+        for i, e in enumerate(x for x in entries if x.split == split):
+            where[e.name] = (split, i)
+    _decode_all(source, where, images, (h, w), channels, fit, workers)
+    for arr in images.values():
+        if isinstance(arr, np.memmap):
+            arr.flush()
+    return DecodedDataset(images, labels_out, classes, notes)
 
 
-def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode one encoded image to RGB uint8 (H, W, 3) with :func:`cvpipe.images.decode`, the
+def decode_image(data: bytes, name: str, channels: int | None = 3) -> np.ndarray:
+    """Decode one encoded image to uint8 (H, W, C) with :func:`cvpipe.images.decode`, the
     path every image takes; the error names the file."""
     try:
-        return decode(data, name)
+        return decode(data, name, channels=channels)
     except ImageError as exc:
         raise DataError(f"unreadable image {exc}") from exc
 
 
-def _decode_all(
-    entries: list[_Entry], size: tuple[int, int], on_mismatch: str, workers: int | None
-) -> np.ndarray:
-    h, w = size
-    out = np.empty((len(entries), h, w, 3), dtype=np.uint8)
+#: Encoded files read ahead of the decoding threads (bounds the memory they take).
+_READ_AHEAD = 1024
 
-    def work(i: int) -> None:
-        e = entries[i]
-        img = decode_image(e.data, e.name)
-        if img.shape[:2] != (h, w):
-            if on_mismatch == "error":
-                raise DataError(
-                    f"image {e.name} is {img.shape[1]}x{img.shape[0]}, expected {w}x{h} "
-                    "(pass --on-size-mismatch resize to resize such images)"
-                )
-            img = resize(img, (h, w))
-        out[i] = img
+
+def _decode_all(source: _ImageSource, where: dict[str, tuple[str, int]],
+                images: dict[str, np.ndarray], size: tuple[int, int], channels: int, fit: str,
+                workers: int | None) -> None:
+    order = {name: k for k, name in enumerate(where)}
+
+    def work(item: tuple[int, str, bytes]) -> None:
+        _, name, data = item
+        try:
+            img = decode(data, name, size, channels=channels, fit=fit)
+        except ImageError as exc:
+            raise DataError(f"unreadable image {exc}") from exc
+        split, i = where[name]
+        images[split][i] = img
 
     # Pillow releases the GIL while decoding, so threads use every core.
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        for _ in tqdm(pool.map(work, range(len(entries)), chunksize=256), total=len(entries),
-                      desc="decoding", unit="img", disable=None, mininterval=0.5):
-            pass
-    return out
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, \
+            tqdm(total=len(where), desc="decoding", unit="img", disable=None,
+                 mininterval=0.5) as bar:
+        batch: list[tuple[int, str, bytes]] = []
+        for item in source.read_in_order(order):
+            batch.append(item)
+            if len(batch) == _READ_AHEAD:
+                list(pool.map(work, batch))
+                bar.update(len(batch))
+                batch = []
+        list(pool.map(work, batch))
+        bar.update(len(batch))
 
 
 # --------------------------------------------------------------------------- tar helpers
@@ -354,12 +575,34 @@ def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, budg
     return data
 
 
-def is_official_archive(path: Path) -> bool:
-    """True when the tar archive holds the official ``data_batch_1`` file."""
+def _format_of_names(names: list[str]) -> str | None:
+    """The official format that these file base names reveal, if any."""
+    base = set(names)
+    if any(n.startswith(("data_batch_", "test_batch")) for n in base):
+        return "cifar10"
+    if {"train", "test", "meta"} <= base:
+        return "cifar100"
+    if any(_idx_stem(n) in IDX_FILES["train"] for n in base):
+        return "idx"
+    return None
+
+
+def detect_format(path: Path) -> str:
+    """The format of a folder or archive (see :data:`FORMATS`), from its file names only."""
+    if path.is_dir():
+        names = [p.name for p in path.rglob("*") if p.is_file() and not is_image_name(p.name)]
+        return _format_of_names(names) or "image-folder"
+    names = []
     with _open_tar(path) as tar:
         for member in _iter_members(tar, path):
-            if PurePosixPath(member.name).name.startswith(("data_batch_", "test_batch")):
-                return True
-            if _split_class(PurePosixPath(member.name).parts):
-                return False
-    return False
+            if member.isfile():
+                name = PurePosixPath(member.name).name
+                if is_image_name(name):  # image folders: the first image decides
+                    break
+                names.append(name)
+    return _format_of_names(names) or "image-folder"
+
+
+def is_official_archive(path: Path) -> bool:
+    """True when the tar archive holds the official CIFAR-10 release."""
+    return detect_format(path) == "cifar10"

@@ -10,6 +10,7 @@ import textwrap
 from typing import Any
 
 from cvpipe.data.cli import add_source_arguments, load_from_args
+from cvpipe.data.dataset import parse_size
 from cvpipe.errors import ConfigError
 from cvpipe.extract.sources import ALLOWED_PROTOCOLS, MAX_FILE_BYTES, MAX_LIST_BYTES
 from cvpipe.extract.store import DEFAULT_CHUNK_ROWS, FORMATS, NPZ_MAX_BYTES
@@ -41,20 +42,10 @@ def _params_arg(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _size_arg(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(p) for p in text.lower().split("x")]
-    except ValueError:
-        raise ConfigError(f"--size must be N or HxW, not {text!r}") from None
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise ConfigError(f"--size must be N or HxW with positive sizes, not {text!r}")
-    return parts[0], parts[1]
-
-
-def _model_features(name: str, models: str | None) -> tuple[dict[str, Any], Any, tuple[int, int]]:
-    """(feature config, fitted extractor or None, input size) of a trained classic model."""
+def _model_features(name: str, models: str | None
+                    ) -> tuple[dict[str, Any], Any, tuple[int, int], dict[str, Any]]:
+    """(feature config, fitted extractor or None, input size, channels and fit) of a trained
+    classic model."""
     from pathlib import Path
 
     from cvpipe.config import models_dir
@@ -69,17 +60,19 @@ def _model_features(name: str, models: str | None) -> tuple[dict[str, Any], Any,
     spec = FeatureSpec.parse(meta["features"])
     fitted = model.feature_extractor if spec.stateful else None
     size = tuple(int(s) for s in (meta.get("input_size") or (32, 32)))
-    return meta["features"], fitted, (size[0], size[1])
+    convert = {"channels": int(meta.get("channels", 3)), "fit": meta.get("fit", "stretch")}
+    return meta["features"], fitted, (size[0], size[1]), convert
 
 
 def _extract(args: argparse.Namespace) -> int:
     from cvpipe.extract.sources import DatasetSource, open_input
 
-    fitted, size = None, _size_arg(args.size) if args.size else None
+    fitted, size = None, parse_size(args.size)
+    convert: dict = {"fit": args.fit}
     if args.model:
         if args.feature_params:
             raise ConfigError("--feature-params goes with --features, not --model")
-        features, fitted, model_size = _model_features(args.model, args.models_dir)
+        features, fitted, model_size, convert = _model_features(args.model, args.models_dir)
         if size is not None and fitted is not None and size != model_size:
             raise ConfigError(f"the model learned its features on {model_size[0]}x{model_size[1]} "
                               "images: leave --size out")
@@ -90,7 +83,7 @@ def _extract(args: argparse.Namespace) -> int:
     if args.scheduler and args.workers:
         raise ConfigError("give --scheduler (a running cluster) or --workers (a local one), not both")
     if args.input:
-        source = open_input(args.input, size or (32, 32))
+        source = open_input(args.input, size or (32, 32), **convert)
     else:
         source = DatasetSource(load_from_args(args), args.split)
     progress = not (args.no_progress or args.quiet)
@@ -177,8 +170,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"line (labels -1); read through fsspec. Protocols: {', '.join(ALLOWED_PROTOCOLS)} "
                    f"(chained URLs a::b are refused); files over {MAX_FILE_BYTES >> 20} MiB and lists "
                    f"over {MAX_LIST_BYTES >> 20} MiB are refused; formats: {', '.join(IMAGE_FORMATS)}")
-    i.add_argument("--size", metavar="N|HxW",
-                   help="resize --input images to this size (default 32, or --model's input size)")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default <data root>/features/<key>)")
     o.add_argument("--format", choices=FORMATS, default="auto",

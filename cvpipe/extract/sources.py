@@ -148,17 +148,20 @@ class DatasetSource:
 
 @dataclass(frozen=True)
 class FileChunk:
-    """Image files read through fsspec, decoded and resized to ``size`` (H, W)."""
+    """Image files read through fsspec, decoded and brought to ``size`` (H, W) by ``fit``, with
+    ``channels`` (3 RGB, 1 gray)."""
 
     paths: tuple[str, ...]
     labels: np.ndarray
     size: tuple[int, int]
+    channels: int = 3
+    fit: str = "stretch"
 
     def read(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        out = np.empty((len(self.paths), self.size[0], self.size[1], 3), dtype=np.uint8)
+        out = np.empty((len(self.paths), self.size[0], self.size[1], self.channels), dtype=np.uint8)
 
         def load(i: int) -> None:
-            out[i] = _read_image(self.paths[i], self.size)
+            out[i] = _read_image(self.paths[i], self.size, self.channels, self.fit)
 
         if threads > 1 and len(self.paths) > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -200,14 +203,15 @@ def _read_capped(url: str, limit: int, mode: str = "rb") -> Any:
     return data
 
 
-def _read_image(path: str, size: tuple[int, int]) -> np.ndarray:
+def _read_image(path: str, size: tuple[int, int], channels: int = 3,
+                fit: str = "stretch") -> np.ndarray:
     try:
         data = _read_capped(path, MAX_FILE_BYTES)
     except DataError as exc:
         raise ImageError(str(exc)) from None
     except (OSError, ValueError) as exc:
         raise ImageError(f"{path}: cannot read ({exc})") from exc
-    return decode(data, path, size)
+    return decode(data, path, size, channels=channels, fit=fit)
 
 
 class FileSource:
@@ -220,7 +224,9 @@ class FileSource:
     paths : sequence of str
         Paths or URLs, in row order.
     size : (int, int)
-        (H, W) every image is resized to.
+        (H, W) every image is brought to.
+    channels, fit : int, str
+        3 (RGB) or 1 (gray); how another size reaches ``size`` (:func:`cvpipe.images.resize`).
     labels : (N,) int array, optional
         Class index per row; -1 (unknown) when absent.
     classes : list of str, optional
@@ -233,12 +239,14 @@ class FileSource:
     """
 
     def __init__(self, paths: Sequence[str], size: tuple[int, int], labels: np.ndarray | None = None,
-                 classes: list[str] | None = None, origin: str = "", listing_digest: str | None = None):
+                 classes: list[str] | None = None, origin: str = "", listing_digest: str | None = None,
+                 channels: int = 3, fit: str = "stretch"):
         if not paths:
             raise DataError(f"no images in {origin or 'the input'}")
         self.paths = list(paths)
         self.n = len(self.paths)
         self.size = (int(size[0]), int(size[1]))
+        self.channels, self.fit = int(channels), fit
         self.labels = (np.full(self.n, -1, np.int64) if labels is None
                        else np.asarray(labels, dtype=np.int64))
         if len(self.labels) != self.n:
@@ -254,12 +262,14 @@ class FileSource:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return self.size[0], self.size[1], 3
+        return self.size[0], self.size[1], self.channels
 
     def fingerprint(self) -> dict[str, Any]:
         h = hashlib.sha256(self.labels.tobytes())
+        converted = {} if (self.channels, self.fit) == (3, "stretch") else {
+            "channels": self.channels, "fit": self.fit}
         return {"kind": "files", "listing": self.listing_digest, "n": self.n,
-                "size": list(self.size), "labels": h.hexdigest()[:16]}
+                "size": list(self.size), **converted, "labels": h.hexdigest()[:16]}
 
     def describe(self) -> dict[str, Any]:
         return {**self.fingerprint(), "origin": self.origin, "classes": self._classes}
@@ -268,10 +278,11 @@ class FileSource:
         return self._classes
 
     def chunk(self, start: int, stop: int) -> FileChunk:
-        return FileChunk(tuple(self.paths[start:stop]), self.labels[start:stop].copy(), self.size)
+        return FileChunk(tuple(self.paths[start:stop]), self.labels[start:stop].copy(), self.size,
+                         self.channels, self.fit)
 
     @classmethod
-    def from_folder(cls, url: str, size: tuple[int, int]) -> FileSource:
+    def from_folder(cls, url: str, size: tuple[int, int], **convert: Any) -> FileSource:
         """Every image file under ``url`` (recursively), sorted by relative path.
 
         Labels come from the first folder level (``<url>/<class>/.../img.png``, classes in
@@ -311,10 +322,10 @@ class FileSource:
             labels = np.array([index[t] for t in tops], dtype=np.int64)
         log.info("%s: %d images%s", url, len(paths),
                  f" in {len(classes)} classes" if classes else " (no class folders: labels -1)")
-        return cls(paths, size, labels, classes, origin=url, listing_digest=h.hexdigest())
+        return cls(paths, size, labels, classes, origin=url, listing_digest=h.hexdigest(), **convert)
 
     @classmethod
-    def from_list(cls, list_file: str, size: tuple[int, int]) -> FileSource:
+    def from_list(cls, list_file: str, size: tuple[int, int], **convert: Any) -> FileSource:
         """Paths or URLs listed one a line in ``list_file`` (blank lines and ``#`` comments
         skipped), in the file's order; relative paths are relative to the list's folder.
         Labels are -1. The fingerprint hashes the list; contents changed in place are not
@@ -332,7 +343,7 @@ class FileSource:
             if "://" not in line and not posixpath.isabs(line) and base:
                 line = posixpath.join(base, line)
             paths.append(check_location(line))
-        return cls(paths, size, origin=list_file)
+        return cls(paths, size, origin=list_file, **convert)
 
 
 def _is_local(fs: Any) -> bool:
@@ -340,8 +351,10 @@ def _is_local(fs: Any) -> bool:
     return "file" in protocol or "local" in protocol
 
 
-def open_input(spec: str, size: tuple[int, int]) -> FileSource:
-    """A :class:`FileSource` from ``--input``: a folder (local or URL), else a list file."""
+def open_input(spec: str, size: tuple[int, int], channels: int = 3,
+               fit: str = "stretch") -> FileSource:
+    """A :class:`FileSource` from ``--input``: a folder (local or URL), else a list file; images
+    brought to ``size`` and ``channels`` (a model's, with its ``fit``)."""
     import fsspec
 
     check_location(spec)
@@ -353,4 +366,6 @@ def open_input(spec: str, size: tuple[int, int]) -> FileSource:
         raise DataError(f"{spec}: cannot open ({exc})") from None
     if not exists:
         raise DataError(f"{spec}: no such folder or file")
-    return FileSource.from_folder(spec, size) if is_dir else FileSource.from_list(spec, size)
+    convert = {"channels": channels, "fit": fit}
+    return (FileSource.from_folder(spec, size, **convert) if is_dir
+            else FileSource.from_list(spec, size, **convert))

@@ -150,6 +150,14 @@ class ColorHistParams:
         """Length of the feature vector of one image."""
         return self.grid[0] * self.grid[1] * self.n_bins
 
+    def for_channels(self, channels: int) -> ColorHistParams:
+        """The parameters for images of ``channels`` channels: single-channel (gray) images
+        have no colour, so any space becomes an intensity histogram (the gray space) with as
+        many bins as one cell's histogram here (at most 256); same grid and norm."""
+        if channels != 1 or self.space == "gray":
+            return self
+        return ColorHistParams.make("gray", min(256, self.n_bins), True, self.grid, self.norm)
+
     def check_size(self, height: int, width: int) -> None:
         if self.grid[0] > height or self.grid[1] > width:
             raise ConfigError(

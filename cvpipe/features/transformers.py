@@ -255,6 +255,10 @@ class HOGTransformer(_ImageTransformer):
 class ColorHistogramTransformer(_ImageTransformer):
     """Colour histogram features (see :func:`cvpipe.features.color_histogram`).
 
+    Single-channel (gray) images get an intensity histogram with as many bins as one cell's
+    colour histogram (at most 256), whatever ``space`` says, so one feature set serves colour
+    and grayscale datasets.
+
     Parameters
     ----------
     space, bins, joint, grid, norm, ranges
@@ -302,10 +306,13 @@ class ColorHistogramTransformer(_ImageTransformer):
         )
 
     def _n_out(self, image_shape: tuple[int, ...], params: ColorHistParams) -> int:
+        params = params.for_channels(int(image_shape[2]) if len(image_shape) > 2 else 1)
         params.check_size(image_shape[0], image_shape[1])
         return params.n_features()
 
     def _extract(self, images: Any, params: ColorHistParams, out: Any = None) -> Any:
+        # gray images: an intensity histogram (ColorHistParams.for_channels)
+        params = params.for_channels(int(images.shape[-1]) if images.ndim == 4 else 1)
         return color_histogram(
             images,
             params.space,

@@ -149,7 +149,8 @@ def plot_color_histogram(
     ranges: tuple[tuple[float, float], ...] | None = None,
     title: str | None = None,
 ) -> Any:
-    """Figure with the image and its colour histogram.
+    """Figure with the image and its colour histogram (an intensity histogram for a gray
+    image, as the features compute it).
 
     Per-channel histograms (``joint=False``) get one bar chart per channel; a joint
     histogram is one bar chart over the flattened bins, each bar painted with the colour
@@ -162,7 +163,8 @@ def plot_color_histogram(
     from matplotlib.figure import Figure
 
     x = _one_image(image)
-    p = ColorHistParams.make(space, bins, joint, (1, 1), norm, ranges)
+    channels = x.shape[-1] if x.ndim == 3 else 1
+    p = ColorHistParams.make(space, bins, joint, (1, 1), norm, ranges).for_channels(channels)
     hist = color_histogram(
         x[None], p.space, p.bins, p.joint, (1, 1), p.norm, p.ranges, backend="numpy", n_jobs=1
     )[0]

@@ -9,7 +9,9 @@ Layout::
 ``model.json`` holds at least: ``format`` ("cvpipe-model"), ``format_version``, ``name``,
 ``pipeline`` (the pipeline's name), ``kind`` (which pipeline class reads the files), ``card``
 (what the model is, for people: family, features, classifier, description), ``classes``,
-``input_size`` ([H, W]), ``features`` (the feature set, or null), ``metrics`` (per split),
+``input_size`` ([H, W]), ``channels`` (3 RGB, 1 gray), ``fit`` (how another size is
+reached: crop, pad or stretch, :func:`cvpipe.images.resize`), ``features`` (the feature
+set, or null), ``metrics`` (per split),
 ``selection`` (which split chose which hyperparameters), ``dataset`` (source, checksum),
 ``versions``, ``fit_seconds``, ``created`` and ``files`` ({name: sha256}).
 

@@ -46,7 +46,8 @@ def dataset_record(dataset: Dataset) -> dict[str, Any]:
     """The ``dataset`` block of ``model.json``: source, checksum, split and counts."""
     counts = {s: sum(c.values()) for s, c in dataset.manifest["counts"].items()}
     train, val = dataset.split_indices()
-    return {"source": dataset.manifest.get("source"), "checksum": dataset.checksum,
+    return {"name": dataset.name, "title": dataset.title,
+            "source": dataset.manifest.get("source"), "checksum": dataset.checksum,
             "val_fraction": dataset.val_fraction, "seed": dataset.seed, "counts": counts,
             "train": len(train), "val": len(val), "test": counts.get("test")}
 
@@ -136,7 +137,8 @@ class Pipeline(abc.ABC):
         """The fields of ``model.json`` every kind writes the same way."""
         return {"pipeline": self.name, "kind": self.kind, "card": self.card(),
                 "definition": self.definition(), "classes": list(dataset.classes),
-                "input_size": list(dataset.images("train").shape[1:3]),
+                "input_size": list(dataset.image_shape[:2]), "channels": dataset.image_shape[2],
+                "fit": dataset.manifest.get("options", {}).get("fit") or "crop",
                 "dataset": dataset_record(dataset)}
 
     def __repr__(self) -> str:

@@ -110,7 +110,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     model = load_model(_model_path(args.model, args.models_dir))
     meta = model.metadata
-    images = load_images(args.images, tuple(meta.get("input_size", (32, 32))))
+    images = load_images(args.images, tuple(meta.get("input_size", (32, 32))),
+                         int(meta.get("channels", 3)), meta.get("fit", "stretch"))
     scores, kind = model.scores(images)
     k = min(args.top_k, scores.shape[1])
     results = []

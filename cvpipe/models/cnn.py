@@ -68,9 +68,9 @@ class CNNPipeline(Pipeline):
 
     def check(self, shape: DataShape) -> None:
         h, w, *rest = shape.image_shape
-        if (rest or [1])[0] != 3:
-            raise ConfigError(f"pipeline {self.name!r}: the CNN takes RGB images, not images of "
-                              f"shape {shape.image_shape}")
+        if (rest or [1])[0] not in (1, 3):
+            raise ConfigError(f"pipeline {self.name!r}: the CNN takes RGB or gray images, not "
+                              f"images of shape {shape.image_shape}")
         if min(h, w) < 8:
             raise ConfigError(f"pipeline {self.name!r}: {h}x{w} images are too small for the CNN "
                               "(it halves them three times)")
