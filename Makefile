@@ -38,10 +38,11 @@ demo: $(STAMP) ## prepare CIFAR-10, run the quick comparison, leave models ready
 	$(BIN)/cvpipe compare --profile quick
 	@echo
 	@echo "Report: reports/cifar10-quick/report.html. Serve the models with 'make serve', i.e.:"
-	@echo "  $(BIN)/cvpipe serve --models models --host 127.0.0.1 --port 8000"
+	@echo "  $(BIN)/cvpipe serve --models models --reports reports --host 127.0.0.1 --port 8000"
+	@echo "then open http://127.0.0.1:8000/ (classify images in the browser; API docs at /docs)"
 
-serve: $(STAMP) ## serve the models in ./models on http://127.0.0.1:8000 (Ctrl-C stops it)
-	$(BIN)/cvpipe serve --models models --host 127.0.0.1 --port 8000
+serve: $(STAMP) ## serve ./models and ./reports on http://127.0.0.1:8000 (a page at /, docs at /docs)
+	$(BIN)/cvpipe serve --models models --reports reports --host 127.0.0.1 --port 8000
 
 compare-full: $(STAMP) ## the full comparison on all 60,000 images (about an hour on 2 CPU cores)
 	$(BIN)/cvpipe compare --profile full

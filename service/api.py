@@ -215,3 +215,35 @@ def features() -> Response:
         "timing_ms": {"decode": round((t1 - t0) * 1000, 3), "extract": round((t2 - t1) * 1000, 3),
                       "total": _elapsed_ms(start)},
     })
+
+
+@bp.post("/models/<name>/pictures")
+def pictures(name: str) -> Response:
+    """What a hand-made pipeline sees of one image: the image as the model receives it
+    (enlarged without smoothing), its HOG glyphs and its colour histogram, as PNG data URIs."""
+    from service.pictures import pictures as draw
+
+    start = g.get("start", time.perf_counter())
+    check_token()
+    model = _model(name)
+    cfg = current_app.config
+    uploads, _ = read_images(request, 1, ())
+    g.n_images = 1
+    t0 = time.perf_counter()
+    image = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
+                          cfg["MAX_DECODE_BYTES"], model.channels, model.fit)[0]
+    t1 = time.perf_counter()
+    drawn = draw(image, model.metadata.get("features"))
+    return jsonify({"model": name, "input_size": list(model.input_size), "channels": model.channels,
+                    "fit": model.fit, "features": model.metadata.get("features"), "pictures": drawn,
+                    "timing_ms": {"decode": round((t1 - t0) * 1000, 3),
+                                  "draw": _elapsed_ms(t1), "total": _elapsed_ms(start)}})
+
+
+@bp.get("/reports")
+def list_reports() -> Response:
+    """The comparison reports the server was pointed at (``cvpipe serve --reports``), each with
+    the URL of its page."""
+    from service.reports import list_reports as found
+
+    return jsonify({"reports": found(current_app.config.get("REPORTS_DIR"))})

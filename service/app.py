@@ -10,7 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from service import api, health
+from service import api, health, ui
 from service.config import load_settings
 from service.errors import ApiError, register_error_handlers
 from service.features import ExtractorCache
@@ -60,6 +60,7 @@ def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry 
 
     app.register_blueprint(api.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(ui.bp)
     register_error_handlers(app)
 
     @app.before_request

@@ -5,6 +5,8 @@ Setting (environment variable, default):
 * ``MODELS_DIR`` (``CVPIPE_MODELS_DIR``, ``./models``): the folder of models to serve;
 * ``API_TOKEN`` (``CVPIPE_API_TOKEN``, none): bearer token required by predict and features;
   empty or unset means no authentication;
+* ``REPORTS_DIR`` (``CVPIPE_REPORTS_DIR``, none): comparison reports listed by ``/v1/reports``
+  and served under ``/reports/`` (``cvpipe serve --reports``);
 * ``MAX_IMAGES`` (``CVPIPE_MAX_IMAGES``, 512): images per request;
 * ``MAX_CONTENT_LENGTH`` (``CVPIPE_MAX_CONTENT_LENGTH``, 32 MiB): bytes per request body;
 * ``MAX_PIXELS`` (``CVPIPE_MAX_PIXELS``, 40 megapixels): pixels per image, read from the
@@ -38,6 +40,7 @@ ENV_API_TOKEN = "CVPIPE_API_TOKEN"
 #: setting -> (environment variable, type, default)
 SETTINGS: dict[str, tuple[str, type, Any]] = {
     "API_TOKEN": (ENV_API_TOKEN, str, None),
+    "REPORTS_DIR": ("CVPIPE_REPORTS_DIR", str, None),
     "MAX_IMAGES": ("CVPIPE_MAX_IMAGES", int, 512),
     "MAX_CONTENT_LENGTH": ("CVPIPE_MAX_CONTENT_LENGTH", int, 32 * 1024 * 1024),
     "MAX_PIXELS": ("CVPIPE_MAX_PIXELS", int, MAX_PIXELS),
@@ -116,4 +119,5 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         out[name] = value
     out["MODELS_DIR"] = str(out["MODELS_DIR"])
     out["API_TOKEN"] = out["API_TOKEN"] or None  # empty string: authentication off
+    out["REPORTS_DIR"] = str(out["REPORTS_DIR"]) if out.get("REPORTS_DIR") else None
     return out

@@ -169,6 +169,13 @@ SCHEMAS: dict[str, Any] = {
                                     "classifier": _STRING_OR_NULL, "description": _STRING_OR_NULL}},
             "classes": {"type": "array", "items": {"type": "string"}},
             "input_size": {"type": "array", "items": {"type": "integer"}},
+            "channels": {"type": "integer", "enum": [1, 3],
+                         "description": "3: RGB; 1: gray (uploads are converted)."},
+            "fit": {"type": "string", "enum": ["crop", "pad", "stretch"],
+                    "description": "How an upload of another size reaches input_size."},
+            "trained_on": {**_STRING_OR_NULL, "description": "The dataset's name."},
+            "fit_seconds": {**_NUMBER_OR_NULL, "description": "Time of the final fit."},
+            "size_bytes": {"type": "integer", "description": "Bytes of the model's files."},
             "features": {"type": "object", "nullable": True, "additionalProperties": True,
                          "description": "Feature configuration; null for a CNN."},
             "classifier": {"type": "object", "additionalProperties": True},
@@ -204,6 +211,32 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object", "required": ["name"],
                 "properties": {"name": {"type": "string"}, "reason": {"type": "string"}}}},
         },
+    },
+    "PicturesResponse": {
+        "type": "object",
+        "required": ["model", "input_size", "channels", "pictures", "timing_ms"],
+        "properties": {
+            "model": {"type": "string"},
+            "input_size": {"type": "array", "items": {"type": "integer"}},
+            "channels": {"type": "integer"},
+            "fit": {"type": "string"},
+            "features": {"type": "object", "nullable": True, "additionalProperties": True},
+            "pictures": {
+                "type": "object", "required": ["input", "hog", "histogram"],
+                "description": "PNG data URIs: the image as the model receives it (enlarged "
+                "without smoothing), its HOG glyphs and its colour (gray: intensity) histogram.",
+                "properties": {k: {"type": "string", "pattern": "^data:image/png;base64,"}
+                               for k in ("input", "hog", "histogram")}},
+            "timing_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        },
+    },
+    "ReportList": {
+        "type": "object", "required": ["reports"],
+        "properties": {"reports": {"type": "array", "items": {
+            "type": "object", "required": ["name", "url", "title"],
+            "properties": {"name": {"type": "string"}, "url": {"type": "string"},
+                           "title": {"type": "string"}, "dataset": _STRING_OR_NULL,
+                           "created": _STRING_OR_NULL}}}},
     },
     "Health": {"type": "object", "required": ["status"],
                "properties": {"status": {"type": "string", "enum": ["ok"]}}},
@@ -325,6 +358,25 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
                           **common_errors, "404": _error("No such model."),
                           "503": _error("The model gave no answer in time (CVPIPE_PREDICT_TIMEOUT); "
                                         "Retry-After says when to try again.")},
+        }},
+        "/v1/models/{name}/pictures": {"post": {
+            "operationId": "pictures", "tags": ["predict"], "summary": "What the features see",
+            "description": "For one image: the image as the model receives it (its input size "
+                           "and channels, enlarged without smoothing), its HOG glyphs and its "
+                           "colour histogram (with the model's HOG and colour parameters where "
+                           f"it has them), as PNG data URIs. {limits}",
+            "parameters": [model_param],
+            "requestBody": _image_bodies(1, {}, {}),
+            "security": security,
+            "responses": {"200": _json("The pictures.", "PicturesResponse"), **common_errors,
+                          "404": _error("No such model.")},
+        }},
+        "/v1/reports": {"get": {
+            "operationId": "listReports", "tags": ["models"], "summary": "Comparison reports",
+            "description": "The reports of `cvpipe compare` (and `cvpipe summary`) the server was "
+                           "started with (`cvpipe serve --reports DIR`), newest first; empty "
+                           "without it.",
+            "responses": {"200": _json("The reports.", "ReportList")},
         }},
         "/v1/features": {"post": {
             "operationId": "features", "tags": ["features"], "summary": "Extract feature vectors",

@@ -139,6 +139,7 @@ def summarise(name: str, meta: dict[str, Any], version: str) -> dict[str, Any]:
         "channels": int(meta.get("channels", 3)),
         "fit": meta.get("fit", "stretch"),
         "trained_on": (meta.get("dataset") or {}).get("name"),  # the name only: details need the token
+        "fit_seconds": meta.get("fit_seconds"),
         "features": meta.get("features"),
         "classifier": {"type": model_card(meta)["classifier"],
                        "params": meta.get("hyperparameters")},
@@ -199,10 +200,14 @@ class ModelRegistry:
             log.error("model %s not loaded: %s", path.name, exc, exc_info=not isinstance(exc, CvpipeError))
             return
         version = model_version(meta_bytes, meta.get("created"))
+        summary = summarise(path.name, meta, version)
+        summary["size_bytes"] = sum(path.joinpath(f).stat().st_size for f in
+                                    (meta.get("files") or {}) if path.joinpath(f).is_file()
+                                    ) + len(meta_bytes)
         served = ServedModel(path.name, predictor, version, input_size, classes,
                              channels=int(meta.get("channels", 3)), fit=meta.get("fit", "stretch"),
                              loaded_seconds=time.perf_counter() - start,
-                             summary=summarise(path.name, meta, version))
+                             summary=summary)
         self.models[path.name] = served
         log.info("model %s (%s, version %s) loaded in %.2f s", path.name, meta.get("kind"), version,
                  served.loaded_seconds)

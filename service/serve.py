@@ -144,6 +144,12 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"models folder {folder} does not exist; train a model first "
                           "(cvpipe train --pipeline ...) or pass --models")
     os.environ[ENV_MODELS_DIR] = str(folder)
+    if args.reports is not None:
+        if Path(args.reports).is_dir():
+            os.environ["CVPIPE_REPORTS_DIR"] = str(Path(args.reports).resolve())
+        else:  # no comparison run yet: serve the models anyway
+            log.warning("--reports %s: no such folder (cvpipe compare writes ./reports); the page "
+                        "will list no reports", args.reports)
     for env, value in (("CVPIPE_MAX_IMAGES", args.max_images), ("CVPIPE_TOP_K", args.top_k)):
         if value is not None:
             os.environ[env] = str(value)
@@ -209,7 +215,7 @@ def _serve(args: argparse.Namespace) -> int:
             "control_socket_disable": True,
         }
         log.info("serving %d model(s) (%s) from %s at %s with %d workers x %d threads; "
-                 "API description %s/openapi.json; Ctrl-C stops", len(reg), names, folder, url,
+                 "open %s/ in a browser (API docs at /docs); Ctrl-C stops", len(reg), names, folder, url,
                  args.workers, args.threads, url)
         if app.config.get("API_TOKEN"):
             log.info("bearer-token authentication is on for predict and features (CVPIPE_API_TOKEN)")
@@ -226,11 +232,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve the models over REST (gunicorn)",
         description="Serve every model of the models folder over a REST API (POST "
-        "/v1/models/<name>/predict, POST /v1/features, GET /v1/models, /healthz, /readyz, /metrics, "
-        "/openapi.json) with gunicorn. Set CVPIPE_API_TOKEN to require a bearer token on predict "
+        "/v1/models/<name>/predict, POST /v1/features, POST /v1/models/<name>/pictures, GET "
+        "/v1/models, /v1/reports, /healthz, /readyz, /metrics, /openapi.json) with gunicorn, a page "
+        "to classify images in the browser at / and interactive API docs at /docs. "
+        "Set CVPIPE_API_TOKEN to require a bearer token on predict "
         "and features; limits: CVPIPE_MAX_IMAGES, CVPIPE_MAX_CONTENT_LENGTH, CVPIPE_MAX_PIXELS.")
     p.add_argument("--models", "--models-dir", dest="models", metavar="DIR",
                    help="models folder (default: $CVPIPE_MODELS_DIR or ./models)")
+    p.add_argument("--reports", metavar="DIR",
+                   help="comparison reports to list and open from the page at / (e.g. reports/)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

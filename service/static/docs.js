@@ -1,0 +1,13 @@
+// Swagger UI on this server's OpenAPI document; "try it out" calls this server, and the
+// bearer token entered under "Authorize" (when the server has one) is kept for the session.
+window.addEventListener("load", () => {
+  window.ui = SwaggerUIBundle({
+    url: "/openapi.json",
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    persistAuthorization: true,
+    tryItOutEnabled: true,
+    presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+    layout: "BaseLayout",
+  });
+});
