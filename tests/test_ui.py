@@ -8,6 +8,7 @@ import io
 import json
 import re
 import shutil
+import tarfile
 import time
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvpipe.images import is_image_name
 from service import create_app
 from service.registry import ModelRegistry
 from tests import synthetic
+from tests.conftest import _REAL_SOURCE
 from tests.test_api import CNN, MLP, SVM, api_models_dir, encode
 from tests.test_api_server import free_port, serve, stop, wait_ready
 
@@ -162,9 +165,18 @@ def wait_for(driver, script: str, timeout: float = 60):
 
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory) -> Path:
-    """A real photo-like image: a CIFAR-style test image, enlarged to 96x128 JPEG."""
+    """A real image: the first test image of the real CIFAR-10 copy when it is there (CI),
+    else a CIFAR-style synthetic one enlarged to 96x128 as a photo would come."""
+    folder = tmp_path_factory.mktemp("upload")
+    if _REAL_SOURCE and Path(_REAL_SOURCE).is_file():
+        with tarfile.open(_REAL_SOURCE) as tar:
+            for member in tar:
+                if member.isfile() and "/test/" in f"/{member.name}" and is_image_name(member.name):
+                    path = folder / Path(member.name).name
+                    path.write_bytes(tar.extractfile(member).read())
+                    return path
     x, _ = synthetic.make_images(1, seed=3)
-    path = tmp_path_factory.mktemp("upload") / "truck.jpg"
+    path = folder / "truck.jpg"
     Image.fromarray(x[9]).resize((128, 96)).save(path, quality=90)
     return path
 
