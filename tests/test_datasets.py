@@ -330,3 +330,15 @@ def test_real_mnist5k_loads_at_its_own_size(tmp_path):
     assert ds.classes == tuple("0123456789")
     assert len(ds.labels("train")) == 4000 and len(ds.labels("test")) == 1000
     assert np.bincount(ds.labels("test")).tolist() == [100] * 10
+
+
+def test_an_archive_holding_a_file_twice_is_refused(tmp_path):
+    png = _png(np.zeros((8, 8), np.uint8))
+    archive = tmp_path / "twice.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name in ("d/train/a/0.png", "d/train/a/0.png", "d/test/a/1.png"):
+            info = tarfile.TarInfo(name)
+            info.size = len(png)
+            tar.addfile(info, io.BytesIO(png))
+    with pytest.raises(DataError, match="holds .*0.png more than once"):
+        load_dataset(archive, tmp_path / "root")

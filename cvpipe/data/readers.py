@@ -345,6 +345,10 @@ class _ImageSource:
             found.append(_Entry(*where, name, size, gray))
         if any(e.split != "all" for e in found):  # train/test layout: loose files are ignored
             found = [e for e in found if e.split != "all"]
+        names = [e.name for e in found]
+        if len(set(names)) != len(names):  # a tar may hold one name twice: which one is meant?
+            twice = sorted({n for n in names if names.count(n) > 1})[:3]
+            raise DataError(f"{self.path}: the archive holds {', '.join(twice)} more than once")
         return found
 
     def read_in_order(self, names: dict[str, int]) -> Iterator[tuple[int, str, bytes]]:
