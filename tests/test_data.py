@@ -313,7 +313,7 @@ def test_download_failure_is_clear(tmp_path, http_server):
 def test_default_source_is_the_official_url(tmp_path, monkeypatch):
     seen = {}
 
-    def fake_download(url, dest, md5=None):
+    def fake_download(url, dest, md5=None, **_):
         seen.update(url=url, md5=md5)
         raise DataError("offline")
 

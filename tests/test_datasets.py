@@ -342,3 +342,20 @@ def test_an_archive_holding_a_file_twice_is_refused(tmp_path):
             tar.addfile(info, io.BytesIO(png))
     with pytest.raises(DataError, match="holds .*0.png more than once"):
         load_dataset(archive, tmp_path / "root")
+
+
+def test_summary_without_runs_says_what_to_do(tmp_path, capsys):
+    assert main(["summary", "--reports-dir", str(tmp_path / "nowhere")]) == 2
+    assert "no such reports folder (run cvpipe compare first)" in capsys.readouterr().err
+    (tmp_path / "reports" / "empty").mkdir(parents=True)
+    assert main(["summary", "--reports-dir", str(tmp_path / "reports")]) == 2
+    assert "no comparison results" in capsys.readouterr().err
+
+
+def test_offline_named_dataset_says_which_variable_to_set(tmp_path, monkeypatch):
+    entry = catalog.CATALOG["fashion-mnist"]
+    _publish(monkeypatch, "fashion-mnist", [((tmp_path / "gone" / f.name).as_uri(), f.md5)
+                                            for f in entry.files])
+    with pytest.raises(DataError, match=r"could not download .* point \$CVPIPE_FASHION_MNIST_SOURCE"):
+        load_dataset("fashion-mnist", tmp_path / "root")
+    assert not any((tmp_path / "root" / "downloads" / "fashion-mnist").iterdir())

@@ -188,7 +188,8 @@ def _fetch(entry: CatalogEntry, root: Path) -> Path:
     folder = root / "downloads" / entry.name
     for remote in entry.files:
         if not (folder / remote.name).exists():
-            download(remote.url, folder / remote.name, md5=remote.md5)
+            download(remote.url, folder / remote.name, md5=remote.md5,
+                     local_hint=f"${entry.env} (or --source)")
     return folder / entry.files[0].name if len(entry.files) == 1 else folder
 
 

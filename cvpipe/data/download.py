@@ -29,7 +29,8 @@ def public_location(location: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0) -> Path:
+def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0,
+             local_hint: str = "CVPIPE_CIFAR10_SOURCE (or --source)") -> Path:
     """Fetch ``url`` to ``dest``; with ``md5`` given, refuse a file whose MD5 differs.
 
     The bytes land in ``dest.part`` and are renamed to ``dest`` only once complete and
@@ -54,7 +55,7 @@ def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0
         part.unlink(missing_ok=True)
         raise DataError(
             f"could not download {shown}: {exc}. Without network access, point "
-            "CVPIPE_CIFAR10_SOURCE (or --source) at a local copy."
+            f"{local_hint} at a local copy."
         ) from exc
     except BaseException:
         part.unlink(missing_ok=True)
