@@ -144,7 +144,8 @@ class Dataset:
         counts = m["counts"]
         width = max(len(c) for c in self.classes) + 2
         lines = [
-            f"{self.title} dataset '{self.name}' ({m['source_kind']})",
+            (f"{self.title} dataset '{self.name}'" if self.title != self.name
+             else f"Dataset '{self.name}'") + f" ({m['source_kind']})",
             f"  source:    {m['source']}",
             f"  checksum:  {self.checksum}",
             f"  cache:     {self.cache_dir}",
