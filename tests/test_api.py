@@ -744,7 +744,8 @@ def test_openapi_document_describes_every_endpoint(client, local):
     doc = client.get("/openapi.json").get_json()
     assert doc["openapi"].startswith("3.")
     assert set(doc["paths"]) == {"/v1/models", "/v1/models/{name}", "/v1/models/{name}/predict",
-                                 "/v1/features", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+                                 "/v1/models/{name}/pictures", "/v1/features", "/v1/reports",
+                                 "/healthz", "/readyz", "/metrics", "/openapi.json"}
     predict_op = doc["paths"]["/v1/models/{name}/predict"]["post"]
     assert set(predict_op["requestBody"]["content"]) == {"multipart/form-data", "application/json",
                                                          "image/*", "application/octet-stream"}

@@ -189,18 +189,28 @@ def _upload_and_wait(driver, image: Path) -> dict:
 @pytestmark_browser
 @pytest.mark.slow
 def test_page_classifies_with_every_model_in_chromium(models, reports, image_file, tmp_path):
+    # one more model, "trained" on another dataset: the page offers one dataset's models at a time
+    served_dir = tmp_path / "models"
+    shutil.copytree(models, served_dir)
+    other = served_dir / "other-svm"
+    shutil.copytree(served_dir / SVM, other)
+    meta = json.loads((other / "model.json").read_text())
+    meta["dataset"]["name"] = "other"
+    (other / "model.json").write_text(json.dumps(meta))
     port = free_port()
-    proc = serve(models, port, "--workers", "1", "--threads", "4", "--reports", str(reports))
+    proc = serve(served_dir, port, "--workers", "1", "--threads", "4", "--reports", str(reports))
     url = f"http://127.0.0.1:{port}"
     driver = None
     try:
         wait_ready(proc, url)
-        served = json_get(f"{url}/v1/models")["models"]
+        everything = json_get(f"{url}/v1/models")["models"]
+        served = [m for m in everything if m["trained_on"] != "other"]
         driver = browser(tmp_path)
         driver.get(f"{url}/")
         wait_for(driver, "return document.body.dataset.ready")
+        assert driver.find_element("id", "dataset").get_attribute("value") == "cifar10"
         cards = driver.execute_script("return document.querySelectorAll('#models .card').length")
-        assert cards == len(served)
+        assert cards == len(served) == len(everything) - 1
         assert "MNIST, profile full" in driver.find_element("id", "reports").text
         round_ = _upload_and_wait(driver, image_file)
         assert round_["failed"] == 0 and round_["models"] == len(served)

@@ -5,6 +5,7 @@
 
 const state = {
   models: [],
+  dataset: "",  // "" = every served model; else only the models trained on this dataset
   token: sessionStorage.getItem("cvpipe-token") || "",
   lastFiles: [],
 };
@@ -82,11 +83,34 @@ function cardOf(model) {
     el("div", { class: "prediction" }));
 }
 
+function chosenModels() {
+  return state.models.filter((m) => !state.dataset || m.trained_on === state.dataset);
+}
+
+function datasetFilter() {
+  // models trained on several datasets: classify with one dataset's models at a time
+  const counts = {};
+  for (const m of state.models) counts[m.trained_on || "?"] = (counts[m.trained_on || "?"] || 0) + 1;
+  const names = Object.keys(counts).sort();
+  const select = $("dataset");
+  $("dataset-box").hidden = names.length < 2;
+  if (names.length < 2) { state.dataset = ""; return; }
+  if (!names.includes(state.dataset)) state.dataset = names.reduce((a, b) => (counts[b] > counts[a] ? b : a));
+  select.replaceChildren(el("option", { value: "", text: `all ${state.models.length} models` }),
+    ...names.map((n) => el("option", { value: n, text: `${n} (${counts[n]} models)`, selected: n === state.dataset })));
+}
+
+function renderModels() {
+  const box = $("models");
+  box.replaceChildren(...chosenModels().map(cardOf));
+}
+
 async function loadModels() {
   const body = await api("/v1/models");
   state.models = body.models;
+  datasetFilter();
+  renderModels();
   const box = $("models");
-  box.replaceChildren(...state.models.map(cardOf));
   if (!state.models.length) box.append(el("p", { text: "No model is served." }));
   for (const bad of body.unavailable || []) {
     box.append(el("p", { class: "failed", text: `${bad.name} not loaded${bad.reason ? ": " + bad.reason : ""}` }));
@@ -166,9 +190,9 @@ async function showPictures(file, modelName, box) {
   }
 }
 
-function imageBlock(file, index) {
-  const classic = state.models.filter((m) => m.kind !== "cnn" && m.features);
-  const cards = Object.fromEntries(state.models.map((m) => [m.name, cardOf(m)]));
+function imageBlock(file, index, models) {
+  const classic = models.filter((m) => m.kind !== "cnn" && m.features);
+  const cards = Object.fromEntries(models.map((m) => [m.name, cardOf(m)]));
   const pictures = el("div", { class: "pictures" });
   let picker = null;
   if (classic.length) {
@@ -199,22 +223,23 @@ async function classify(files) {
   state.lastFiles = list;
   showError("");
   if (!state.models.length) await loadModels();
+  const models = chosenModels();
   const results = $("results");
   results.replaceChildren();
-  $("status").textContent = `Classifying ${list.length} image(s) with ${state.models.length} model(s)…`;
+  $("status").textContent = `Classifying ${list.length} image(s) with ${models.length} model(s)…`;
   const started = performance.now();
   const jobs = [];
   list.forEach((file, i) => {
-    const { block, cards, pictures, picker } = imageBlock(file, i);
+    const { block, cards, pictures, picker } = imageBlock(file, i, models);
     results.append(block);
-    for (const model of state.models) jobs.push(predictOne(file, model, cards[model.name]));
+    for (const model of models) jobs.push(predictOne(file, model, cards[model.name]));
     if (picker) jobs.push(showPictures(file, picker.value, pictures));
   });
   const outcomes = await Promise.allSettled(jobs);
   const ms = performance.now() - started;
   const failed = outcomes.filter((o) => o.status === "rejected").map((o) => o.reason);
-  window.cvpipeLastRound = { ms, images: list.length, models: state.models.length, failed: failed.length };
-  $("status").textContent = `${list.length} image(s) × ${state.models.length} model(s) in ${ms.toFixed(0)} ms`
+  window.cvpipeLastRound = { ms, images: list.length, models: models.length, failed: failed.length };
+  $("status").textContent = `${list.length} image(s) × ${models.length} model(s) in ${ms.toFixed(0)} ms`
     + (failed.length ? `; ${failed.length} request(s) failed` : ".");
   const unauthorised = failed.find((f) => f.status === 401);
   if (unauthorised) askForToken(unauthorised.message);
@@ -241,6 +266,11 @@ function wireInput() {
   document.addEventListener("paste", (e) => {
     const files = [...(e.clipboardData ? e.clipboardData.files : [])];
     if (files.length) { e.preventDefault(); classify(files).catch(onFailure); }
+  });
+  $("dataset").addEventListener("change", () => {
+    state.dataset = $("dataset").value;
+    renderModels();
+    if (state.lastFiles.length) classify(state.lastFiles).catch(onFailure);
   });
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault();
