@@ -104,6 +104,8 @@ def main() -> int:
             result = wait_for(driver, "return window.cvpipeLastRound", timeout=300)
             if result["failed"]:
                 raise SystemExit(f"{result['failed']} requests failed on the page")
+            if result["images"] != 1:
+                raise SystemExit(f"a round classified {result['images']} images, not 1")
             rounds.append(result["ms"])
         rounds = rounds[1:]
         api_rounds = [_api_round(url, models, image) for _ in range(args.rounds)]

@@ -222,6 +222,10 @@ def test_page_classifies_with_every_model_in_chromium(models, reports, image_fil
         hog = wait_for(driver, "const i = document.querySelector('#results img.hog'); "
                                "return i && i.complete && i.naturalWidth")
         assert hog >= 128
+        # the same file chosen again is classified again, alone
+        driver.execute_script("window.cvpipeLastRound = null")
+        again = _upload_and_wait(driver, image_file)
+        assert again["images"] == 1 and again["failed"] == 0
         # keyboard: the drop zone is reachable and focusable
         driver.execute_script("document.getElementById('drop').focus()")
         assert driver.execute_script("return document.activeElement.id") == "drop"

@@ -255,7 +255,11 @@ function wireInput() {
   drop.addEventListener("keydown", (e) => {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); chooser.click(); }
   });
-  chooser.addEventListener("change", () => classify(chooser.files).catch(onFailure));
+  chooser.addEventListener("change", () => {
+    const files = [...chooser.files];
+    chooser.value = "";  // so that choosing the same file again classifies it again
+    classify(files).catch(onFailure);
+  });
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.add("over"); });
   }
