@@ -359,3 +359,29 @@ def test_offline_named_dataset_says_which_variable_to_set(tmp_path, monkeypatch)
     with pytest.raises(DataError, match=r"could not download .* point \$CVPIPE_FASHION_MNIST_SOURCE"):
         load_dataset("fashion-mnist", tmp_path / "root")
     assert not any((tmp_path / "root" / "downloads" / "fashion-mnist").iterdir())
+
+
+def test_summary_shows_each_dataset_once_by_its_most_telling_run(tmp_path):
+    from cvpipe.compare.summary import chart, collect
+
+    def run(folder: str, dataset: str, train: int, cnn: bool, created: str, best: float) -> None:
+        rows = [{"pipeline": "hog-mlp", "family": "classic", "train_accuracy": 0.9,
+                 "val_accuracy": best, "test_accuracy": best, "test_ci95": [best - 0.01, best + 0.01]}]
+        if cnn:
+            rows.append({"pipeline": "cnn", "family": "cnn", "train_accuracy": 0.95,
+                         "val_accuracy": 0.9, "test_accuracy": 0.9, "test_ci95": [0.89, 0.91]})
+        path = tmp_path / folder / "results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({
+            "run": {"profile": {"name": folder}, "created": created}, "pipelines": rows,
+            "dataset": {"name": dataset, "title": dataset, "classes": list("abc"),
+                        "image_shape": [8, 8, 1], "train": train, "val": 10, "test": 30}}))
+
+    run("c-quick", "c", 300, True, "2026-12-02", 0.5)      # latest, but trained on few images
+    run("c-full", "c", 4500, True, "2026-12-01", 0.7)
+    run("c-sweep", "c", 4500, False, "2026-12-03", 0.72)   # no CNN to compare with
+    run("m-full", "m", 400, True, "2026-12-01", 0.8)
+    assert sorted(line["run"] for line in collect(tmp_path)) == ["c-full", "m-full"]
+    every = collect(tmp_path, all_runs=True)
+    assert sorted(line["run"] for line in every) == ["c-full", "c-quick", "c-sweep", "m-full"]
+    assert chart(every)[:4] == b"\x89PNG"

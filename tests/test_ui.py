@@ -219,6 +219,9 @@ def test_page_classifies_with_every_model_in_chromium(models, reports, image_fil
             "c => [c.dataset.model, (c.querySelector('.top') || {}).dataset?.label])")
         assert sorted(m for m, _ in labels) == sorted(m["name"] for m in served)
         assert all(label for _, label in labels), labels
+        assert "null" not in driver.find_element("id", "results").text
+        picked = driver.execute_script("return document.querySelector('#results select').value")
+        assert picked in {m["name"] for m in served if "hog" in json.dumps(m["features"])}
         hog = wait_for(driver, "const i = document.querySelector('#results img.hog'); "
                                "return i && i.complete && i.naturalWidth")
         assert hog >= 128

@@ -83,7 +83,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace) -> int:
     from cvpipe.compare.summary import HEADERS, _table, collect, verdict, write_summary
 
-    lines = collect(args.reports_dir)
+    lines = collect(args.reports_dir, all_runs=args.all_runs)
     page = write_summary(lines, args.reports_dir)
     for line, row in zip(lines, _table(lines), strict=True):
         print(f"{row[0]:<28}{row[1]:>8}  {row[2]:<9}best {row[4]:<30} test {row[6]:>6} | CNN "
@@ -153,4 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog="Example: cvpipe compare --dataset mnist --profile full; cvpipe compare --profile "
         "full; cvpipe summary")
     s.add_argument("--reports-dir", default=REPORTS_DIR, help="default: ./reports")
+    s.add_argument("--all-runs", action="store_true",
+                   help="one line per run; by default one per dataset: the run with a CNN that "
+                   "trained on the most images, the latest if several")
     s.set_defaults(func=_summary)

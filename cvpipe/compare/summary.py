@@ -4,8 +4,11 @@
 (``reports/<dataset>-<profile>/results.json``) and sets, per dataset, the best hand-made
 pipeline (chosen on validation accuracy, as in each run) against the CNN, train and test, on
 one chart ordered by the number of classes and then by difficulty (the best test accuracy,
-highest first). It writes ``reports/summary/`` (``index.html`` with the chart inlined,
-``summary.md``, ``summary.json``, ``summary.png``), replaced whole.
+highest first). A dataset compared more than once is represented by its most telling run:
+one with a CNN first, then the one that trained on the most images, then the latest
+(``all_runs`` lists every run, each labelled with its folder). It writes
+``reports/summary/`` (``index.html`` with the chart inlined, ``summary.md``,
+``summary.json``, ``summary.png``), replaced whole.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ def _row(run: str, results: dict[str, Any]) -> dict[str, Any] | None:
         "image_shape": ds.get("image_shape") or [32, 32, 3],
         "train_images": ds.get("train"), "val_images": ds.get("val"), "test_images": ds.get("test"),
         "profile": (results.get("run") or {}).get("profile", {}).get("name"),
+        "created": (results.get("run") or {}).get("created") or "",
         "best_classic": {k: best.get(k) for k in ("pipeline", "train_accuracy", "val_accuracy",
                                                   "test_accuracy", "test_ci95", "train_seconds",
                                                   "latency_ms_single")},
@@ -58,9 +62,14 @@ def _row(run: str, results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def collect(reports_dir: str | Path) -> list[dict[str, Any]]:
-    """One line per run found under ``reports_dir``, ordered by number of classes, then by
-    difficulty (best test accuracy, highest first)."""
+def _telling(line: dict[str, Any]) -> tuple:
+    """How well a run represents its dataset: a CNN to compare with, most images, latest."""
+    return (line["cnn"] is not None, line["train_images"] or 0, line["created"])
+
+
+def collect(reports_dir: str | Path, all_runs: bool = False) -> list[dict[str, Any]]:
+    """One line per dataset found under ``reports_dir`` (per run with ``all_runs``), ordered by
+    number of classes, then by difficulty (best test accuracy, highest first)."""
     reports_dir = Path(reports_dir)
     if not reports_dir.is_dir():
         raise ConfigError(f"{reports_dir}: no such reports folder (run cvpipe compare first)")
@@ -78,6 +87,15 @@ def collect(reports_dir: str | Path) -> list[dict[str, Any]]:
             lines.append(line)
     if not lines:
         raise ConfigError(f"{reports_dir}: no comparison results (*/results.json) to summarise")
+    if not all_runs:
+        chosen: dict[str, dict[str, Any]] = {}
+        for line in lines:
+            if line["dataset"] not in chosen or _telling(line) > _telling(chosen[line["dataset"]]):
+                chosen[line["dataset"]] = line
+        skipped = sorted(line["run"] for line in lines if chosen[line["dataset"]] is not line)
+        if skipped:
+            log.info("one run per dataset; not shown (see --all-runs): %s", ", ".join(skipped))
+        lines = list(chosen.values())
     return sorted(lines, key=lambda r: (r["classes"], -_best_test(r)))
 
 
@@ -127,7 +145,10 @@ def chart(lines: list[dict[str, Any]]) -> bytes:
         for xi, t in zip(xs, test, strict=True):
             ax.annotate(f"{t:.1f}", (xi, t), textcoords="offset points", xytext=(6, -3),
                         fontsize=8, color=color)
-    ax.set_xticks(x, [f"{line['title']}\n{line['classes']} classes, "
+    repeated = {line["dataset"] for line in lines
+                if sum(other["dataset"] == line["dataset"] for other in lines) > 1}
+    ax.set_xticks(x, [f"{line['title']}" + (f" ({line['run']})" if line["dataset"] in repeated else "")
+                      + f"\n{line['classes']} classes, "
                       f"{'x'.join(map(str, line['image_shape']))}" for line in lines], fontsize=8)
     ax.set_xlim(-0.6, len(lines) - 0.4)
     ax.set_ylabel("accuracy (%)")

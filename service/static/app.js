@@ -152,7 +152,8 @@ function bars(body) {
              el("strong", { text: prediction.label }),
              el("span", { class: "meta", text: ` in ${body.timing_ms.total.toFixed(1)} ms` })),
           ...rows,
-          probabilities ? null : el("p", { class: "note", text: "decision scores, not probabilities" })];
+          probabilities ? null : el("p", { class: "note", text: "decision scores, not probabilities" })]
+    .filter(Boolean);
 }
 
 async function predictOne(file, model, card) {
@@ -198,6 +199,9 @@ function imageBlock(file, index, models) {
   if (classic.length) {
     picker = el("select", { "aria-label": "Model whose features to draw" },
                 ...classic.map((m) => el("option", { value: m.name, text: m.name })));
+    // start with a model that uses HOG, whose glyphs say the most
+    const withHog = classic.find((m) => (m.features.components || []).some((c) => c.name === "hog"));
+    if (withHog) picker.value = withHog.name;
     picker.addEventListener("change", () => showPictures(file, picker.value, pictures).catch(onFailure));
   }
   const block = el("section", { class: "image-block", "aria-label": `Image ${index + 1}: ${file.name || "pasted"}` },
