@@ -65,9 +65,12 @@ def hog_picture(image: np.ndarray, params: dict[str, Any]) -> bytes:
     h, w = image.shape[:2]
     scale = max(1, SHOWN_SIDE // max(h, w))
     glyphs = hog_glyphs(image, scale=scale, **kwargs)
-    top = float(glyphs.max())
+    drawn = glyphs[glyphs > 0]
+    # scaled to the 99th percentile, then a square root: one strong edge would otherwise leave
+    # every other glyph too faint to see
+    top = float(np.percentile(drawn, 99)) if drawn.size else 0.0
     pixels = np.zeros(glyphs.shape, np.uint8) if top <= 0 else (
-        np.clip(glyphs / top, 0, 1) * 255).astype(np.uint8)
+        np.sqrt(np.clip(glyphs / top, 0, 1)) * 255).astype(np.uint8)
     return _png(Image.fromarray(pixels))
 
 
