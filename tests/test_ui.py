@@ -220,6 +220,10 @@ def test_page_classifies_with_every_model_in_chromium(models, reports, image_fil
         assert sorted(m for m, _ in labels) == sorted(m["name"] for m in served)
         assert all(label for _, label in labels), labels
         assert "null" not in driver.find_element("id", "results").text
+        widths = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#results .card .fill'))"
+            ".map(f => f.getBoundingClientRect().width)")
+        assert widths and max(widths) > 10  # the bars are drawn
         picked = driver.execute_script("return document.querySelector('#results select').value")
         assert picked in {m["name"] for m in served if "hog" in json.dumps(m["features"])}
         hog = wait_for(driver, "const i = document.querySelector('#results img.hog'); "
