@@ -424,8 +424,10 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
         "info": {
             "title": "cvpipe prediction API",
             "version": __version__,
-            "description": "Classify CIFAR-10-like images with hand-made-feature models (HOG, colour "
-                           "histograms + SVM/MLP) or a CNN, and extract the features themselves. "
+            "description": "Classify images with hand-made-feature models (HOG, colour histograms, "
+                           "learned patches + SVM/MLP) or a CNN, each on the dataset it was trained "
+                           "on (an upload is converted to its size and channels), and extract the "
+                           "features themselves. "
                            "Errors are JSON {error, message, status}. "
                            + ("The predict and features endpoints need 'Authorization: Bearer <token>'."
                               if auth else "Authentication is off on this server (set "
