@@ -181,7 +181,9 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
         pre, clf, fit_seconds = _fit(final, Xall, yall)
         n_fit_images = len(yall)
         train_split = "train_full"
-        Xtrain_eval, ytrain_eval = np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva])
+        # the unflipped train + validation: Xall itself unless flips were added (no second copy)
+        Xtrain_eval, ytrain_eval = ((Xall, yall) if not spec.augment_flip else
+                                    (np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva])))
     else:
         fit_seconds = rec["fit_seconds"]
         n_fit_images = len(yfit)
