@@ -76,7 +76,8 @@ def _compare(args: argparse.Namespace) -> int:
     print(f"report: {html}  (also report.md, results.json)  in {time.perf_counter() - start:.0f} s")
     models = sorted({Path(r['model_dir']).parent for r in results["pipelines"]})
     print(f"models: {', '.join(map(str, models))}; serve them with: "
-          f"cvpipe serve --models {models[0]} --host 127.0.0.1 --port 8000")
+          f"cvpipe serve --models {models[0]} --reports {out.parent} --host 127.0.0.1 --port 8000"
+          " (a page to try them at http://127.0.0.1:8000/)")
     return 0
 
 
