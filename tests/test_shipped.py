@@ -163,6 +163,21 @@ def test_every_shipped_profile_builds_every_pipeline_for_its_sizes():
     assert {m for (prof, _), m in methods.items() if prof == "full"} == {"nystroem"}
 
 
+def test_the_full_profile_learns_the_papers_dictionary_and_the_quick_one_a_cheaper_one():
+    from cvpipe.features.patches import PatchFeatures
+
+    cfg = load_compare_config()
+    for profile, want in (("quick", (200_000, 15)), ("full", (400_000, 50))):
+        patch_pipelines = [p for p in cfg.plan(cfg.profiles[profile])
+                           if isinstance(p, ClassicPipeline) and "patches" in p.spec.features.name]
+        assert len(patch_pipelines) == 3, profile
+        for p in patch_pipelines:
+            declared = next(c["params"] for c in p.spec.features.to_dict()["components"]
+                            if c["name"] == "patches")
+            patches = PatchFeatures(**declared)  # the declared values over the defaults
+            assert (patches.n_patches, patches.max_iter) == want, (profile, p.name)
+
+
 BAD = """
 [compare]
 pipelines = ["color-linear-svm", "{name}"]

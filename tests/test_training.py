@@ -161,3 +161,20 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     assert code == 2 and "bad.png" in capsys.readouterr().err
     assert main(["models", "list", "--models-dir", str(tmp_path / "models")]) == 0
     assert "quick" in capsys.readouterr().out
+
+
+def test_feature_params_option_overrides_one_components_parameters():
+    from cvpipe.models.pipelines import get_pipeline
+
+    joined = get_pipeline("patches+hog+color-linear-svm")
+    cheap = joined.configure(feature_params={"patches": {"n_patches": 1000, "max_iter": 2}})
+    components = {c["name"]: c["params"] for c in cheap.spec.features.to_dict()["components"]}
+    assert components["patches"] == {"n_patches": 1000, "max_iter": 2} and components["hog"] == {}
+    assert cheap.definition() != joined.definition()  # a different model, never reused for it
+    assert "n_patches" not in str(joined.spec.features.to_dict())  # the original is untouched
+    with pytest.raises(ConfigError, match="not a component of 'hog'"):
+        get_pipeline("hog-mlp").configure(feature_params={"patches": {"n_patches": 1}})
+    with pytest.raises(ConfigError, match="has no parameter 'bogus'"):
+        get_pipeline("patches-mlp").configure(feature_params={"patches": {"bogus": 1}})
+    with pytest.raises(ConfigError, match="must be a table"):
+        get_pipeline("patches-mlp").configure(feature_params={"patches": 3})

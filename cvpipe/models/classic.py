@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ FEATURES_FILE = "features.safetensors"
 class ClassicPipeline(Pipeline):
     """A :class:`~cvpipe.classifiers.specs.ClassicSpec` trained and saved as a model.
 
-    Run options: ``seed`` (the classifier's ``random_state``, where it has one; default 0)
-    and ``refit`` (refit the chosen candidate on train + validation; default true).
+    Run options: ``seed`` (the classifier's ``random_state``, where it has one; default 0),
+    ``refit`` (refit the chosen candidate on train + validation; default true) and
+    ``feature_params`` ({component name: {parameter: value}}, merged into the feature set's
+    declared parameters, e.g. a cheaper dictionary for a quick run).
     """
 
     kind = "classic"
@@ -43,7 +46,7 @@ class ClassicPipeline(Pipeline):
         return cls(ClassicSpec.from_dict(name, table))
 
     def option_names(self) -> tuple[str, ...]:
-        return (*self.COMMON_OPTIONS, "refit")
+        return (*self.COMMON_OPTIONS, "refit", "feature_params")
 
     def _with_options(self, options: dict[str, Any]) -> ClassicPipeline:
         seed, refit = options.get("seed", self.seed), options.get("refit", self.refit)
@@ -51,7 +54,29 @@ class ClassicPipeline(Pipeline):
             raise ConfigError(f"seed must be a non-negative integer, not {seed!r}")
         if not isinstance(refit, bool):
             raise ConfigError(f"refit must be true or false, not {refit!r}")
-        return ClassicPipeline(self.spec, seed=seed, refit=refit)
+        spec = self.spec
+        if "feature_params" in options:
+            spec = self._with_feature_params(options["feature_params"])
+        return ClassicPipeline(spec, seed=seed, refit=refit)
+
+    def _with_feature_params(self, overrides: Any) -> ClassicSpec:
+        """The spec with ``overrides`` ({component: {param: value}}) merged into its features."""
+        if not isinstance(overrides, Mapping) or not all(isinstance(v, Mapping)
+                                                         for v in overrides.values()):
+            raise ConfigError("feature_params must be a table {component: {parameter: value}}, "
+                              f"not {overrides!r}")
+        data = self.spec.to_dict()
+        components = data["features"]["components"]
+        missing = sorted(set(overrides) - {c["name"] for c in components})
+        if missing:
+            raise ConfigError(f"feature_params names {', '.join(map(repr, missing))}, not a "
+                              f"component of {self.spec.features.name!r} "
+                              f"({', '.join(c['name'] for c in components)})")
+        for component in components:
+            if component["name"] in overrides:
+                component["params"] = {**(component.get("params") or {}),
+                                       **overrides[component["name"]]}
+        return dataclasses.replace(self.spec, features=FeatureSpec.parse(data["features"]))
 
     def seeded_spec(self) -> ClassicSpec:
         """The spec with ``seed`` as the classifier's ``random_state`` unless the spec sets one."""
