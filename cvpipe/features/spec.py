@@ -236,6 +236,29 @@ class FeatureSpec:
                 per[k].setdefault(key, value)
         return cls(name.strip(), tuple(FeatureComponent.make(k, per[k]) for k in kinds))
 
+    def with_params(self, overrides: Any) -> FeatureSpec:
+        """A copy with ``overrides`` ({component kind: {parameter: value}}) merged into the
+        declared parameters of every component of that kind.
+
+        Raises
+        ------
+        ConfigError
+            ``overrides`` is not such a table, names a kind the set lacks, or a parameter or
+            value that kind does not take.
+        """
+        if not isinstance(overrides, Mapping) or not all(isinstance(v, Mapping)
+                                                         for v in overrides.values()):
+            raise ConfigError("feature_params must be a table {component: {parameter: value}}, "
+                              f"not {overrides!r}")
+        kinds = [c.kind for c in self.components]
+        missing = sorted(set(overrides) - set(kinds))
+        if missing:
+            raise ConfigError(f"feature_params names {', '.join(map(repr, missing))}, not a "
+                              f"component of {self.name!r} ({', '.join(kinds)})")
+        return dataclasses.replace(self, components=tuple(
+            FeatureComponent.make(c.kind, {**c.params, **overrides[c.kind]})
+            if c.kind in overrides else c for c in self.components))
+
     # ------------------------------------------------------------------ what it is
 
     def to_dict(self) -> dict[str, Any]:

@@ -56,27 +56,8 @@ class ClassicPipeline(Pipeline):
             raise ConfigError(f"refit must be true or false, not {refit!r}")
         spec = self.spec
         if "feature_params" in options:
-            spec = self._with_feature_params(options["feature_params"])
+            spec = dataclasses.replace(spec, features=spec.features.with_params(options["feature_params"]))
         return ClassicPipeline(spec, seed=seed, refit=refit)
-
-    def _with_feature_params(self, overrides: Any) -> ClassicSpec:
-        """The spec with ``overrides`` ({component: {param: value}}) merged into its features."""
-        if not isinstance(overrides, Mapping) or not all(isinstance(v, Mapping)
-                                                         for v in overrides.values()):
-            raise ConfigError("feature_params must be a table {component: {parameter: value}}, "
-                              f"not {overrides!r}")
-        data = self.spec.to_dict()
-        components = data["features"]["components"]
-        missing = sorted(set(overrides) - {c["name"] for c in components})
-        if missing:
-            raise ConfigError(f"feature_params names {', '.join(map(repr, missing))}, not a "
-                              f"component of {self.spec.features.name!r} "
-                              f"({', '.join(c['name'] for c in components)})")
-        for component in components:
-            if component["name"] in overrides:
-                component["params"] = {**(component.get("params") or {}),
-                                       **overrides[component["name"]]}
-        return dataclasses.replace(self.spec, features=FeatureSpec.parse(data["features"]))
 
     def seeded_spec(self) -> ClassicSpec:
         """The spec with ``seed`` as the classifier's ``random_state`` unless the spec sets one."""
