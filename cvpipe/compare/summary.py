@@ -17,6 +17,7 @@ import base64
 import html
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,8 @@ def chart(lines: list[dict[str, Any]]) -> bytes:
         for xi, t in zip(xs, test, strict=True):
             ax.annotate(f"{t:.1f}", (xi, t), textcoords="offset points", xytext=(6, -3),
                         fontsize=8, color=color)
-    repeated = {line["dataset"] for line in lines
-                if sum(other["dataset"] == line["dataset"] for other in lines) > 1}
-    ax.set_xticks(x, [f"{line['title']}" + (f" ({line['run']})" if line["dataset"] in repeated else "")
+    runs_of = Counter(line["dataset"] for line in lines)  # a dataset shown twice: name its runs
+    ax.set_xticks(x, [line["title"] + (f" ({line['run']})" if runs_of[line["dataset"]] > 1 else "")
                       + f"\n{line['classes']} classes, "
                       f"{'x'.join(map(str, line['image_shape']))}" for line in lines], fontsize=8)
     ax.set_xlim(-0.6, len(lines) - 0.4)
