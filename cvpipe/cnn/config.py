@@ -1,8 +1,9 @@
 """Settings of a CNN training run, and the device choice.
 
 Every field has a default; the ones left at ``None`` are filled in by :meth:`CNNConfig.resolved`
-from the device (a small, fast net on a CPU; ResNet-9 on a GPU) and the optimiser, and the
-resolved values are what a model's metadata records.
+from the device (a small, fast net on a CPU; the full-width one on a GPU), the network and the
+optimiser, and the resolved values are what a model's metadata records. ``RECIPES`` are named
+sets of settings (``recipe = "airbench"``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from typing import Any
 
 import torch
 
-from cvpipe.cnn.net import ACTIVATIONS, NetConfig
+from cvpipe.cnn.net import ACTIVATIONS, ARCHITECTURES, NetConfig
 from cvpipe.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-SCHEDULES = ("onecycle", "cosine", "plateau", "constant")
+SCHEDULES = ("onecycle", "triangle", "cosine", "plateau", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 
 #: Peak learning rate and weight decay per optimiser when ``lr``/``weight_decay`` are None.
@@ -25,6 +26,26 @@ DEFAULT_LR = {"sgd": 0.4, "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3, "adagrad
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 5e-5, "adamw": 0.05, "rmsprop": 5e-5, "adagrad": 5e-5}
 #: Per device kind: (width, epochs, batch size, channels_last, mixed precision).
 DEVICE_DEFAULTS = {"cpu": (16, 10.0, 256, True, False), "cuda": (64, 16.0, 512, True, True)}
+#: The same for ``arch="airbench"`` (its groups are width, 4 x width, 4 x width wide).
+AIRBENCH_DEVICE_DEFAULTS = {"cpu": (32, 9.9, 1024, True, False), "cuda": (64, 9.9, 1024, True, True)}
+#: Airbench's peak learning rate for the mean loss of a 1024-image batch (its 11.5 per 1024
+#: examples with momentum 0.85, summed loss); other batch sizes scale it linearly.
+AIRBENCH_LR_PER_1024 = 1.5
+
+#: Named sets of settings: ``recipe = "airbench"`` in a ``[cnn]`` table or ``--set recipe=airbench``
+#: fills every key the user did not give. "airbench" follows Jordan's airbench94 (2024): frozen
+#: patch-whitening first layer, dirac initialisation, label smoothing, lookahead (EMA) of the
+#: weights, alternating flips, 2-pixel translations, flip + translate test-time augmentation,
+#: 1024-image batches, a triangular learning rate and decoupled weight decay on every parameter.
+RECIPES: dict[str, dict[str, Any]] = {
+    "resnet": {},
+    "airbench": {
+        "arch": "airbench", "activation": "gelu", "optimizer": "sgd", "momentum": 0.85, "nesterov": True,
+        "weight_decay": 1.33e-3, "bias_lr_scale": 64.0, "bias_decay": True, "label_smoothing": 0.2,
+        "schedule": "triangle", "warmup": 0.23, "patience": None, "translate": 2, "flip": True,
+        "alternate_flip": True, "lookahead": True, "tta": 2, "whiten_bias_epochs": 3.0,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -35,8 +56,9 @@ class CNNConfig:
     ----------
     epochs : float, optional
         Passes over the training split (fractions allowed). Default: as many as fit in
-        ``time_budget`` when one is given, else 10 on a CPU and 16 on a GPU; with a
-        budget, an explicit value is the upper limit.
+        ``time_budget`` when one is given, else 10 on a CPU and 16 on a GPU (airbench: 9.9,
+        and on a GPU 9.9 even with a budget, which is then only a limit); with a budget, an
+        explicit value is the upper limit.
     time_budget : float, optional
         Seconds of training (the loop including per-epoch validation and checkpoints;
         not the final scoring). Throughput is measured on a few steps first and the
@@ -51,9 +73,10 @@ class CNNConfig:
     weight_decay : float, optional
         On convolution and linear weights only, not on batch-norm parameters.
     label_smoothing : float
-    schedule : {"onecycle", "cosine", "plateau", "constant"}
+    schedule : {"onecycle", "triangle", "cosine", "plateau", "constant"}
         "onecycle": linear warm-up to the peak over ``warmup`` of training, then linear
-        decay to zero; "cosine": the same warm-up, then cosine decay; "plateau": warm-up,
+        decay to zero; "triangle": airbench's, from 0.2 x peak up to the peak at ``warmup``,
+        then down to 0.07 x peak; "cosine": the same warm-up, then cosine decay; "plateau": warm-up,
         then divide by ``1 / plateau_factor`` when validation loss stalls for
         ``plateau_patience`` epochs.
     warmup : float
@@ -65,12 +88,30 @@ class CNNConfig:
     translate, flip, cutout : int, bool, int
         Augmentation: random shift by up to ``translate`` pixels (reflect padding),
         horizontal flip, zeroing a random ``cutout`` x ``cutout`` square (0: off).
-    tta : bool
-        Average predictions over the image and its mirror image at evaluation.
+    alternate_flip : bool
+        Derandomised flips: each image gets one random flip bit for the run, used as is in
+        even epochs and inverted in odd ones, so every image is seen both ways in two epochs.
+    tta : {0, 1, 2} or bool
+        Test-time augmentation: 0/False none, 1/True average with the mirror image, 2 also
+        with 1-pixel translations (weights 1/2 for the plain pair, 1/4 for each shifted pair).
+    arch : {"resnet", "airbench"}
+        The network (see :mod:`cvpipe.cnn.net`).
     width : int, optional
-        Channels of the stem; the stages have 2x, 4x, 8x (default 16 on CPU, 64 on GPU).
+        Channels of the first stage: the resnet's stages have 2x, 4x, 8x (default 16 on
+        CPU, 64 on GPU); the airbench net's groups 4x, 4x (default 32 on CPU, 64 on GPU).
     blocks : tuple of int
-        Residual blocks after the stem and each stage.
+        Residual blocks after the stem and each stage (resnet).
+    lookahead : bool
+        Every 5 steps (and at each epoch's end) move an exponential moving average of the
+        weights towards the weights and copy it back, with a decay that rises as ``0.95**5 *
+        progress**3``; at the end of training the weights are that average.
+    bias_lr_scale : float
+        Learning rate multiplier for biases and batch-norm parameters.
+    bias_decay : bool
+        Also decay the biases (by the same amount per step as the weights, so their weight
+        decay is divided by ``bias_lr_scale``); off: biases are not decayed.
+    whiten_bias_epochs : float
+        Epochs during which the bias of the frozen whitening layer learns (airbench).
     activation : {"relu", "gelu", "silu"}
     device : {"auto", "cpu", "cuda"} or "cuda:N"
         "auto": CUDA if available, else CPU.
@@ -105,7 +146,9 @@ class CNNConfig:
     translate: int = 2
     flip: bool = True
     cutout: int = 0
-    tta: bool = True
+    alternate_flip: bool = False
+    tta: int | bool = True
+    arch: str = "resnet"
     width: int | None = None
     blocks: tuple[int, ...] = (0, 1, 0, 1)
     activation: str = "relu"
@@ -116,6 +159,10 @@ class CNNConfig:
     compile: bool = False
     eval_batch_size: int = 1024
     resume: bool = False
+    lookahead: bool = False
+    bias_lr_scale: float = 1.0
+    bias_decay: bool = False
+    whiten_bias_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         def check(ok: bool, message: str) -> None:
@@ -141,15 +188,25 @@ class CNNConfig:
         check(len(self.blocks) == 4 and all(b >= 0 for b in self.blocks),
               "blocks needs 4 non-negative counts (stem and 3 stages)")
         check(self.eval_batch_size >= 1, "eval_batch_size must be positive")
+        check(self.arch in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}")
+        check(self.tta in (0, 1, 2), "tta must be 0 (off), 1 (mirror) or 2 (mirror and translate)")
+        check(self.bias_lr_scale > 0, "bias_lr_scale must be positive")
+        check(self.whiten_bias_epochs >= 0, "whiten_bias_epochs must be >= 0")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CNNConfig:
         """Build from a mapping (a TOML table, JSON); unknown keys are an error.
 
-        Keys may use dashes or underscores (``time-budget`` or ``time_budget``).
+        Keys may use dashes or underscores (``time-budget`` or ``time_budget``). A ``recipe``
+        key (see ``RECIPES``) fills in its settings for every key not given.
         """
         known = {f.name for f in fields(cls)}
         clean = {str(k).replace("-", "_"): v for k, v in d.items()}
+        if "recipe" in clean:
+            recipe = clean.pop("recipe")
+            if recipe not in RECIPES:
+                raise ConfigError(f"cnn config: recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
+            clean = {**RECIPES[recipe], **clean}
         unknown = sorted(set(clean) - known)
         if unknown:
             raise ConfigError(f"cnn config: unknown key(s) {', '.join(unknown)}; "
@@ -172,13 +229,21 @@ class CNNConfig:
 
     def resolved(self, device: torch.device) -> CNNConfig:
         """This config with every ``None`` default filled in for ``device``."""
-        width, epochs, batch, channels_last, amp = DEVICE_DEFAULTS[device.type]
+        table = AIRBENCH_DEVICE_DEFAULTS if self.arch == "airbench" else DEVICE_DEFAULTS
+        width, epochs, batch, channels_last, amp = table[device.type]
+        batch = self.batch_size or batch
+        lr = DEFAULT_LR[self.optimizer]
+        if self.arch == "airbench" and self.optimizer == "sgd":
+            lr = AIRBENCH_LR_PER_1024 * batch / 1024
+        # A budget alone decides the length, except for airbench on a GPU: its 9.9 epochs take
+        # seconds there, and more time buys little; the budget is then only a limit.
+        budget_decides = self.time_budget and not (self.arch == "airbench" and device.type == "cuda")
         return dataclasses.replace(
             self,
             width=self.width or width,
-            epochs=self.epochs if self.epochs is not None or self.time_budget else epochs,
-            batch_size=self.batch_size or batch,
-            lr=self.lr or DEFAULT_LR[self.optimizer],
+            epochs=self.epochs if self.epochs is not None or budget_decides else epochs,
+            batch_size=batch,
+            lr=self.lr or lr,
             weight_decay=DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None
             else self.weight_decay,
             channels_last=channels_last if self.channels_last is None else self.channels_last,
@@ -186,6 +251,11 @@ class CNNConfig:
         )
 
     def net_config(self, n_classes: int, in_channels: int = 3) -> NetConfig:
+        if self.arch == "airbench":
+            w = self.width or AIRBENCH_DEVICE_DEFAULTS["cpu"][0]
+            return NetConfig(widths=(w, 4 * w, 4 * w), blocks=(0, 0, 0), activation=self.activation,
+                             scale=1 / 9, bn_momentum=0.4, n_classes=n_classes, in_channels=in_channels,
+                             arch="airbench")
         w = self.width or DEVICE_DEFAULTS["cpu"][0]
         return NetConfig(widths=(w, 2 * w, 4 * w, 8 * w), blocks=tuple(self.blocks),
                          activation=self.activation, n_classes=n_classes, in_channels=in_channels)

@@ -60,6 +60,15 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
+def alternating_flip(x: torch.Tensor, flip_bits: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Mirror the images whose bit is set in even epochs and the others in odd ones.
+
+    ``flip_bits`` (bool, one per image of the batch) is drawn once per run, so every image is
+    seen both ways in any two consecutive epochs (airbench's derandomised flip).
+    """
+    return torch.where((flip_bits ^ bool(epoch % 2))[:, None, None, None], x.flip(3), x)
+
+
 def random_cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """Zero (the mean, after normalisation) a random ``size`` x ``size`` square inside each image."""
     n, _, h, w = x.shape

@@ -1,4 +1,8 @@
-"""A compact residual CNN for 32x32 images (ResNet-9 family, after Page's DAWNBench net).
+"""The CNN's two networks: a compact residual net (``arch="resnet"``) and the speed record's
+net (``arch="airbench"``); :func:`build_net` makes either from a :class:`NetConfig`.
+
+ResNet (ResNet-9 family, after Page's DAWNBench net)
+----------------------------------------------------
 
 ::
 
@@ -11,6 +15,24 @@ Any input size of at least 8x8 works (the global pool takes what the stages leav
 ends at 4x4, 28x28 at 3x3). Convolutions have no bias (BN follows) and He-normal weights; the last BN of every
 residual branch starts at zero, so each block starts as the identity. ``widths`` and
 ``blocks`` set the size: ``(64, 128, 256, 512)`` with ``(0, 1, 0, 1)`` is ResNet-9.
+
+Airbench (after Keller Jordan's airbench94, 2024)
+-------------------------------------------------
+::
+
+    whiten    conv2x2(C -> 2*C*4), frozen: +/- the ZCA eigenvectors of the training patches -> GELU
+    group i   conv3x3(-> w[i]) -> maxpool2 -> BN -> GELU -> conv3x3 -> BN -> GELU    i = 0, 1, 2
+    head      global max pool -> linear(no bias) -> x ``scale`` (1/9)
+
+The first layer is fixed from the data before training (:meth:`AirbenchNet.init_whitening`),
+so the net sees decorrelated patches from the first step; only its bias learns, for the first
+epochs. Every 3x3 convolution starts as the identity on its first input channels (dirac
+initialisation); batch norms learn only their bias. Any input of at least 9x9 works.
+
+References
+----------
+.. [1] Page, D. "How to train your ResNet", myrtle.ai, 2018.
+.. [2] Jordan, K. "94% on CIFAR-10 in 3.29 seconds on a single GPU", arXiv:2404.00498, 2024.
 """
 
 from __future__ import annotations
@@ -22,6 +44,7 @@ import torch
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+ARCHITECTURES = ("resnet", "airbench")
 
 
 @dataclass(frozen=True)
@@ -35,9 +58,14 @@ class NetConfig:
     bn_momentum: float = 0.1
     n_classes: int = 10
     in_channels: int = 3
+    arch: str = "resnet"
 
     def __post_init__(self) -> None:
-        if len(self.widths) != len(self.blocks) or len(self.widths) < 2:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {self.arch!r}")
+        if self.arch == "airbench" and len(self.widths) != 3:
+            raise ValueError("the airbench net has 3 conv groups: widths needs 3 values")
+        if self.arch == "resnet" and (len(self.widths) != len(self.blocks) or len(self.widths) < 2):
             raise ValueError("widths and blocks need the same length (stem + at least one stage)")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}")
@@ -105,3 +133,72 @@ class ResNet(nn.Module):
         x = self.features(x)
         x = torch.amax(x, dim=(2, 3))  # global max pool
         return self.head(x) * self.cfg.scale
+
+
+class _FrozenScaleBN(nn.BatchNorm2d):
+    """Batch norm whose scale stays 1 (only the bias learns), with a tiny epsilon."""
+
+    def __init__(self, width: int, momentum: float) -> None:
+        super().__init__(width, eps=1e-12, momentum=momentum)
+        self.weight.requires_grad_(False)
+
+
+def _dirac_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(c_in, c_out)])  # identity on the first channels
+    return conv
+
+
+class ConvGroup(nn.Sequential):
+    """conv -> maxpool2 -> BN -> act -> conv -> BN -> act."""
+
+    def __init__(self, c_in: int, c_out: int, cfg: NetConfig) -> None:
+        act = ACTIVATIONS[cfg.activation]
+        super().__init__(_dirac_conv(c_in, c_out), nn.MaxPool2d(2), _FrozenScaleBN(c_out, cfg.bn_momentum),
+                         act(), _dirac_conv(c_out, c_out), _FrozenScaleBN(c_out, cfg.bn_momentum), act())
+
+
+class AirbenchNet(nn.Module):
+    """The airbench network of the module docstring; input is normalised float (N, C, H, W)."""
+
+    whiten_size = 2
+
+    def __init__(self, cfg: NetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        k, c = self.whiten_size, cfg.in_channels
+        self.whiten = nn.Conv2d(c, 2 * c * k * k, k, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        nn.init.zeros_(self.whiten.bias)
+        widths = (2 * c * k * k, *cfg.widths)
+        self.groups = nn.Sequential(*[ConvGroup(widths[i], widths[i + 1], cfg) for i in range(3)])
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.head = nn.Linear(cfg.widths[-1], cfg.n_classes, bias=False)
+
+    @torch.no_grad()
+    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the frozen first layer from normalised images ``x`` (N, C, H, W).
+
+        Its filters are the eigenvectors of the covariance of all ``k`` x ``k`` patches, each
+        divided by the square root of its eigenvalue (+ ``eps``), and their negatives (the
+        GELU that follows keeps both signs of each whitened component).
+        """
+        k, c = self.whiten_size, x.shape[1]
+        patches = x.float().unfold(2, k, 1).unfold(3, k, 1)  # (N, C, H', W', k, k)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k).double()
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).flip(0)
+        filters = filters.reshape(c * k * k, c, k, k).to(self.whiten.weight)
+        self.whiten.weight.copy_(torch.cat([filters, -filters]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(self.act(self.whiten(x)))
+        x = torch.amax(x, dim=(2, 3))  # global max pool
+        return self.head(x) * self.cfg.scale
+
+
+def build_net(cfg: NetConfig) -> nn.Module:
+    """The network ``cfg`` describes (its ``arch``), freshly initialised."""
+    return AirbenchNet(cfg) if cfg.arch == "airbench" else ResNet(cfg)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from cvpipe.cnn.infer import logits
-from cvpipe.cnn.net import NetConfig, ResNet
+from cvpipe.cnn.net import NetConfig, build_net
 from cvpipe.device import resolve_device
 from cvpipe.errors import ArtifactError
 
@@ -33,19 +34,21 @@ class CNNPredictor:
 
     Parameters
     ----------
-    model : ResNet
+    model : torch.nn.Module
+        A :mod:`cvpipe.cnn.net` network.
     metadata : dict
         The model's ``model.json``.
     device : str
         Where to run: "cpu" (default), "cuda" or "auto".
     batch_size : int
         Images per forward pass.
-    tta : bool, optional
-        Flip test-time augmentation; default: as the model was validated.
+    tta : {0, 1, 2} or bool, optional
+        Test-time augmentation level (see :func:`cvpipe.cnn.infer.logits`); default: as the
+        model was scored.
     """
 
-    def __init__(self, model: ResNet, metadata: dict[str, Any], device: str = "cpu",
-                 batch_size: int = 512, tta: bool | None = None) -> None:
+    def __init__(self, model: nn.Module, metadata: dict[str, Any], device: str = "cpu",
+                 batch_size: int = 512, tta: int | bool | None = None) -> None:
         self.metadata = metadata
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -53,7 +56,7 @@ class CNNPredictor:
         self.mean = torch.tensor(norm["mean"], dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(norm["std"], dtype=torch.float32).view(1, -1, 1, 1)
         self.batch_size = batch_size
-        self.tta = bool(metadata.get("tta", False)) if tta is None else tta
+        self.tta = int(metadata.get("tta", False)) if tta is None else tta
         self.input_size = tuple(metadata.get("input_size", (32, 32)))
         self.channels = int(metadata.get("channels", 3))
 
@@ -87,7 +90,7 @@ class CNNPredictor:
         return self.logits(images).argmax(1).astype(np.int64)
 
 
-def save_weights(model: ResNet, directory: Path) -> None:
+def save_weights(model: nn.Module, directory: Path) -> None:
     """Write the model's state (weights and batch-norm statistics) as ``weights.safetensors``."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path = Path(directory) / WEIGHTS
@@ -99,7 +102,7 @@ def load_predictor(weights: str | Path, meta: dict[str, Any], device: str = "cpu
     """The network that ``meta`` describes with the ``weights`` file, as a predictor."""
     weights = Path(weights)
     try:
-        model = ResNet(NetConfig.from_dict(meta["architecture"]))
+        model = build_net(NetConfig.from_dict(meta["architecture"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{weights.parent}: model.json has no valid CNN architecture ({exc})") from exc
     try:

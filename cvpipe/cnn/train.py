@@ -1,7 +1,8 @@
 """Training the CNN: the whole recipe is :func:`train_cnn`; :func:`fit_cnn` runs it on a
 dataset and scores it (the saved model is written by :mod:`cvpipe.models`).
 
-Recipe (defaults): SGD with Nesterov momentum, weight decay on conv/linear weights, label
+Recipe (defaults; ``recipe = "airbench"`` selects the speed record's, see
+:data:`cvpipe.cnn.config.RECIPES`): SGD with Nesterov momentum, weight decay on conv/linear weights, label
 smoothing 0.2, one-cycle learning rate (linear warm-up over 20 %, linear decay to 0),
 augmentation on the device (translate by 2 px with reflection, flip, optional cutout),
 validation every epoch (no TTA), the best epoch's weights kept, early stopping, a checkpoint every
@@ -37,9 +38,9 @@ from cvpipe.cnn.checkpoint import (
     save_checkpoint,
 )
 from cvpipe.cnn.config import CNNConfig
-from cvpipe.cnn.data import augment, channel_stats, normalise, to_device
+from cvpipe.cnn.data import alternating_flip, augment, channel_stats, normalise, to_device
 from cvpipe.cnn.infer import autocast, logits, loss_and_accuracy
-from cvpipe.cnn.net import ResNet
+from cvpipe.cnn.net import AirbenchNet, build_net
 from cvpipe.device import resolve_device
 from cvpipe.errors import CvpipeError
 
@@ -53,7 +54,7 @@ class TrainingError(CvpipeError):
 class TrainResult:
     """A trained network (best epoch's weights) and how it was trained."""
 
-    model: ResNet
+    model: nn.Module
     config: CNNConfig  # resolved: no None defaults left
     device: torch.device
     mean: list[float]
@@ -68,10 +69,26 @@ class TrainResult:
 
 
 def make_optimizer(model: nn.Module, cfg: CNNConfig) -> torch.optim.Optimizer:
-    """The configured optimiser; weight decay on conv/linear weights only, not on BN."""
+    """The configured optimiser over the parameters that learn.
+
+    Two groups: conv/linear weights (weight decay) and biases/BN parameters (learning rate x
+    ``bias_lr_scale``; decayed only with ``bias_decay``, by the same amount per step). Each
+    group's ``lr_scale`` multiplies the scheduled learning rate.
+    """
+    # Frozen tensors (the whitening filters, BN scales of the airbench net) never get a
+    # gradient, so the optimiser skips them. The whitening bias has its own group, whose
+    # rate drops to zero after ``whiten_bias_epochs`` (see :func:`set_whiten_bias_rate`);
+    # switching requires_grad instead would make torch.compile trace the net again mid-run.
+    whiten_bias = [model.whiten.bias] if isinstance(model, AirbenchNet) else []
     decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    biases = [p for p in model.parameters() if p.ndim <= 1 and not any(p is b for b in whiten_bias)]
+    bias_decay = cfg.weight_decay / cfg.bias_lr_scale if cfg.bias_decay else 0.0
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+              {"params": biases, "weight_decay": bias_decay, "lr_scale": cfg.bias_lr_scale}]
+    if whiten_bias:
+        groups.append({"params": whiten_bias, "weight_decay": cfg.weight_decay, "lr_scale": 1.0})
+    for group in groups:
+        group["lr"] = cfg.lr * group["lr_scale"]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
                                nesterov=cfg.nesterov and cfg.momentum > 0)
@@ -84,8 +101,16 @@ def make_optimizer(model: nn.Module, cfg: CNNConfig) -> torch.optim.Optimizer:
     return torch.optim.Adagrad(groups, lr=cfg.lr)
 
 
+def set_whiten_bias_rate(optimizer: torch.optim.Optimizer, epoch: int, cfg: CNNConfig) -> None:
+    """The whitening bias (third group, airbench net) learns only for ``whiten_bias_epochs``."""
+    if len(optimizer.param_groups) == 3:
+        optimizer.param_groups[2]["lr_scale"] = 1.0 if epoch < cfg.whiten_bias_epochs else 0.0
+
+
 def lr_factor(schedule: str, progress: float, warmup: float) -> float:
     """Learning rate / peak at ``progress`` (0..1] of training."""
+    if schedule == "triangle":  # airbench's: 0.2 -> 1 at ``warmup`` -> 0.07
+        return float(np.interp(progress, [0.0, warmup, 1.0], [0.2, 1.0, 0.07]))
     if progress < warmup:
         return progress / warmup
     if schedule == "onecycle":
@@ -93,6 +118,29 @@ def lr_factor(schedule: str, progress: float, warmup: float) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
     return 1.0  # "constant"; "plateau" scales it by its own factor
+
+
+class Lookahead:
+    """An exponential moving average of a model's float state, copied back into the model.
+
+    ``update(model, decay)``: average <- decay * average + (1 - decay) * model, then model <-
+    average (airbench's "lookahead"; decay 1 puts the average in the model).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        state = model.state_dict()
+        for key, average in self.average.items():
+            average.lerp_(state[key], 1 - decay)
+            state[key].copy_(average)
+
+
+def lookahead_decay(progress: float) -> float:
+    """Decay of the lookahead average at ``progress`` of training: none at first, 0.77 at the end."""
+    return 0.95**5 * progress**3
 
 
 def _sync(device: torch.device) -> None:
@@ -110,11 +158,11 @@ def train_cnn(
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train the residual CNN on ``train``, validating on ``val`` after every epoch.
+    """Train the CNN (``config.arch``) on ``train``, validating on ``val`` after every epoch.
 
     Parameters
     ----------
-    train, val : (uint8 (N, H, W, 3) images, int labels)
+    train, val : (uint8 (N, H, W, C) images, int labels)
     config : CNNConfig
     n_classes : int, optional
         Default: largest label + 1.
@@ -147,23 +195,37 @@ def train_cnn(
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     in_channels = int(train[0].shape[-1])
-    model = ResNet(cfg.net_config(n_classes, in_channels)).to(device, memory_format=memory_format)
+    model = build_net(cfg.net_config(n_classes, in_channels)).to(device)
+    if isinstance(model, AirbenchNet):  # its first layer is fixed from the training images
+        if min(x_train.shape[2:]) < 9:
+            raise CvpipeError(f"the airbench net needs images of at least 9x9, not "
+                              f"{tuple(x_train.shape[2:])}")
+        model.init_whitening(normalise(x_train[:5000], mean, std))
+    model = model.to(memory_format=memory_format)
     optimizer = make_optimizer(model, cfg)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    # Alternating flips: one random bit per image for the whole run, inverted in odd epochs.
+    flip_bits = torch.rand(len(x_train), device=device,
+                           generator=torch.Generator(device=device).manual_seed(cfg.seed)) < 0.5
 
     def batches(epoch: int, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """``steps`` augmented batches of a shuffle that depends only on seed and epoch."""
         g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
         order = torch.randperm(len(x_train), generator=g, device=device)
+        alternate = cfg.flip and cfg.alternate_flip
         for i in range(steps):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            x = augment(normalise(x_train[idx], mean, std), g, cfg.translate, cfg.flip, cfg.cutout)
+            x = augment(normalise(x_train[idx], mean, std), g, cfg.translate, cfg.flip and not alternate,
+                        cfg.cutout)
+            if alternate:
+                x = alternating_flip(x, flip_bits[idx], epoch)
             yield x.contiguous(memory_format=memory_format), y_train[idx]
 
     def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                    lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         with autocast(device, cfg.amp):
             out = net(x)
         loss = criterion(out.float(), y)
@@ -220,11 +282,14 @@ def train_cnn(
             p = max(p, (time.perf_counter() - start) / window)
         return min(p, 1.0)
 
+    # After every epoch the model holds the average (see below), so a checkpoint restores it too.
+    lookahead = Lookahead(model) if cfg.lookahead else None
     bar = tqdm(total=math.ceil(state["plan"]["epochs"]), initial=state["epoch"], desc="epochs",
                unit="epoch", disable=None if progress else True)
     while not state["finished"]:
         epoch, step = state["epoch"], state["step"]
         steps = steps_per_epoch if total_steps is None else min(steps_per_epoch, total_steps - step)
+        set_whiten_bias_rate(optimizer, epoch, cfg)
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -237,8 +302,14 @@ def train_cnn(
             correct += batch_correct
             seen += len(y)
             step += 1
+            if lookahead is not None and step % 5 == 0:
+                lookahead.update(model, lookahead_decay(p))
             if p >= 1:
                 break
+        last = p >= 1 or (total_steps is not None and step >= total_steps) or (
+            window is not None and time.perf_counter() - start >= window)
+        if lookahead is not None:
+            lookahead.update(model, 1.0 if last else lookahead_decay(p))
         train_loss = loss_sum.item() / seen
         if not math.isfinite(train_loss):
             raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {train_loss}); "
@@ -260,7 +331,7 @@ def train_cnn(
             state["stopped"] = "early_stopping"
             log.info("early stopping: no better validation accuracy for %d epochs", cfg.patience)
         out_of_time = window is not None and time.perf_counter() - start >= window
-        ended = out_of_time or p >= 1 or (total_steps is not None and step >= total_steps)
+        ended = last or out_of_time
         state["finished"] = ended or state["stopped"] != "completed"
         state["train_seconds"] = time.perf_counter() - start
         if checkpoint_dir is not None:

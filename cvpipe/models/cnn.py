@@ -24,7 +24,7 @@ def checkpoint_dir_for(model_dir: str | Path) -> Path:
 
 
 class CNNPipeline(Pipeline):
-    """The residual CNN trained on the images themselves.
+    """The CNN trained on the images themselves (the airbench or the residual net, see :mod:`cvpipe.cnn`).
 
     A ``pipelines.toml`` table ``{kind = "cnn", description = ..., options = {...}}`` declares
     one; ``options`` and :meth:`configure` take any :class:`~cvpipe.cnn.config.CNNConfig`
@@ -33,9 +33,15 @@ class CNNPipeline(Pipeline):
 
     kind = "cnn"
 
-    def __init__(self, name: str, config: CNNConfig | None = None, description: str = "") -> None:
+    def __init__(self, name: str, config: CNNConfig | None = None, description: str = "",
+                 options: dict[str, Any] | None = None) -> None:
         super().__init__(name, description)
         self.config = config or CNNConfig()
+        # The settings as chosen (a ``recipe`` and what overrides it); run options merge into
+        # these, so a later recipe fills in every setting nobody chose, whichever came first.
+        defaults = CNNConfig().to_dict()
+        self.options = dict(options) if options is not None else {
+            k: v for k, v in self.config.to_dict().items() if v != defaults[k]}
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> CNNPipeline:
@@ -43,22 +49,23 @@ class CNNPipeline(Pipeline):
         if unknown:
             raise ConfigError(f"pipeline {name!r} (cnn): unknown keys {sorted(unknown)}; "
                               "known: description, options")
+        options = dict(table.get("options") or {})
         try:
-            config = CNNConfig.from_dict(dict(table.get("options") or {}))
+            config = CNNConfig.from_dict(options)
         except ConfigError as exc:
             raise ConfigError(f"pipeline {name!r}: {exc}") from None
-        return cls(name, config, str(table.get("description", "")))
+        return cls(name, config, str(table.get("description", "")), options)
 
     @property
     def seed(self) -> int:
         return self.config.seed
 
     def option_names(self) -> tuple[str, ...]:
-        return tuple(self.config.to_dict())
+        return (*self.config.to_dict(), "recipe")
 
     def _with_options(self, options: dict[str, Any]) -> CNNPipeline:
-        return CNNPipeline(self.name, CNNConfig.from_dict({**self.config.to_dict(), **options}),
-                           self.description)
+        merged = {str(k).replace("-", "_"): v for k, v in {**self.options, **options}.items()}
+        return CNNPipeline(self.name, CNNConfig.from_dict(merged), self.description, merged)
 
     def definition(self) -> dict[str, Any]:
         return {"kind": self.kind, "config": self.config.to_dict()}
@@ -71,9 +78,10 @@ class CNNPipeline(Pipeline):
         if (rest or [1])[0] not in (1, 3):
             raise ConfigError(f"pipeline {self.name!r}: the CNN takes RGB or gray images, not "
                               f"images of shape {shape.image_shape}")
-        if min(h, w) < 8:
+        smallest = 9 if self.config.arch == "airbench" else 8  # its 2x2 whitening drops a pixel
+        if min(h, w) < smallest:
             raise ConfigError(f"pipeline {self.name!r}: {h}x{w} images are too small for the CNN "
-                              "(it halves them three times)")
+                              f"(it halves them three times; at least {smallest}x{smallest})")
         if shape.n_train < 1 or shape.n_val < 1:
             raise ConfigError(f"pipeline {self.name!r}: needs training and validation images "
                               f"({shape.n_train} and {shape.n_val})")
