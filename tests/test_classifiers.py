@@ -13,7 +13,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cvpipe.classifiers.kernel_svm import RBFSVM
-from cvpipe.classifiers.linear_svm import LinearSVM
+from cvpipe.classifiers.linear_svm import LinearSVM, _numpy_objective
 from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
 
@@ -44,6 +44,25 @@ def test_linear_svm_matches_liblinear(blobs, C):
     ref = LinearSVC(C=C, dual=False, intercept_scaling=1e3, tol=1e-8, max_iter=10000).fit(X, y)
     np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-3)
     assert (ours.predict(X) == ref.predict(X)).mean() > 0.99
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_svm_gpu_code_path_equals_the_numpy_one_on_the_cpu(blobs, dtype):
+    X, y, _, _ = blobs
+    X = X.astype(dtype)
+    host = LinearSVM(C=0.5, backend="numpy").fit(X, y)
+    on_device = LinearSVM(C=0.5, device="cpu", backend="torch").fit(X, y)
+    assert on_device._torch_device() is not None and host._torch_device() is None
+    # L-BFGS stops on a relative decrease of the loss, so the two paths (products summed in
+    # another order) stop at slightly different points of the same flat minimum: compare the
+    # objective there, and the predictions
+    Y = -np.ones((len(y), 4))
+    Y[np.arange(len(y)), y] = 1
+    objective = _numpy_objective(X.astype(np.float64), Y, 0.5, True)
+    losses = [objective(np.concatenate([m.coef_.T.ravel(), m.intercept_]))[0] for m in (host, on_device)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert (on_device.predict(X) == host.predict(X)).mean() >= 0.99
+    assert LinearSVM(device="cpu")._torch_device() is None  # the CPU default stays NumPy
 
 
 def test_classifiers_learn(blobs):
