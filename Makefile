@@ -12,7 +12,7 @@ TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/nu
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(TORCH)
 
-.PHONY: help install demo serve compare-full test test-fast lint bench clean-venv
+.PHONY: help install demo serve compare-full test test-fast lint bench bench-gpu clean-venv
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,7 +58,10 @@ lint: $(STAMP) ## ruff, and the layer contracts (import-linter)
 	$(BIN)/lint-imports
 
 bench: $(STAMP) ## speed benchmarks (JSON on stdout)
-	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+	@for b in benchmarks/*.py; do [ $$b = benchmarks/gpu.py ] || { echo "== $$b"; $(BIN)/python $$b; }; done
+
+bench-gpu: $(STAMP) ## every GPU figure in one run (NVIDIA GPU; about 8 minutes; JSON on stdout)
+	bash benchmarks/gpu.sh
 
 clean-venv: ## remove the environment
 	rm -rf $(VENV)

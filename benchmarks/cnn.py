@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", help="default: 0 on CPU, 0 1 2 3 4 on GPU")
     p.add_argument("--width", type=int, help="stem channels (stages: 2x, 4x, 8x)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other CNNConfig field, e.g. --set optimizer=adamw --set cutout=8")
+                   help="any other CNNConfig field, e.g. --set optimizer=adamw --set cutout=8; "
+                        "recipe=airbench (default, as the shipped cnn pipeline) or recipe=resnet")
     p.add_argument("--no-warmup", action="store_true",
                    help="skip the short untimed run that warms up kernels (and torch.compile)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S", stream=sys.stderr)
     device = resolve_device(args.device)
     extra = dict(kv.split("=", 1) for kv in args.set)
+    extra.setdefault("recipe", "airbench")  # the shipped CNN pipeline's recipe
     budget = args.time_budget if args.time_budget is not None else (900.0 if device.type == "cpu" else None)
     seeds = args.seeds or ([0] if device.type == "cpu" else [0, 1, 2, 3, 4])
     base = CNNConfig.from_dict({k: _value(v) for k, v in extra.items()}).replace(

@@ -236,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             sync=sync, extra=on_dev)
         add("cvpipe", "hog+hsv_from_host", n, lambda: feats.transform(images), sync=sync,
             extra={"data_on_device": False})
+        add("cvpipe", "hog_from_host", n, lambda: hog(images, **HOG, device=str(dev)), sync=sync,
+            extra={"data_on_device": False})
     if args.torch_cpu:
         torch_feats = make_features("hog+color", device="cpu", backend="torch",
                                     **{f"hog__{k}": v for k, v in HOG.items()})
@@ -289,7 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     met = {"vs_skimage>=20": ratios["vs_skimage"] >= TARGETS["vs_skimage"],
            "vs_opencv>=2": ratios["vs_opencv"] >= TARGETS["vs_opencv"]}
     if kind == "torch" and dev.type == "cuda":
-        met["cuda>=1e6_images_per_s"] = ours_both >= TARGETS["cuda_images_per_s"]
+        # issue 16: HOG with the images starting in host memory, the transfer counted
+        met["cuda_hog_from_host>=1e6_images_per_s"] = (
+            ips(report["cvpipe"]["hog_from_host"]) >= TARGETS["cuda_images_per_s"])
     report["targets"] = {"thresholds": TARGETS, "met": met}
     report["machine"]["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     if n < 50000:
