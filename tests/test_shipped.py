@@ -60,6 +60,8 @@ def test_every_shipped_pipeline_trains_and_is_reported(shipped):
         assert r["test_accuracy"] == pytest.approx(r["stored_test_accuracy"], abs=1e-6), name
     assert results["dataset"]["test"] == 10 * PER_CLASS
     assert rows["cnn"]["fit_seconds"] < CNN_SECONDS + 30  # the budget was passed through
+    cnn = json.loads((root / "models" / "cifar10-quick-cnn" / "model.json").read_text())
+    assert cnn["architecture"]["arch"] == "airbench" and cnn["hyperparameters"]["lookahead"]
     report = (root / "reports" / "cifar10-quick" / "report.html").read_text()
     assert "Feature sets" in report and "hog2+color2" in report
 
