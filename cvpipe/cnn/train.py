@@ -71,9 +71,10 @@ class TrainResult:
 def make_optimizer(model: nn.Module, cfg: CNNConfig) -> torch.optim.Optimizer:
     """The configured optimiser over the parameters that learn.
 
-    Two groups: conv/linear weights (weight decay) and biases/BN parameters (learning rate x
-    ``bias_lr_scale``; decayed only with ``bias_decay``, by the same amount per step). Each
-    group's ``lr_scale`` multiplies the scheduled learning rate.
+    Groups: conv/linear weights (weight decay); biases/BN parameters (learning rate x
+    ``bias_lr_scale``; decayed only with ``bias_decay``, by the same amount per step); for the
+    airbench net a third, its whitening bias. Each group's ``lr_scale`` multiplies the
+    scheduled learning rate.
     """
     # Frozen tensors (the whitening filters, BN scales of the airbench net) never get a
     # gradient, so the optimiser skips them. The whitening bias has its own group, whose
