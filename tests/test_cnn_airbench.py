@@ -183,3 +183,15 @@ def test_airbench_model_saves_loads_and_predicts_identically(tmp_path):
     test_x, test_y = arrays["test"]
     labels = predictor.predict(test_x)
     assert (labels == test_y).mean() == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1e-7)
+
+
+def test_speed_probe_uses_full_batches_when_an_epoch_has_fewer_than_six():
+    from cvpipe.cnn.train import _probe_batches
+
+    def batches(epoch, steps):  # two batches of 4 per epoch, tagged with their epoch
+        for _ in range(steps):
+            yield torch.full((4,), float(epoch)), None
+
+    probe = [x for x, _ in _probe_batches(batches, 2)]
+    assert len(probe) == 6 and all(len(x) == 4 for x in probe)
+    assert [int(x[0]) for x in probe] == [-1, -1, -2, -2, -3, -3]

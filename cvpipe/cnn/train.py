@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import logging
 import math
 import time
@@ -262,7 +263,7 @@ def train_cnn(
         started = time.perf_counter()
         plan = _plan(cfg, steps_per_epoch, len(x_val), lambda: _measure_speed(
             model, cfg, lambda net, opt, x, y: train_step(net, opt, x, y, cfg.lr * 0.01),
-            batches(-1, 6), validate, device))
+            _probe_batches(batches, steps_per_epoch), validate, device))
         state = {
             "signature": signature, "epoch": 0, "step": 0, "total_steps": plan["total_steps"],
             "plan": plan, "history": [], "best_epoch": 0, "best_accuracy": -1.0,
@@ -365,6 +366,13 @@ def _plateau_step(plateau: dict[str, float], val_loss: float, cfg: CNNConfig) ->
         plateau["scale"] *= cfg.plateau_factor
         plateau["bad"] = 0
         log.info("validation loss stalled: learning rate x %.3g", plateau["scale"])
+
+
+def _probe_batches(batches: Callable[[int, int], Iterator], steps_per_epoch: int) -> Iterator:
+    """Six full batches for the speed probe, from as many throw-away epochs as that takes (a
+    split of fewer than six batches, e.g. 2,700 images in 1024s, would otherwise yield empty ones)."""
+    epochs = (batches(-1 - e, steps_per_epoch) for e in itertools.count())
+    return itertools.islice(itertools.chain.from_iterable(epochs), 6)
 
 
 def _measure_speed(model: nn.Module, cfg: CNNConfig, step: Callable, batches: Iterator,
