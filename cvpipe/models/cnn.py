@@ -40,8 +40,9 @@ class CNNPipeline(Pipeline):
         # The settings as chosen (a ``recipe`` and what overrides it); run options merge into
         # these, so a later recipe fills in every setting nobody chose, whichever came first.
         defaults = CNNConfig().to_dict()
-        self.options = dict(options) if options is not None else {
+        chosen = options if options is not None else {
             k: v for k, v in self.config.to_dict().items() if v != defaults[k]}
+        self.options = {str(k).replace("-", "_"): v for k, v in chosen.items()}  # TOML may use dashes
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> CNNPipeline:
@@ -64,7 +65,7 @@ class CNNPipeline(Pipeline):
         return (*self.config.to_dict(), "recipe")
 
     def _with_options(self, options: dict[str, Any]) -> CNNPipeline:
-        merged = {str(k).replace("-", "_"): v for k, v in {**self.options, **options}.items()}
+        merged = {**self.options, **options}  # configure() passes underscore keys
         return CNNPipeline(self.name, CNNConfig.from_dict(merged), self.description, merged)
 
     def definition(self) -> dict[str, Any]:
