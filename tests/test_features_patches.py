@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from cvpipe.classifiers.linear_svm import LinearSVM
 from cvpipe.data import load_cifar10
 from cvpipe.errors import ConfigError
 from cvpipe.features import FeatureSpec, PatchFeatures, extractor_state
-from cvpipe.features.patches import extract_patches
+from cvpipe.features.patches import extract_patches, mirror_index
 from cvpipe.models import ClassicPipeline, load_model
 from tests import synthetic
 
@@ -25,6 +26,8 @@ SMALL = dict(n_centroids=16, n_patches=4000, max_iter=5, device="cpu", random_st
                   max_iter=2, device="cpu"),
     PatchFeatures(image_shape=(1, -1), patch_size=1, pooling=(1, 1), n_centroids=2, n_patches=64,
                   max_iter=2, encoding="soft", device="cpu"),
+    PatchFeatures(image_shape=(1, -1), patch_size=1, pooling=(1, 1), n_centroids=2, n_patches=64,
+                  max_iter=2, flip_invariant=True, device="cpu"),
 ])
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
@@ -108,6 +111,55 @@ def test_parameters_and_size_are_checked(images):
         FeatureSpec.parse("patches", {"patch_size": 40}).check((32, 32, 3))
     with pytest.raises(Exception, match="not fitted"):
         PatchFeatures(**SMALL).transform(images)
+
+
+def mirrored(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x[:, :, ::-1])
+
+
+@pytest.mark.parametrize("pooling", [(2, 2), (3, 3), (1, 2)])
+def test_flip_invariant_features_are_those_of_the_mirror_image(images, pooling):
+    model = PatchFeatures(**SMALL, flip_invariant=True, pooling=pooling).fit(images)
+    got = model.transform(images)
+    assert got.shape == (len(images), pooling[0] * pooling[1] * 8)
+    # float32 rounding only: the codes are sums of hundreds of distances of order 1
+    np.testing.assert_allclose(model.transform(mirrored(images)), got, rtol=1e-4, atol=1e-2)
+    # the learned state is mirror-symmetric: centroid 8 + k mirrors k, whitening commutes
+    mirror = mirror_index(6, 3)
+    np.testing.assert_array_equal(model.centroids_[8:], model.centroids_[:8][:, mirror])
+    np.testing.assert_allclose(model.whitening_[np.ix_(mirror, mirror)], model.whitening_, atol=1e-6)
+    np.testing.assert_allclose(model.set_params(backend="torch").transform(images), got,
+                               rtol=1e-4, atol=1e-3)
+    # without the option, a mirror image has other features
+    plain = PatchFeatures(**SMALL, pooling=pooling).fit(images)
+    assert np.abs(plain.transform(mirrored(images)) - plain.transform(images)).max() > 1
+
+
+def test_flip_invariant_linear_svm_is_the_flip_augmented_one(images):
+    """A linear SVM on flip-invariant features gives the scores of one trained, with the same C,
+    on the full (unsummed) features of the images and of their mirror images."""
+    x, y = images, np.repeat(np.arange(10), 6)
+    sym = PatchFeatures(**SMALL, flip_invariant=True, pooling=(2, 1)).fit(x)
+    # the same dictionary without the summing: one column cell, mirror-symmetric either way
+    full = PatchFeatures(**SMALL, pooling=(2, 1)).set_state(sym.get_state(), x.shape[1:])
+    scale = 1e-3  # codes sum to hundreds: keep the problem well conditioned
+    augmented = LinearSVM(C=0.1, max_iter=5000, tol=1e-9).fit(
+        scale * np.concatenate([full.transform(x), full.transform(mirrored(x))]), np.tile(y, 2))
+    on_sym = LinearSVM(C=0.1, max_iter=5000, tol=1e-9).fit(scale * sym.transform(x), y)
+    test = np.asarray(synthetic.make_images(2, seed=9)[0])
+    np.testing.assert_allclose(on_sym.decision_function(scale * sym.transform(test)),
+                               augmented.decision_function(scale * full.transform(test)),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_flip_invariant_needs_an_even_and_mirror_closed_dictionary(images):
+    with pytest.raises(ConfigError, match="even n_centroids"):
+        PatchFeatures(**{**SMALL, "n_centroids": 15}, flip_invariant=True).fit(images)
+    plain = PatchFeatures(**SMALL).fit(images)
+    with pytest.raises(ConfigError, match="mirror-closed"):
+        PatchFeatures(**SMALL, flip_invariant=True).set_state(plain.get_state(), (32, 32, 3))
+    spec = FeatureSpec.parse("patches", {"n_centroids": 100, "flip_invariant": True})
+    assert spec.n_features((32, 32, 3)) == 4 * 50
 
 
 @pytest.fixture(scope="module")

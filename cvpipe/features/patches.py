@@ -21,6 +21,17 @@ AISTATS 2011. ``fit`` learns from training images only, without their labels:
 7. sum the codes over the cells of a ``pooling`` grid of the patch positions (2 x 2: the four
    quadrants), giving ``pooling[0] * pooling[1] * n_centroids`` float32 values per image.
 
+With ``flip_invariant=True`` (not in the paper) the features of an image and of its mirror image
+are the same: the whitening is learned from the patches and their mirror images, the dictionary
+is K/2 centroids and their mirror images (k-means in which a patch may join a centroid's mirror,
+then counting as its own mirror image), the pooling cells are mirror images of one another (with
+an odd number of positions and an even number of cells the middle column belongs to both
+halves), and each (cell, centroid) sum is added to the one of its mirror, giving
+``pooling[0] * pooling[1] * n_centroids / 2`` values. A linear classifier with an L2 penalty on
+these is the one it would learn from the images and their mirror images (flip augmentation:
+that problem is symmetric, so is its unique solution), at half the features and no second
+encoding of the training set.
+
 The encoding is a matrix product per chunk of images, computed on all CPU cores (NumPy, a
 few images per thread so each chunk's codes stay in cache) or on a CUDA GPU (PyTorch, the
 same stages); the two agree to float32 rounding.
@@ -84,6 +95,19 @@ def _edges(n: int, cells: int) -> list[int]:
     return [int(np.floor(i * n / cells + 0.5)) for i in range(cells + 1)]
 
 
+def _mirror_cells(n: int, cells: int) -> list[tuple[int, int]]:
+    """``cells`` runs [start, stop) of ``n`` positions, cell j the mirror image of cell
+    ``cells - 1 - j`` (27 positions in 2 cells -> [0, 14) and [13, 27): the middle in both)."""
+    starts = [int(np.floor(j * n / cells)) for j in range(cells)]
+    return [(starts[j], n - starts[cells - 1 - j]) for j in range(cells)]
+
+
+def mirror_index(patch_size: int, channels: int) -> np.ndarray:
+    """Permutation of a flattened (row, col, channel) patch that mirrors it left-right."""
+    grid = np.arange(patch_size * patch_size * channels).reshape(patch_size, patch_size, channels)
+    return np.ascontiguousarray(grid[:, ::-1, :].ravel())
+
+
 class PatchFeatures(_ImageTransformer):
     """Single-layer features learned from image patches (Coates, Lee & Ng 2011).
 
@@ -113,6 +137,10 @@ class PatchFeatures(_ImageTransformer):
         Seeds the patch sample and the dictionary's initialisation.
     image_shape, device, backend, n_jobs
         As for the other image transformers.
+    flip_invariant : bool
+        The same features for an image and its mirror image (see the module's notes; needs an
+        even ``n_centroids``): a linear classifier on them learns what flip augmentation
+        would teach it, with ``pooling[0] * pooling[1] * n_centroids / 2`` features.
 
     Attributes
     ----------
@@ -121,7 +149,8 @@ class PatchFeatures(_ImageTransformer):
     whitening_ : (P, P) ndarray of float32
         ZCA whitening matrix.
     centroids_ : (K, P) ndarray of float32
-        The dictionary, in whitened patch space.
+        The dictionary, in whitened patch space (with ``flip_invariant``, centroid K/2 + k is
+        the mirror image of centroid k).
     inertia_ : float
         Mean squared distance of the training patches to their centroid in the last iteration.
     n_iter_ : int
@@ -156,13 +185,15 @@ class PatchFeatures(_ImageTransformer):
         "device": [None, str, object],
         "backend": [None, str],
         "n_jobs": [None, Integral],
+        "flip_invariant": ["boolean"],
     }
 
     def __init__(self, patch_size: int = 6, stride: int = 1, n_centroids: int = 1600,
                  encoding: str = "triangle", alpha: float = 0.25, pooling: tuple[int, int] = (2, 2),
                  whiten_eps: float = 0.1, norm_eps: float = 10.0, n_patches: int = 400_000,
                  max_iter: int = 50, random_state: int = 0, image_shape: tuple[int, ...] | None = None,
-                 device: Any = None, backend: str | None = None, n_jobs: int | None = -1):
+                 device: Any = None, backend: str | None = None, n_jobs: int | None = -1,
+                 flip_invariant: bool = False):
         self.patch_size = patch_size
         self.stride = stride
         self.n_centroids = n_centroids
@@ -178,6 +209,7 @@ class PatchFeatures(_ImageTransformer):
         self.device = device
         self.backend = backend
         self.n_jobs = n_jobs
+        self.flip_invariant = flip_invariant
 
     # ------------------------------------------------------------------ parameters and size
 
@@ -186,6 +218,9 @@ class PatchFeatures(_ImageTransformer):
             self._validate_params()
         except ValueError as exc:  # InvalidParameterError: say it the way the others do
             raise ConfigError(str(exc)) from None
+        if self.flip_invariant and int(self.n_centroids) % 2:
+            raise ConfigError(f"flip_invariant features need an even n_centroids (K/2 centroids "
+                              f"and their mirror images), not {self.n_centroids}")
         return {"pooling": as_pair(self.pooling, "pooling")}
 
     def _grid(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -204,7 +239,8 @@ class PatchFeatures(_ImageTransformer):
     def _n_out(self, image_shape: tuple[int, ...], params: dict[str, Any]) -> int:
         self._grid(image_shape)
         gh, gw = params["pooling"]
-        return gh * gw * int(self.n_centroids)
+        per_cell = int(self.n_centroids) // 2 if self.flip_invariant else int(self.n_centroids)
+        return gh * gw * per_cell
 
     # ------------------------------------------------------------------ fit: stages 1-4
 
@@ -232,14 +268,21 @@ class PatchFeatures(_ImageTransformer):
         patches = self._sample(images, rng)
         _normalise(patches, float(self.norm_eps))
         mean = patches.mean(0, dtype=np.float64)
+        mirror = mirror_index(self.patch_size, images.shape[-1]) if self.flip_invariant else None
+        if mirror is not None:  # the statistics of the patches and their mirror images
+            mean = 0.5 * (mean + mean[mirror])
         patches -= mean.astype(np.float32)
         cov = np.atleast_2d(np.cov(patches, rowvar=False, dtype=np.float64))
+        if mirror is not None:
+            cov = 0.5 * (cov + cov[np.ix_(mirror, mirror)])
         eigval, eigvec = np.linalg.eigh(cov)
         whitening = (eigvec * (1.0 / np.sqrt(np.maximum(eigval, 0) + self.whiten_eps))) @ eigvec.T
+        if mirror is not None:  # commutes with mirroring exactly, not only up to rounding
+            whitening = 0.5 * (whitening + whitening[np.ix_(mirror, mirror)])
         patches = patches @ whitening.astype(np.float32)
         self.mean_ = mean.astype(np.float32)
         self.whitening_ = whitening.astype(np.float32)
-        self.centroids_, self.inertia_, self.n_iter_ = self._kmeans(patches, rng)
+        self.centroids_, self.inertia_, self.n_iter_ = self._kmeans(patches, rng, mirror)
         self._augment()
         return self
 
@@ -261,15 +304,23 @@ class PatchFeatures(_ImageTransformer):
             out[sl] = images[idx[sl, None, None], r[:, :, None], q[:, None, :]]
         return out.reshape(count, size * size * c)
 
-    def _kmeans(self, patches: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float, int]:
+    def _kmeans(self, patches: np.ndarray, rng: np.random.Generator,
+                mirror: np.ndarray | None = None) -> tuple[np.ndarray, float, int]:
         """Stage 4: Lloyd's k-means from distinct random patches; a cluster left empty is
-        re-seeded with a random patch."""
+        re-seeded with a random patch. With ``mirror`` (a permutation of the patch values),
+        K/2 centroids are learned with their mirror images: a patch nearest to a mirror image
+        counts, mirrored, for its centroid."""
         from scipy import sparse
 
         k = int(self.n_centroids)
         if k > len(patches):
             raise ConfigError(f"n_centroids={k} is more than the {len(patches)} sampled patches")
-        centroids = patches[rng.choice(len(patches), k, replace=False)].copy()
+        learned = k // 2 if mirror is not None else k
+
+        def full(base: np.ndarray) -> np.ndarray:
+            return np.vstack([base, base[:, mirror]]) if mirror is not None else base
+
+        centroids = full(patches[rng.choice(len(patches), learned, replace=False)])
         inertia = float("nan")
         block = 16384
         for _ in range(int(self.max_iter)):
@@ -288,10 +339,14 @@ class PatchFeatures(_ImageTransformer):
                 sums += members @ x
                 counts += np.bincount(nearest, minlength=k)
             inertia = dist_sum / len(patches)
-            centroids = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+            if mirror is not None:  # members of a mirror image count, mirrored, for its centroid
+                sums = sums[:learned] + sums[learned:][:, mirror]
+                counts = counts[:learned] + counts[learned:]
+            base = (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
             empty = np.flatnonzero(counts == 0)
             if len(empty):
-                centroids[empty] = patches[rng.choice(len(patches), len(empty), replace=False)]
+                base[empty] = patches[rng.choice(len(patches), len(empty), replace=False)]
+            centroids = full(base)
         return centroids, inertia, int(self.max_iter)
 
     # ------------------------------------------------------------------ transform: stages 5-7
@@ -382,14 +437,24 @@ class PatchFeatures(_ImageTransformer):
             else:
                 codes = (p @ c.T - self.alpha).clamp_(min=0)
             outs.append(self._pool(codes.reshape(b, oh, ow, -1), pooling, oh, ow, torch))
-        return torch.cat(outs) if outs else torch.zeros((0, pooling[0] * pooling[1] * len(c)))
+        if not outs:
+            return torch.zeros((0, self._n_out(tuple(x_all.shape[1:]), {"pooling": pooling})))
+        return torch.cat(outs)
 
-    @staticmethod
-    def _pool(codes: Any, pooling: tuple[int, int], oh: int, ow: int, xp: Any) -> Any:
-        """Stage 7: sum over each cell of the pooling grid; (n, gh * gw * K), cells row-major."""
-        rows, cols = _edges(oh, pooling[0]), _edges(ow, pooling[1])
-        cells = [codes[:, rows[i]:rows[i + 1], cols[j]:cols[j + 1]].sum((1, 2))
-                 for i in range(pooling[0]) for j in range(pooling[1])]
+    def _pool(self, codes: Any, pooling: tuple[int, int], oh: int, ow: int, xp: Any) -> Any:
+        """Stage 7: sum over each cell of the pooling grid; (n, gh * gw * K), cells row-major.
+        Flip-invariant: the cells are mirrored left-right, and (row i, column j, centroid k)
+        is summed with its mirror (row i, column gw - 1 - j, centroid K/2 + k), for k < K/2."""
+        gh, gw = pooling
+        rows = _edges(oh, gh)
+        edges = _edges(ow, gw)
+        cols = (_mirror_cells(ow, gw) if self.flip_invariant
+                else list(zip(edges[:-1], edges[1:], strict=True)))
+        sums = [[codes[:, rows[i]:rows[i + 1], a:b].sum((1, 2)) for a, b in cols] for i in range(gh)]
+        if self.flip_invariant:
+            half = codes.shape[-1] // 2
+            sums = [[row[j][:, :half] + row[gw - 1 - j][:, half:] for j in range(gw)] for row in sums]
+        cells = [cell for row in sums for cell in row]
         return xp.concatenate(cells, 1) if xp is np else xp.cat(cells, 1)
 
     # ------------------------------------------------------------------ learned state
@@ -411,6 +476,12 @@ class PatchFeatures(_ImageTransformer):
                 or centroids.shape != (int(self.n_centroids), p)):
             raise ConfigError(f"patch features state does not fit the parameters ({mean.shape}, "
                               f"{whitening.shape}, {centroids.shape} for {p}-value patches)")
+        if self.flip_invariant:
+            half = len(centroids) // 2
+            mirror = mirror_index(self.patch_size, p // self.patch_size ** 2)
+            if not np.allclose(centroids[half:], centroids[:half][:, mirror], atol=1e-5):
+                raise ConfigError("patch features state is not mirror-closed, as flip_invariant "
+                                  "features need (centroid K/2 + k the mirror image of k)")
         self.mean_, self.whitening_, self.centroids_ = mean, whitening, centroids
         self._augment()
         self.image_shape_ = tuple(int(s) for s in image_shape)
