@@ -62,6 +62,10 @@ def test_encoding_equals_the_paper_stages_done_directly(images):
     assert got.shape == (3, 4 * 16) and got.dtype == np.float32
     for i in range(3):
         np.testing.assert_allclose(got[i], reference(model, images[i]), rtol=2e-4, atol=2e-3)
+    rooted = model.set_params(power=0.5).transform(images[:3])  # stage 8 only
+    np.testing.assert_allclose(rooted, np.sqrt(got), rtol=1e-6)
+    np.testing.assert_allclose(model.set_params(backend="torch").transform(images[:3]), rooted,
+                               rtol=1e-4, atol=1e-3)
 
 
 def test_whitening_decorrelates_and_the_dictionary_is_learned(images):

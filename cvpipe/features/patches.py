@@ -19,7 +19,9 @@ AISTATS 2011. ``fit`` learns from training images only, without their labels:
    distances ``z_k`` to the centroids (the paper's k-means "triangle" activation), or
    ``"soft"``, ``max(0, c_k . x - alpha)`` (soft threshold, Coates & Ng, ICML 2011);
 7. sum the codes over the cells of a ``pooling`` grid of the patch positions (2 x 2: the four
-   quadrants), giving ``pooling[0] * pooling[1] * n_centroids`` float32 values per image.
+   quadrants), giving ``pooling[0] * pooling[1] * n_centroids`` float32 values per image;
+8. raise the sums to ``power`` (1 in the paper; 0.5, a square root, tempers the large sums of
+   common centroids, the "power normalisation" of Perronnin, Sanchez & Mensink, ECCV 2010).
 
 With ``flip_invariant=True`` (not in the paper) the features of an image and of its mirror image
 are the same: the whitening is learned from the patches and their mirror images, the dictionary
@@ -28,9 +30,10 @@ then counting as its own mirror image), the pooling cells are mirror images of o
 an odd number of positions and an even number of cells the middle column belongs to both
 halves), and each (cell, centroid) sum is added to the one of its mirror, giving
 ``pooling[0] * pooling[1] * n_centroids / 2`` values. A linear classifier with an L2 penalty on
-these is the one it would learn from the images and their mirror images (flip augmentation:
-that problem is symmetric, so is its unique solution), at half the features and no second
-encoding of the training set.
+these (``power=1``) is the one it would learn from the images and their mirror images (flip
+augmentation: that problem is symmetric, so is its unique solution), at half the features and
+no second encoding of the training set; with another power the features are still those of
+the mirror image.
 
 The encoding is a matrix product per chunk of images, computed on all CPU cores (NumPy, a
 few images per thread so each chunk's codes stay in cache) or on a CUDA GPU (PyTorch, the
@@ -125,6 +128,8 @@ class PatchFeatures(_ImageTransformer):
         Threshold of the soft encoding.
     pooling : (int, int)
         Grid of cells over which codes are summed (2 x 2: the quadrants).
+    power : float
+        Exponent applied to the sums (1: the paper's features; 0.5: their square roots).
     whiten_eps : float
         Added to the covariance eigenvalues before whitening (0.1).
     norm_eps : float
@@ -176,6 +181,7 @@ class PatchFeatures(_ImageTransformer):
         "encoding": [StrOptions(set(ENCODINGS))],
         "alpha": [Interval(Real, None, None, closed="neither")],
         "pooling": ["array-like", Interval(Integral, 1, None, closed="left")],
+        "power": [Interval(Real, 0, None, closed="neither")],
         "whiten_eps": [Interval(Real, 0, None, closed="neither")],
         "norm_eps": [Interval(Real, 0, None, closed="left")],
         "n_patches": [Interval(Integral, 1, None, closed="left")],
@@ -193,7 +199,7 @@ class PatchFeatures(_ImageTransformer):
                  whiten_eps: float = 0.1, norm_eps: float = 10.0, n_patches: int = 400_000,
                  max_iter: int = 50, random_state: int = 0, image_shape: tuple[int, ...] | None = None,
                  device: Any = None, backend: str | None = None, n_jobs: int | None = -1,
-                 flip_invariant: bool = False):
+                 flip_invariant: bool = False, power: float = 1.0):
         self.patch_size = patch_size
         self.stride = stride
         self.n_centroids = n_centroids
@@ -210,6 +216,7 @@ class PatchFeatures(_ImageTransformer):
         self.backend = backend
         self.n_jobs = n_jobs
         self.flip_invariant = flip_invariant
+        self.power = power
 
     # ------------------------------------------------------------------ parameters and size
 
@@ -442,7 +449,8 @@ class PatchFeatures(_ImageTransformer):
         return torch.cat(outs)
 
     def _pool(self, codes: Any, pooling: tuple[int, int], oh: int, ow: int, xp: Any) -> Any:
-        """Stage 7: sum over each cell of the pooling grid; (n, gh * gw * K), cells row-major.
+        """Stages 7-8: sum over each cell of the pooling grid, raised to ``power``;
+        (n, gh * gw * K), cells row-major.
         Flip-invariant: the cells are mirrored left-right, and (row i, column j, centroid k)
         is summed with its mirror (row i, column gw - 1 - j, centroid K/2 + k), for k < K/2."""
         gh, gw = pooling
@@ -455,7 +463,8 @@ class PatchFeatures(_ImageTransformer):
             half = codes.shape[-1] // 2
             sums = [[row[j][:, :half] + row[gw - 1 - j][:, half:] for j in range(gw)] for row in sums]
         cells = [cell for row in sums for cell in row]
-        return xp.concatenate(cells, 1) if xp is np else xp.cat(cells, 1)
+        pooled = xp.concatenate(cells, 1) if xp is np else xp.cat(cells, 1)
+        return pooled if float(self.power) == 1.0 else pooled ** float(self.power)  # stage 8
 
     # ------------------------------------------------------------------ learned state
 
