@@ -168,8 +168,11 @@ def test_feature_params_option_overrides_one_components_parameters():
 
     joined = get_pipeline("patches+hog+color-linear-svm")
     cheap = joined.configure(feature_params={"patches": {"n_patches": 1000, "max_iter": 2}})
+    declared = {c["name"]: c["params"] for c in joined.spec.features.to_dict()["components"]}
     components = {c["name"]: c["params"] for c in cheap.spec.features.to_dict()["components"]}
-    assert components["patches"] == {"n_patches": 1000, "max_iter": 2} and components["hog"] == {}
+    # merged into what the shipped config declares for that component, the others untouched
+    assert components["patches"] == {**declared["patches"], "n_patches": 1000, "max_iter": 2}
+    assert components["hog"] == declared["hog"] == {}
     assert cheap.definition() != joined.definition()  # a different model, never reused for it
     assert "n_patches" not in str(joined.spec.features.to_dict())  # the original is untouched
     with pytest.raises(ConfigError, match="not a component of 'hog'"):
