@@ -24,11 +24,12 @@ AISTATS 2011. ``fit`` learns from training images only, without their labels:
    common centroids, the "power normalisation" of Perronnin, Sanchez & Mensink, ECCV 2010).
 
 With ``flip_invariant=True`` (not in the paper) the features of an image and of its mirror image
-are the same: the whitening is learned from the patches and their mirror images, the dictionary
-is K/2 centroids and their mirror images (k-means in which a patch may join a centroid's mirror,
-then counting as its own mirror image), the pooling cells are mirror images of one another (with
-an odd number of positions and an even number of cells the middle column belongs to both
-halves), and each (cell, centroid) sum is added to the one of its mirror, giving
+are the same: the whitening is learned from statistics made mirror-symmetric (the patches' mean
+and covariance averaged with their mirror images'), the dictionary is K/2 centroids and their
+mirror images (k-means in which a patch may join a centroid's mirror, then counting as its own
+mirror image), the pooling cells are mirror images of one another (with an odd number of
+positions and an even number of cells the middle column belongs to both halves), and each
+(cell, centroid) sum is added to the one of its mirror, giving
 ``pooling[0] * pooling[1] * n_centroids / 2`` values. A linear classifier with an L2 penalty on
 these (``power=1``) is the one it would learn from the images and their mirror images (flip
 augmentation: that problem is symmetric, so is its unique solution), at half the features and
