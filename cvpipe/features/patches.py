@@ -357,7 +357,7 @@ class PatchFeatures(_ImageTransformer):
             centroids = full(base)
         return centroids, inertia, int(self.max_iter)
 
-    # ------------------------------------------------------------------ transform: stages 5-7
+    # ------------------------------------------------------------------ transform: stages 5-8
 
     def _extract(self, images: Any, params: dict[str, Any], out: Any = None) -> Any:
         check_is_fitted(self, STATE)
