@@ -93,10 +93,11 @@ def _normalise(patches: Any, eps: float) -> Any:
     return patches
 
 
-def _edges(n: int, cells: int) -> list[int]:
-    """Boundaries of ``cells`` near-equal runs of ``n`` positions (halves rounded up, as the
-    paper's quadrants: 27 positions -> 14 + 13)."""
-    return [int(np.floor(i * n / cells + 0.5)) for i in range(cells + 1)]
+def _cells(n: int, cells: int) -> list[tuple[int, int]]:
+    """``cells`` near-equal runs [start, stop) of ``n`` positions (halves rounded up, as the
+    paper's quadrants: 27 positions -> [0, 14) and [14, 27))."""
+    edges = [int(np.floor(i * n / cells + 0.5)) for i in range(cells + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 def _mirror_cells(n: int, cells: int) -> list[tuple[int, int]]:
@@ -455,11 +456,8 @@ class PatchFeatures(_ImageTransformer):
         Flip-invariant: the cells are mirrored left-right, and (row i, column j, centroid k)
         is summed with its mirror (row i, column gw - 1 - j, centroid K/2 + k), for k < K/2."""
         gh, gw = pooling
-        rows = _edges(oh, gh)
-        edges = _edges(ow, gw)
-        cols = (_mirror_cells(ow, gw) if self.flip_invariant
-                else list(zip(edges[:-1], edges[1:], strict=True)))
-        sums = [[codes[:, rows[i]:rows[i + 1], a:b].sum((1, 2)) for a, b in cols] for i in range(gh)]
+        cols = _mirror_cells(ow, gw) if self.flip_invariant else _cells(ow, gw)
+        sums = [[codes[:, r0:r1, c0:c1].sum((1, 2)) for c0, c1 in cols] for r0, r1 in _cells(oh, gh)]
         if self.flip_invariant:
             half = codes.shape[-1] // 2
             sums = [[row[j][:, :half] + row[gw - 1 - j][:, half:] for j in range(gw)] for row in sums]
