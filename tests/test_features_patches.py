@@ -14,7 +14,7 @@ from cvpipe.classifiers.linear_svm import LinearSVM
 from cvpipe.data import load_cifar10
 from cvpipe.errors import ConfigError
 from cvpipe.features import FeatureSpec, PatchFeatures, extractor_state
-from cvpipe.features.patches import extract_patches, mirror_index
+from cvpipe.features.patches import extract_patches, mirror_index, pooling_grids
 from cvpipe.models import ClassicPipeline, load_model
 from tests import synthetic
 
@@ -121,11 +121,36 @@ def mirrored(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[:, :, ::-1])
 
 
-@pytest.mark.parametrize("pooling", [(2, 2), (3, 3), (1, 2)])
+@pytest.mark.parametrize("flip_invariant", [False, True])
+def test_a_pyramid_joins_the_features_of_its_grids(images, flip_invariant):
+    model = PatchFeatures(**SMALL, flip_invariant=flip_invariant, power=0.5,
+                          pooling=[[1, 1], [2, 2], [3, 1]]).fit(images)
+    got = model.transform(images[:5])
+    per_cell = 8 if flip_invariant else 16
+    assert got.shape == (5, (1 + 4 + 3) * per_cell)
+    parts = [model.set_params(pooling=grid).transform(images[:5]) for grid in ((1, 1), 2, (3, 1))]
+    np.testing.assert_array_equal(got, np.concatenate(parts, 1))
+    # the 1 x 1 grid is the sum of the 3 x 1 cells, before the square roots (not of the 2 x 2
+    # ones when flip-invariant: the middle column belongs to both halves)
+    np.testing.assert_allclose(parts[0] ** 2, (parts[2] ** 2).reshape(5, 3, -1).sum(1), rtol=1e-4)
+    model.set_params(pooling=[[1, 1], [2, 2], [3, 1]], backend="torch")
+    np.testing.assert_allclose(model.transform(images[:5]), got, rtol=1e-4, atol=1e-3)
+    spec = FeatureSpec.parse("patches", {"n_centroids": 100, "pooling": [[1, 1], [3, 3]]})
+    assert spec.n_features((32, 32, 3)) == 10 * 100
+
+
+@pytest.mark.parametrize("pooling", [[1, 2, 3], [], [[2, 2], 3], [[2, 2], [0, 1]], [[30, 1]]])
+def test_a_pooling_that_is_not_grids_is_refused(images, pooling):
+    with pytest.raises(ConfigError, match="pooling"):
+        FeatureSpec.parse("patches", {"pooling": pooling}).check((32, 32, 3))
+
+
+@pytest.mark.parametrize("pooling", [(2, 2), (3, 3), (1, 2), [[1, 1], [2, 2], [3, 3]]])
 def test_flip_invariant_features_are_those_of_the_mirror_image(images, pooling):
     model = PatchFeatures(**SMALL, flip_invariant=True, pooling=pooling).fit(images)
     got = model.transform(images)
-    assert got.shape == (len(images), pooling[0] * pooling[1] * 8)
+    cells = sum(gh * gw for gh, gw in pooling_grids(pooling))
+    assert got.shape == (len(images), cells * 8)
     # float32 rounding only: the codes are sums of hundreds of distances of order 1
     np.testing.assert_allclose(model.transform(mirrored(images)), got, rtol=1e-4, atol=1e-2)
     # the learned state is mirror-symmetric: centroid 8 + k mirrors k, whitening commutes

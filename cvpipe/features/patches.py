@@ -19,7 +19,9 @@ AISTATS 2011. ``fit`` learns from training images only, without their labels:
    distances ``z_k`` to the centroids (the paper's k-means "triangle" activation), or
    ``"soft"``, ``max(0, c_k . x - alpha)`` (soft threshold, Coates & Ng, ICML 2011);
 7. sum the codes over the cells of a ``pooling`` grid of the patch positions (2 x 2: the four
-   quadrants), giving ``pooling[0] * pooling[1] * n_centroids`` float32 values per image;
+   quadrants), giving ``pooling[0] * pooling[1] * n_centroids`` float32 values per image; a
+   list of grids pools over each and joins the sums (a spatial pyramid, Lazebnik, Schmid &
+   Ponce, CVPR 2006: ``[[1, 1], [2, 2], [3, 3]]``, 14 cells);
 8. raise the sums to ``power`` (1 in the paper; 0.5, a square root, tempers the large sums of
    common centroids, the "power normalisation" of Perronnin, Sanchez & Mensink, ECCV 2010).
 
@@ -66,6 +68,8 @@ ENCODINGS = ("triangle", "soft")
 CHUNK_CODES = 1 << 23
 #: Learned state, as saved in a model's files (all float32).
 STATE = ("mean_", "whitening_", "centroids_")
+#: Pooling grids, (rows, cols) each.
+Grids = tuple[tuple[int, int], ...]
 
 
 def extract_patches(images: np.ndarray, size: int, stride: int) -> np.ndarray:
@@ -83,6 +87,18 @@ def extract_patches(images: np.ndarray, size: int, stride: int) -> np.ndarray:
     # a copy (a contiguous window view would come back read-only); float32 for the products
     return np.array(windows.transpose(0, 1, 2, 4, 5, 3), dtype=np.float32, order="C").reshape(
         n, oh, ow, size * size * c)
+
+
+def pooling_grids(pooling: Any) -> Grids:
+    """The pooling grids ``((rows, cols), ...)`` of a ``pooling`` parameter: an int or a pair
+    (one grid), or a list of pairs (a pyramid, ``[[1, 1], [2, 2]]``)."""
+    if isinstance(pooling, (int, np.integer)) or (
+            len(pooling) == 2 and all(isinstance(v, (int, np.integer)) for v in pooling)):
+        return (as_pair(pooling, "pooling"),)
+    if not len(pooling) or any(isinstance(g, (int, np.integer)) for g in pooling):
+        raise ConfigError(f"pooling must be an int, a pair of ints or a list of pairs "
+                          f"(a pyramid: [[1, 1], [2, 2]]), not {pooling!r}")
+    return tuple(as_pair(grid, "pooling") for grid in pooling)
 
 
 def _normalise(patches: Any, eps: float) -> Any:
@@ -128,8 +144,9 @@ class PatchFeatures(_ImageTransformer):
         K-means triangle activation, or soft threshold at ``alpha``.
     alpha : float
         Threshold of the soft encoding.
-    pooling : (int, int)
-        Grid of cells over which codes are summed (2 x 2: the quadrants).
+    pooling : int, (int, int) or list of (int, int)
+        Grid of cells over which codes are summed (2 x 2: the quadrants), or several grids
+        whose sums are joined in order (a spatial pyramid).
     power : float
         Exponent applied to the sums (1: the paper's features; 0.5: their square roots).
     whiten_eps : float
@@ -147,7 +164,7 @@ class PatchFeatures(_ImageTransformer):
     flip_invariant : bool
         The same features for an image and its mirror image (see the module's notes; needs an
         even ``n_centroids``): a linear classifier on them learns what flip augmentation
-        would teach it, with ``pooling[0] * pooling[1] * n_centroids / 2`` features.
+        would teach it, with ``pooling[0] * pooling[1] * n_centroids / 2`` features (per grid).
 
     Attributes
     ----------
@@ -197,7 +214,7 @@ class PatchFeatures(_ImageTransformer):
     }
 
     def __init__(self, patch_size: int = 6, stride: int = 1, n_centroids: int = 1600,
-                 encoding: str = "triangle", alpha: float = 0.25, pooling: tuple[int, int] = (2, 2),
+                 encoding: str = "triangle", alpha: float = 0.25, pooling: Any = (2, 2),
                  whiten_eps: float = 0.1, norm_eps: float = 10.0, n_patches: int = 400_000,
                  max_iter: int = 50, random_state: int = 0, image_shape: tuple[int, ...] | None = None,
                  device: Any = None, backend: str | None = None, n_jobs: int | None = -1,
@@ -230,7 +247,7 @@ class PatchFeatures(_ImageTransformer):
         if self.flip_invariant and int(self.n_centroids) % 2:
             raise ConfigError(f"flip_invariant features need an even n_centroids (K/2 centroids "
                               f"and their mirror images), not {self.n_centroids}")
-        return {"pooling": as_pair(self.pooling, "pooling")}
+        return {"pooling": pooling_grids(self.pooling)}
 
     def _grid(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
         h, w = int(image_shape[0]), int(image_shape[1])
@@ -239,17 +256,16 @@ class PatchFeatures(_ImageTransformer):
                               f"{self.patch_size} patches")
         oh = (h - self.patch_size) // self.stride + 1
         ow = (w - self.patch_size) // self.stride + 1
-        gh, gw = as_pair(self.pooling, "pooling")
-        if gh > oh or gw > ow:
-            raise ConfigError(f"a {gh}x{gw} pooling grid needs at least {gh}x{gw} patch positions; "
-                              f"{h}x{w} images give {oh}x{ow}")
+        for gh, gw in pooling_grids(self.pooling):
+            if gh > oh or gw > ow:
+                raise ConfigError(f"a {gh}x{gw} pooling grid needs at least {gh}x{gw} patch "
+                                  f"positions; {h}x{w} images give {oh}x{ow}")
         return oh, ow
 
     def _n_out(self, image_shape: tuple[int, ...], params: dict[str, Any]) -> int:
         self._grid(image_shape)
-        gh, gw = params["pooling"]
         per_cell = int(self.n_centroids) // 2 if self.flip_invariant else int(self.n_centroids)
-        return gh * gw * per_cell
+        return sum(gh * gw for gh, gw in params["pooling"]) * per_cell
 
     # ------------------------------------------------------------------ fit: stages 1-4
 
@@ -388,7 +404,7 @@ class PatchFeatures(_ImageTransformer):
         run_chunked(n, chunk, self.n_jobs, make_worker)
         return out
 
-    def _encode_numpy(self, images: np.ndarray, pooling: tuple[int, int], oh: int, ow: int) -> np.ndarray:
+    def _encode_numpy(self, images: np.ndarray, pooling: Grids, oh: int, ow: int) -> np.ndarray:
         patches = extract_patches(images, self.patch_size, self.stride)
         n = len(patches)
         x = _normalise(patches.reshape(n * oh * ow, -1), float(self.norm_eps))
@@ -417,7 +433,7 @@ class PatchFeatures(_ImageTransformer):
         self.augmented_ = np.ascontiguousarray(np.vstack([
             -2.0 * c.T, np.ones((1, len(c)), np.float32), (c * c).sum(1)[None, :]]), np.float32)
 
-    def _encode_torch(self, images: Any, pooling: tuple[int, int], oh: int, ow: int, device: Any) -> Any:
+    def _encode_torch(self, images: Any, pooling: Grids, oh: int, ow: int, device: Any) -> Any:
         import torch
 
         mean = torch.from_numpy(self.mean_).to(device)
@@ -450,18 +466,19 @@ class PatchFeatures(_ImageTransformer):
             return torch.zeros((0, self._n_out(tuple(x_all.shape[1:]), {"pooling": pooling})))
         return torch.cat(outs)
 
-    def _pool(self, codes: Any, pooling: tuple[int, int], oh: int, ow: int, xp: Any) -> Any:
-        """Stages 7-8: sum over each cell of the pooling grid, raised to ``power``;
-        (n, gh * gw * K), cells row-major.
+    def _pool(self, codes: Any, pooling: Grids, oh: int, ow: int, xp: Any) -> Any:
+        """Stages 7-8: sum over each cell of each pooling grid, raised to ``power``;
+        (n, sum of gh * gw * K), grid after grid, cells row-major.
         Flip-invariant: the cells are mirrored left-right, and (row i, column j, centroid k)
         is summed with its mirror (row i, column gw - 1 - j, centroid K/2 + k), for k < K/2."""
-        gh, gw = pooling
-        cols = _mirror_cells(ow, gw) if self.flip_invariant else _cells(ow, gw)
-        sums = [[codes[:, r0:r1, c0:c1].sum((1, 2)) for c0, c1 in cols] for r0, r1 in _cells(oh, gh)]
-        if self.flip_invariant:
-            half = codes.shape[-1] // 2
-            sums = [[row[j][:, :half] + row[gw - 1 - j][:, half:] for j in range(gw)] for row in sums]
-        cells = [cell for row in sums for cell in row]
+        cells = []
+        for gh, gw in pooling:
+            cols = _mirror_cells(ow, gw) if self.flip_invariant else _cells(ow, gw)
+            sums = [[codes[:, r0:r1, c0:c1].sum((1, 2)) for c0, c1 in cols] for r0, r1 in _cells(oh, gh)]
+            if self.flip_invariant:
+                half = codes.shape[-1] // 2
+                sums = [[row[j][:, :half] + row[gw - 1 - j][:, half:] for j in range(gw)] for row in sums]
+            cells += [cell for row in sums for cell in row]
         pooled = xp.concatenate(cells, 1) if xp is np else xp.cat(cells, 1)
         return pooled if float(self.power) == 1.0 else pooled ** float(self.power)  # stage 8
 
