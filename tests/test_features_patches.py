@@ -140,7 +140,7 @@ def test_a_pyramid_joins_the_features_of_its_grids(images, flip_invariant):
 
 
 @pytest.mark.parametrize("pooling", [[1, 2, 3], [], [[2, 2], 3], [[2, 2], [0, 1]], [[30, 1]]])
-def test_a_pooling_that_is_not_grids_is_refused(images, pooling):
+def test_a_pooling_that_is_not_grids_is_refused(pooling):
     with pytest.raises(ConfigError, match="pooling"):
         FeatureSpec.parse("patches", {"pooling": pooling}).check((32, 32, 3))
 

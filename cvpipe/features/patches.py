@@ -472,11 +472,11 @@ class PatchFeatures(_ImageTransformer):
         Flip-invariant: the cells are mirrored left-right, and (row i, column j, centroid k)
         is summed with its mirror (row i, column gw - 1 - j, centroid K/2 + k), for k < K/2."""
         cells = []
+        half = codes.shape[-1] // 2
         for gh, gw in pooling:
             cols = _mirror_cells(ow, gw) if self.flip_invariant else _cells(ow, gw)
             sums = [[codes[:, r0:r1, c0:c1].sum((1, 2)) for c0, c1 in cols] for r0, r1 in _cells(oh, gh)]
             if self.flip_invariant:
-                half = codes.shape[-1] // 2
                 sums = [[row[j][:, :half] + row[gw - 1 - j][:, half:] for j in range(gw)] for row in sums]
             cells += [cell for row in sums for cell in row]
         pooled = xp.concatenate(cells, 1) if xp is np else xp.cat(cells, 1)
