@@ -3,9 +3,9 @@
 Extracts the same feature set for the same split (default: ``hog+color`` on the full
 CIFAR-10 train set, 50,000 images) into a fresh chunked Zarr store each time, with:
 
-* ``dask``: :func:`cvpipe.extract.dask.extract_dask` on a ``LocalCluster`` of N worker
+* ``dask``: :func:`cvpipe.featurestore.dask.extract_dask` on a ``LocalCluster`` of N worker
   processes x 1 thread (feature extraction pinned to one thread per worker);
-* ``local``: the single-machine path, :func:`cvpipe.extract.extract` with ``n_jobs=N``
+* ``local``: the single-machine path, :func:`cvpipe.featurestore.extract` with ``n_jobs=N``
   (N feature threads in one process).
 
 Two measurements, each confining the benchmark process and hence the clusters it starts
@@ -83,7 +83,7 @@ def _pin(cores: list[int]) -> None:
 class Bench:
     def __init__(self, args: argparse.Namespace):
         from cvpipe.data import load_cifar10
-        from cvpipe.extract import DatasetSource
+        from cvpipe.featurestore import DatasetSource
 
         self.args = args
         ds = load_cifar10(args.source, args.data_root)
@@ -93,7 +93,7 @@ class Bench:
         self.tmp = Path(args.tmp or tempfile.mkdtemp(prefix="cvpipe-dask-bench-"))
 
     def local(self, n_jobs: int) -> float:
-        from cvpipe.extract import extract
+        from cvpipe.featurestore import extract
 
         t0 = time.perf_counter()
         extract(self.source, self.args.features, out=self.tmp / "local", chunk_rows=self.args.chunk_size,
@@ -101,7 +101,7 @@ class Bench:
         return time.perf_counter() - t0
 
     def dask(self, client: Any) -> float:
-        from cvpipe.extract.dask import extract_dask
+        from cvpipe.featurestore.dask import extract_dask
 
         t0 = time.perf_counter()
         extract_dask(self.source, self.args.features, client=client, out=self.tmp / "dask",
@@ -121,7 +121,7 @@ class Bench:
 
     def cluster(self, stack: contextlib.ExitStack, workers: int) -> tuple[Any, dict[str, Any]]:
         """A started, warmed-up LocalCluster client of ``workers`` x 1 thread, and its facts."""
-        from cvpipe.extract.dask import connect, extract_dask
+        from cvpipe.featurestore.dask import connect, extract_dask
 
         t0 = time.perf_counter()
         client = stack.enter_context(connect(workers=workers))

@@ -17,9 +17,9 @@ pytest.importorskip("distributed")
 from cvpipe.cli import main  # noqa: E402
 from cvpipe.data import load_cifar10  # noqa: E402
 from cvpipe.errors import DataError  # noqa: E402
-from cvpipe.extract import DatasetSource, extract, load_features, open_input  # noqa: E402
-from cvpipe.extract.dask import connect, extract_dask  # noqa: E402
-from cvpipe.extract.store import FeatureStore  # noqa: E402
+from cvpipe.featurestore import DatasetSource, extract, load_features, open_input  # noqa: E402
+from cvpipe.featurestore.dask import connect, extract_dask  # noqa: E402
+from cvpipe.featurestore.store import FeatureStore  # noqa: E402
 from cvpipe.images import ImageError  # noqa: E402
 from tests import synthetic  # noqa: E402
 
@@ -104,8 +104,8 @@ def test_killed_client_on_a_running_cluster_resumes(client, dataset, single, tmp
     out = tmp_path / "c"
     script = (
         "from cvpipe.data import load_cifar10\n"
-        "from cvpipe.extract import DatasetSource\n"
-        "from cvpipe.extract.dask import extract_dask\n"
+        "from cvpipe.featurestore import DatasetSource\n"
+        "from cvpipe.featurestore.dask import extract_dask\n"
         f"ds = load_cifar10({dataset.manifest['source_path']!r}, {str(dataset.cache_dir.parents[1])!r})\n"
         f"extract_dask(DatasetSource(ds, 'train_full'), 'hog+color', out={str(out)!r},\n"
         f"             scheduler={client.scheduler.address!r}, chunk_rows={CHUNK}, fmt='zarr',\n"
@@ -196,7 +196,7 @@ def test_cli_rejects_both_engines(dataset, tmp_path, capsys):
 
 
 def test_task_groups_spread_the_per_task_cost_but_keep_workers_busy():
-    from cvpipe.extract.dask import task_groups
+    from cvpipe.featurestore.dask import task_groups
 
     assert task_groups(list(range(13)), 1) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12]]
     assert task_groups(list(range(13)), 2) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12]]
@@ -206,7 +206,7 @@ def test_task_groups_spread_the_per_task_cost_but_keep_workers_busy():
 
 
 def test_a_task_of_a_replaced_store_writes_nothing(dataset, tmp_path):
-    from cvpipe.extract.dask import DaskError, _run_task
+    from cvpipe.featurestore.dask import DaskError, _run_task
 
     source = DatasetSource(dataset, "test")
     res = extract(source, "color", out=tmp_path / "s", chunk_rows=CHUNK, fmt="zarr")

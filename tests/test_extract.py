@@ -12,8 +12,8 @@ import pytest
 from cvpipe.cli import main
 from cvpipe.data import load_cifar10
 from cvpipe.errors import ConfigError, DataError
-from cvpipe.extract import DatasetSource, FileSource, extract, load_features, open_input
-from cvpipe.extract.store import FeatureStore
+from cvpipe.featurestore import DatasetSource, FileSource, extract, load_features, open_input
+from cvpipe.featurestore.store import FeatureStore
 from cvpipe.features import FeatureSpec, make_features
 from tests import synthetic
 
@@ -333,7 +333,7 @@ def test_killed_process_resumes_with_every_row_exactly_once(dataset, tmp_path):
     script = (
         "import time\n"
         "from cvpipe.data import load_cifar10\n"
-        "from cvpipe.extract import DatasetSource, extract\n"
+        "from cvpipe.featurestore import DatasetSource, extract\n"
         f"ds = load_cifar10({dataset.manifest['source_path']!r}, {str(dataset.cache_dir.parents[1])!r})\n"
         f"extract(DatasetSource(ds, 'train_full'), 'hog+color', out={str(out)!r}, chunk_rows={CHUNK},\n"
         "        fmt='zarr', on_chunk=lambda meta: time.sleep(0.1))\n"

@@ -185,8 +185,8 @@ def test_disk_full_while_writing_a_report_keeps_the_previous_one(tmp_path, monke
 
 
 def test_disk_full_while_extracting_features_resumes_cleanly(tiny, tmp_path, monkeypatch):
-    from cvpipe.extract import DatasetSource, extract, load_features
-    from cvpipe.extract.store import FeatureStore
+    from cvpipe.featurestore import DatasetSource, extract, load_features
+    from cvpipe.featurestore.store import FeatureStore
 
     ds = load_cifar10(tiny, tmp_path / "data")
     source = DatasetSource(ds, "train_full")
@@ -215,7 +215,7 @@ def test_disk_full_while_extracting_features_resumes_cleanly(tiny, tmp_path, mon
 def test_a_real_write_error_on_zarr_is_a_clear_storage_error(tiny, tmp_path, monkeypatch):
     import zarr
 
-    from cvpipe.extract import DatasetSource, extract
+    from cvpipe.featurestore import DatasetSource, extract
 
     ds = load_cifar10(tiny, tmp_path / "data")
     monkeypatch.setattr(zarr.Array, "__setitem__", _disk_full)
@@ -298,7 +298,7 @@ def test_a_gzip_bomb_in_a_dataset_archive_is_refused_from_its_headers(tmp_path, 
 ])
 def test_extraction_inputs_allow_only_listed_protocols(tmp_path, line, says):
     from cvpipe.errors import DataError
-    from cvpipe.extract import open_input
+    from cvpipe.featurestore import open_input
 
     listing = tmp_path / "list.txt"
     listing.write_text(f"{line}\n")
@@ -309,7 +309,7 @@ def test_extraction_inputs_allow_only_listed_protocols(tmp_path, line, says):
 
 
 def test_extraction_refuses_a_huge_file(tmp_path, monkeypatch, capsys):
-    from cvpipe.extract import sources
+    from cvpipe.featurestore import sources
 
     synthetic.write_image_folder(tmp_path / "imgs", n_train=1, n_test=1)
     big = tmp_path / "imgs" / "train" / "cat" / "huge.png"

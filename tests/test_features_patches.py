@@ -226,7 +226,7 @@ def test_learned_from_the_train_split_only_and_saved_as_data(trained):
 
 def test_extract_with_a_models_learned_features(trained, tmp_path, capsys):
     from cvpipe.cli import main
-    from cvpipe.extract import load_features
+    from cvpipe.featurestore import load_features
 
     root, ds, _ = trained
     args = ["extract", "--model", "p", "--models-dir", str(root / "models"), "--split", "test",

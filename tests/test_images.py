@@ -12,7 +12,7 @@ from PIL import Image
 
 from cvpipe.data import load_cifar10
 from cvpipe.errors import DataError
-from cvpipe.extract import FileSource
+from cvpipe.featurestore import FileSource
 from cvpipe.images import ImageError, decode, load_images
 from service.inputs import Upload, decode_images
 from tests import synthetic

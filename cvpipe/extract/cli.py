@@ -12,8 +12,8 @@ from typing import Any
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.data.dataset import parse_size
 from cvpipe.errors import ConfigError
-from cvpipe.extract.sources import ALLOWED_PROTOCOLS, MAX_FILE_BYTES, MAX_LIST_BYTES
-from cvpipe.extract.store import DEFAULT_CHUNK_ROWS, FORMATS, NPZ_MAX_BYTES
+from cvpipe.featurestore.sources import ALLOWED_PROTOCOLS, MAX_FILE_BYTES, MAX_LIST_BYTES
+from cvpipe.featurestore.store import DEFAULT_CHUNK_ROWS, FORMATS, NPZ_MAX_BYTES
 from cvpipe.images import IMAGE_FORMATS
 
 
@@ -65,7 +65,7 @@ def _model_features(name: str, models: str | None
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from cvpipe.extract.sources import DatasetSource, open_input
+    from cvpipe.featurestore.sources import DatasetSource, open_input
 
     fitted, size = None, parse_size(args.size)
     convert: dict = {"fit": args.fit}
@@ -92,7 +92,7 @@ def _extract(args: argparse.Namespace) -> int:
     if args.scheduler or args.workers:
         import distributed  # noqa: F401 - it sets its own log levels on import: override them
 
-        from cvpipe.extract.dask import extract_dask
+        from cvpipe.featurestore.dask import extract_dask
 
         if args.verbose < 2:
             logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -104,7 +104,7 @@ def _extract(args: argparse.Namespace) -> int:
         result = extract_dask(source, features, scheduler=args.scheduler, workers=args.workers,
                               on_client=announce, fitted=fitted, **common)
     else:
-        from cvpipe.extract.local import extract
+        from cvpipe.featurestore.local import extract
 
         result = extract(source, features, n_jobs=args.n_jobs, fitted=fitted, **common)
     if args.json:
@@ -130,7 +130,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "The output folder, <data root>/features/<key>/ unless --out, is keyed by the "
             "effective feature parameters and the input (dataset checksum and split, or the file "
             "listing): a second run reuses it, an interrupted run resumes without duplicated or "
-            "missing rows. Read it with cvpipe.extract.load_features(path).\n\n"
+            "missing rows. Read it with cvpipe.featurestore.load_features(path).\n\n"
             "Engines: this machine (default, all cores), a local Dask cluster (--workers N), or a "
             "running Dask cluster (--scheduler tcp://HOST:PORT; workers need the input and the "
             "output folder at the same paths, or fsspec URLs)."

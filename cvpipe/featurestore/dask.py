@@ -8,7 +8,7 @@ threads are the parallelism), writes the chunk and its marker into the store, an
 returns a few numbers. So:
 
 * the client never holds the images, and at most a window of tasks is in flight;
-* the output is the one of :func:`cvpipe.extract.local.extract`, row for row and value
+* the output is the one of :func:`cvpipe.featurestore.local.extract`, row for row and value
   for value (same chunks, same feature code);
 * a task whose worker dies is run again by the scheduler (and failures are retried
   ``retries`` times), skipping the chunks it had finished: a chunk written twice is
@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cvpipe.errors import CvpipeError
-from cvpipe.extract.core import (
+from cvpipe.featurestore.core import (
     ExtractPlan,
     ExtractResult,
     compute_chunk,
@@ -41,8 +41,8 @@ from cvpipe.extract.core import (
     plan_extraction,
     reused,
 )
-from cvpipe.extract.sources import ChunkInput, ImageSource
-from cvpipe.extract.store import FeatureStore
+from cvpipe.featurestore.sources import ChunkInput, ImageSource
+from cvpipe.featurestore.store import FeatureStore
 from cvpipe.features import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def extract_dask(
     Parameters
     ----------
     source, features, params, out, root, chunk_rows, fmt, force, progress, on_chunk, fitted
-        As in :func:`cvpipe.extract.local.extract` (a fitted extractor travels to the workers
+        As in :func:`cvpipe.featurestore.local.extract` (a fitted extractor travels to the workers
         with the tasks).
     client : distributed.Client, optional
         Use this client (its cluster stays up afterwards).

@@ -18,8 +18,8 @@ import numpy as np
 from cvpipe import __version__
 from cvpipe.config import data_root
 from cvpipe.errors import ConfigError, DataError
-from cvpipe.extract.sources import ChunkInput, ImageSource
-from cvpipe.extract.store import (
+from cvpipe.featurestore.sources import ChunkInput, ImageSource
+from cvpipe.featurestore.store import (
     DEFAULT_CHUNK_ROWS,
     FORMAT_VERSION,
     FORMATS,
@@ -103,7 +103,7 @@ class ExtractResult:
     computed_chunks: int
 
     def load(self) -> tuple[Any, np.ndarray, dict[str, Any]]:
-        """``(features, labels, manifest)``, see :func:`cvpipe.extract.load_features`."""
+        """``(features, labels, manifest)``, see :func:`cvpipe.featurestore.load_features`."""
         return load_features(self.path)
 
     def summary(self) -> str:

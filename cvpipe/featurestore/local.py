@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from cvpipe.extract.core import (
+from cvpipe.featurestore.core import (
     ExtractPlan,
     ExtractResult,
     compute_chunk,
@@ -21,7 +21,7 @@ from cvpipe.extract.core import (
     plan_extraction,
     reused,
 )
-from cvpipe.extract.sources import ChunkInput, ImageSource
+from cvpipe.featurestore.sources import ChunkInput, ImageSource
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ def extract(
     Parameters
     ----------
     source : ImageSource
-        :class:`~cvpipe.extract.sources.DatasetSource` or
-        :class:`~cvpipe.extract.sources.FileSource`.
+        :class:`~cvpipe.featurestore.sources.DatasetSource` or
+        :class:`~cvpipe.featurestore.sources.FileSource`.
     features : str, dict or FeatureSpec
         A feature set (:class:`cvpipe.features.FeatureSpec`): a name (``"hog+color"``), a
         config dict (``{"name": ..., "params": {...}}`` or with ``components``) or a spec.

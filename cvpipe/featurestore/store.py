@@ -243,7 +243,7 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Any, np.ndarray, dict[s
     labels : (N,) int64 ndarray
         Class indices (-1 where the input had none).
     manifest : dict
-        Config, input, N, D, timing, see :mod:`cvpipe.extract`.
+        Config, input, N, D, timing, see :mod:`cvpipe.featurestore`.
 
     Raises
     ------
