@@ -12,9 +12,9 @@ import pytest
 from cvpipe.cli import main
 from cvpipe.data import load_cifar10
 from cvpipe.errors import ConfigError, DataError
+from cvpipe.features import FeatureSpec, make_features
 from cvpipe.featurestore import DatasetSource, FileSource, extract, load_features, open_input
 from cvpipe.featurestore.store import FeatureStore
-from cvpipe.features import FeatureSpec, make_features
 from tests import synthetic
 
 CHUNK = 16

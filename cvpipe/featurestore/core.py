@@ -18,6 +18,7 @@ import numpy as np
 from cvpipe import __version__
 from cvpipe.config import data_root
 from cvpipe.errors import ConfigError, DataError
+from cvpipe.features import FeatureSpec, extractor_state
 from cvpipe.featurestore.sources import ChunkInput, ImageSource
 from cvpipe.featurestore.store import (
     DEFAULT_CHUNK_ROWS,
@@ -28,7 +29,6 @@ from cvpipe.featurestore.store import (
     extraction_key,
     load_features,
 )
-from cvpipe.features import FeatureSpec, extractor_state
 from cvpipe.storage import canonical_json
 
 log = logging.getLogger(__name__)

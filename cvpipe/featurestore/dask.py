@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from cvpipe.errors import CvpipeError
+from cvpipe.features import FeatureSpec
 from cvpipe.featurestore.core import (
     ExtractPlan,
     ExtractResult,
@@ -43,7 +44,6 @@ from cvpipe.featurestore.core import (
 )
 from cvpipe.featurestore.sources import ChunkInput, ImageSource
 from cvpipe.featurestore.store import FeatureStore
-from cvpipe.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 
