@@ -17,7 +17,8 @@ from cvpipe import __version__
 from cvpipe.errors import CvpipeError
 
 COMMAND_MODULES: tuple[str, ...] = ("cvpipe.data.cli", "cvpipe.models.cli", "cvpipe.compare.cli",
-                                     "cvpipe.extract.cli", "service.serve")
+                                     "cvpipe.extract.cli", "cvpipe.featurestore.cli",
+                                     "service.serve")
 
 log = logging.getLogger("cvpipe")
 

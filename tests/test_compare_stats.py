@@ -32,6 +32,26 @@ def test_mcnemar_counts_only_the_discordant_images():
     assert same["p_value"] == 1.0 and same["difference"] == 0.0
     assert "beats" in stats.describe_difference("A", "B", test) and "p = 0.0" in \
         stats.describe_difference("A", "B", test)
+    # a difference that could be chance is never called a win
+    weak = {"difference": 0.016, "p_value": 0.089}
+    text = stats.describe_difference("The CNN", "patches-linear-svm", weak)
+    assert "beats" not in text and text == ("The CNN is ahead of patches-linear-svm by 1.6 points, "
+                                            "not significant (McNemar, p = 0.089)")
+    assert "behind" in stats.describe_difference("A", "B", {"difference": -0.01, "p_value": 0.5})
+    assert "trails" in stats.describe_difference("A", "B", {"difference": -0.05, "p_value": 0.001})
+
+
+def test_ladder_pairs_cover_every_pair_of_rungs():
+    rng = np.random.default_rng(0)
+    rows = [_row("px", "classic", ["pixels"], 0.3, 0.3, 0.4, 1, 1),
+            _row("hog", "classic", ["hog"], 0.5, 0.5, 0.6, 1, 1),
+            _row("cnn", "cnn", None, 0.8, 0.8, 0.9, 1, 1)]
+    correct = {r["pipeline"]: rng.random(400) < r["test_accuracy"] for r in rows}
+    pairs = stats.ladder_pairs(rows, correct)
+    assert [(p["a"], p["b"]) for p in pairs] == [("hog", "px"), ("cnn", "px"), ("cnn", "hog")]
+    for p in pairs:
+        test = stats.mcnemar(correct[p["a"]], correct[p["b"]])
+        assert p["p_value"] == test["p_value"] and p["significant"] == (test["p_value"] < 0.05)
 
 
 def _row(name, fam, features, val, test, train, cost, lat):

@@ -181,3 +181,19 @@ def materialize(chunks: Chunks) -> tuple[np.ndarray, np.ndarray]:
         X[at:at + len(xb)], y[at:at + len(yb)] = xb, yb
         at += len(xb)
     return X, y
+
+
+def gather_rows(chunks: Chunks, rows: np.ndarray) -> np.ndarray:
+    """The features of the rows numbered ``rows`` (sorted, into the block order), read block
+    by block: ``(len(rows), D)``."""
+    rows = np.asarray(rows, np.int64)
+    out, at, start = [], 0, 0
+    for ref in chunks.refs():
+        stop = start + ref.n_rows
+        take = rows[(rows >= start) & (rows < stop)] - start
+        if len(take):
+            X, _ = ref.read()
+            out.append(np.asarray(X[take]))
+            at += len(take)
+        start = stop
+    return np.concatenate(out) if out else np.zeros((0, chunks.n_features), np.float32)

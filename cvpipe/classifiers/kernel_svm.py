@@ -17,10 +17,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.kernel_approximation import Nystroem
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from cvpipe.classifiers.linear_svm import LinearSVM
+from cvpipe.classifiers.chunks import Chunks, Mapped, gather_rows, materialize
+from cvpipe.classifiers.linear_svm import LOCAL, LinearSVM, Runner, compute_stats
 
 #: Above this many training samples, approximation="auto" uses Nystroem.
 EXACT_KERNEL_MAX_SAMPLES = 10_000
@@ -116,6 +118,35 @@ class RBFSVM(ClassifierMixin, BaseEstimator):
         solver = est if isinstance(est, SVC) else est.named_steps["svm"]
         self.n_iter_ = int(np.max(solver.n_iter_))
         self.classes_ = np.asarray(est.classes_)
+        return self
+
+    def fit_chunks(self, chunks: Chunks, runner: Runner = LOCAL) -> RBFSVM:
+        """Fit on rows read a block at a time: the exact SVM on the rows gathered in memory
+        (it is only chosen for small sets), or Nystroem features of landmark rows drawn from
+        every block, computed block by block for the out-of-core linear SVM."""
+        self._validate_params()
+        n = chunks.n_rows
+        if self.method_for(n) == "exact":
+            X, y = materialize(chunks)
+            return self.fit(X, y)
+        rng = check_random_state(self.random_state)
+        m = min(self.n_components, n)
+        landmarks = gather_rows(chunks, np.sort(rng.choice(n, m, replace=False)))
+        gamma = self.gamma
+        if gamma == "scale":  # SVC's 1 / (n_features * X.var()), from per-feature sums
+            stats = compute_stats(chunks, None, with_gram=False, runner=runner)
+            mean, var = stats.mean, stats.var
+            total_var = float(np.mean(var + mean * mean) - np.mean(mean) ** 2)
+            gamma = 1.0 / (chunks.n_features * total_var) if total_var > 0 else 1.0
+        nystroem = Nystroem(kernel="rbf", gamma=gamma, n_components=m,
+                            random_state=self.random_state).fit(landmarks)
+        svm = LinearSVM(C=self.C, max_iter=self.max_iter).fit_chunks(
+            Mapped(chunks, nystroem.transform, m), runner)
+        self.estimator_ = Pipeline([("nystroem", nystroem), ("svm", svm)])
+        self.approximation_ = "nystroem"
+        self.n_iter_ = int(svm.n_iter_)
+        self.classes_ = np.asarray(svm.classes_)
+        self.n_features_in_ = int(chunks.n_features)
         return self
 
     def decision_function(self, X) -> np.ndarray:

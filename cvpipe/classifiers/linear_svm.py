@@ -56,7 +56,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from cvpipe.classifiers.chunks import ArrayChunks, Chunks, read_ahead
+from cvpipe.classifiers.chunks import ArrayChunks, Chunks, materialize, read_ahead
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,16 @@ def _as_float(X: np.ndarray) -> np.ndarray:
     return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
 
 
-def chunk_stats(X: np.ndarray, y: np.ndarray, shift: np.ndarray, targets: np.ndarray,
+def chunk_stats(X: np.ndarray, y: np.ndarray, shift: np.ndarray, targets: np.ndarray | None,
                 with_gram: bool) -> tuple:
-    """One block's contribution to :class:`Stats` (``targets``: class index -> target row)."""
+    """One block's contribution to :class:`Stats` (``targets``: class index -> target row, or
+    None for sums of the features alone)."""
     U = _as_float(X) - shift.astype(X.dtype if X.dtype == np.float64 else np.float32)
-    T = targets[y]
     s1 = U.sum(0, dtype=np.float64)
     s2 = np.einsum("ij,ij->j", U, U, dtype=np.float64)
+    if targets is None:
+        return len(U), s1, s2, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0)
+    T = targets[y]
     gram = (U.T @ U).astype(np.float64) if with_gram else np.zeros((0, 0))
     xty = (U.T @ T.astype(U.dtype)).astype(np.float64) if with_gram else np.zeros((0, 0))
     return len(U), s1, s2, gram, xty, T.sum(0, dtype=np.float64)
@@ -173,7 +176,8 @@ class Stats:
         delta = other.shift - self.shift
         s1 = self.s1 + other.s1 + other.n * delta
         s2 = self.s2 + other.s2 + 2 * delta * other.s1 + other.n * delta * delta
-        return Stats(self.n + other.n, self.shift, s1, s2, None, None, self.tsum + other.tsum)
+        tsum = self.tsum + other.tsum if len(self.tsum) == len(other.tsum) else self.tsum
+        return Stats(self.n + other.n, self.shift, s1, s2, None, None, tsum)
 
     def scaler(self) -> StandardScaler:
         """A fitted :class:`~sklearn.preprocessing.StandardScaler` of these rows (what
@@ -197,9 +201,10 @@ def targets_for(n_classes: int) -> np.ndarray:
     return 2.0 * np.eye(n_classes) - 1.0
 
 
-def compute_stats(chunks: Chunks, targets: np.ndarray, *, with_gram: bool,
+def compute_stats(chunks: Chunks, targets: np.ndarray | None, *, with_gram: bool,
                   runner: Runner = LOCAL, shift: np.ndarray | None = None) -> Stats:
-    """:class:`Stats` of every row of ``chunks`` (labels: class indices into ``targets``)."""
+    """:class:`Stats` of every row of ``chunks`` (labels: class indices into ``targets``; with
+    ``targets`` None, the sums of the features alone)."""
     if shift is None:
         refs = chunks.refs()
         first, _ = refs[0].read() if refs else (np.zeros((0, chunks.n_features)), None)
@@ -227,16 +232,18 @@ class LinearProblem:
     stats: Stats
     runner: Runner = field(default=LOCAL)
     device: Any = None
-    gram: np.ndarray | None = None  # (D, D) Xc^T Xc / n, or None (no preconditioner)
-    xty: np.ndarray | None = None  # (D, k) Xc^T (T - tbar)
+    preconditioner: Any = None  # _Cholesky or _Spectral, or None
+    xty: np.ndarray | None = None  # (D, k) Xc^T (T - mean T), for the least-squares start
     tbar: np.ndarray | None = None  # (k,) mean target
-    factors: dict[float, np.ndarray] = field(default_factory=dict)  # C0 -> Cholesky factor of H0
 
     @classmethod
     def prepare(cls, chunks: Chunks, *, standardize: bool, runner: Runner = LOCAL,
                 device: Any = None, precondition: bool = True) -> LinearProblem:
-        """Stage 1 for the rows of ``chunks``: the statistics (with the Gram matrix of the
-        centred, scaled rows unless there are more than :data:`MAX_GRAM_FEATURES` features)."""
+        """Stage 1 for the rows of ``chunks``: the statistics, with what preconditions --
+        the Gram matrix ``Xc^T Xc`` of the centred, scaled rows, or, with fewer rows than
+        half the features, the eigenvectors of ``Xc Xc^T`` (the rows gathered in memory:
+        fewer values than the Gram matrix would have). No preconditioner beyond
+        :data:`MAX_GRAM_FEATURES` features."""
         labels = chunks.labels()
         classes = np.unique(labels)
         if len(classes) < 2:
@@ -244,14 +251,17 @@ class LinearProblem:
         if labels.dtype.kind not in "iu" or not np.array_equal(classes, np.arange(len(classes))):
             chunks = _Relabelled(chunks, classes)
         targets = targets_for(len(classes))
-        d = chunks.n_features
-        gram = precondition and d <= MAX_GRAM_FEATURES
+        n, d = chunks.n_rows, chunks.n_features
+        usable = precondition and d <= MAX_GRAM_FEATURES
+        dual = usable and 2 * n <= d
+        gram = usable and not dual
         stats = compute_stats(chunks, targets, with_gram=gram, runner=runner)
         mean = stats.mean
         scale = stats.scaler().scale_ if standardize else np.ones(d)
-        gram_s = xty_s = None
+        problem = cls(chunks, classes, targets, mean, scale, stats, runner, device)
+        problem.tbar = stats.tsum / max(stats.n, 1)
         if gram:
-            # the Gram matrix of the centred, scaled rows, in place: H0 = I + 2 C0 Xc^T Xc
+            # the Gram matrix of the centred, scaled rows, in place
             delta = mean - stats.shift
             G = stats.gram
             G -= np.outer(delta, stats.s1)
@@ -259,45 +269,35 @@ class LinearProblem:
             G += stats.n * np.outer(delta, delta)
             G /= scale[:, None]
             G /= scale[None, :]
-            G /= max(stats.n, 1)  # per row: H0 = I + 2 C0 n G
+            G /= max(stats.n, 1)  # per row, so that a refit on more rows can reuse it
             B = (stats.xty - np.outer(delta, stats.tsum)) / scale[:, None]  # Xc^T T
-            # Xc^T (T - mean T)
-            B -= np.outer(stats.s1 - stats.n * delta, stats.tsum / max(stats.n, 1)) / scale[:, None]
+            B -= np.outer(stats.s1 - stats.n * delta, problem.tbar) / scale[:, None]
             stats.gram = stats.xty = None
-            gram_s, xty_s = G, B
-        problem = cls(chunks, classes, targets, mean, scale, stats, runner, device)
-        if gram:
-            problem.gram, problem.xty = gram_s, xty_s
-            problem.tbar = stats.tsum / max(stats.n, 1)
+            problem.preconditioner, problem.xty = _Cholesky(G, stats.n), B
+        elif dual:
+            X, y = materialize(chunks)
+            Xc = (np.asarray(X, np.float64) - mean) / scale
+            problem.xty = Xc.T @ (targets[y] - problem.tbar)
+            problem.preconditioner = _Spectral.of(Xc)
         return problem
 
     def with_rows(self, more: Chunks, standardize: bool) -> LinearProblem:
         """The problem on these rows and ``more`` (a refit on train + validation): the
-        statistics merged, the preconditioner kept."""
+        statistics merged, the preconditioner of the first rows kept (it still preconditions
+        well; the weights start from a fitted model's)."""
         from cvpipe.classifiers.chunks import Concat
 
         extra = _Relabelled(more, self.classes) if isinstance(self.chunks, _Relabelled) else more
         stats = self.stats.merged(compute_stats(extra, self.targets, with_gram=False, runner=self.runner))
         scale = stats.scaler().scale_ if standardize else np.ones(len(self.mean))
-        # the Gram matrix of the first rows still preconditions well: kept, not recomputed
+        pre = self.preconditioner.with_rows(stats.n) if self.preconditioner is not None else None
         return LinearProblem(Concat([self.chunks, extra]), self.classes, self.targets, stats.mean,
-                             scale, stats, self.runner, self.device, self.gram)
-
-    def factor(self, C0: float) -> np.ndarray:
-        """Stage 2: the lower Cholesky factor of ``H0 = I + 2 C0 n G`` (cached by ``C0``)."""
-        C0 = float(f"{C0:.2g}")  # nearby values share a factor: it only preconditions
-        if C0 not in self.factors:
-            H = self.gram * (2 * C0 * self.stats.n)
-            H[np.diag_indices_from(H)] += 1.0
-            self.factors.clear()  # one factor (D x D) at a time
-            self.factors[C0] = linalg.cholesky(H, lower=True, overwrite_a=True, check_finite=False)
-        return self.factors[C0]
+                             scale, stats, self.runner, self.device, pre)
 
     def least_squares(self, C: float) -> tuple[np.ndarray, np.ndarray]:
         """Stage 3: the minimiser of the objective with every margin active (squared loss),
         ``(W, b)``."""
-        W = linalg.cho_solve((self.factor(C), True), 2 * C * self.xty, check_finite=False)
-        return W, self.tbar.copy()
+        return self.preconditioner.solve(C, 2 * C * self.xty), self.tbar.copy()
 
     def active_fraction(self, W: np.ndarray, b: np.ndarray) -> float:
         """Share of the margins ``t (w . x + b)`` below 1 at ``(W, b)``: how much of ``H0``'s
@@ -325,28 +325,23 @@ class LinearProblem:
         """``(W, b, iterations)`` minimising the objective at ``C`` (W: (D, k), in this
         problem's coordinates), from ``start`` or the least-squares start."""
         d, k = len(self.mean), self.targets.shape[1]
-        L = None
-        if self.gram is not None:
-            if start is None and self.xty is not None:
-                start = self.least_squares(C)
-            if start is None:
-                start = (np.zeros((d, k)), np.zeros(k))
-            # precondition with the curvature of the margins active at the start
-            rho = min(1.0, max(self.active_fraction(*start), 0.01))
-            L = self.factor(rho * C)
-        elif start is None:
+        to_w = to_v = grad_v = _identity
+        if start is None and self.xty is not None:
+            start = self.least_squares(C)
+        if start is None:
             start = (np.zeros((d, k)), np.zeros(k))
+        if self.preconditioner is not None:
+            # stage 2: precondition with the curvature of the margins active at the start
+            rho = min(1.0, max(self.active_fraction(*start), 0.01))
+            to_w, to_v, grad_v = self.preconditioner.at(rho * C)
         W0, b0 = start
         b0 = b0 if fit_intercept else np.zeros(k)
-        v0 = L.T @ W0 if L is not None else W0
+        v0 = to_v(W0)
         n = max(self.stats.n, 1)
         C = float(C)
 
         def weights(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            V = theta[: d * k].reshape(d, k)
-            W = (V if L is None else
-                 linalg.solve_triangular(L, V, trans="T", lower=True, check_finite=False))
-            return W, (theta[d * k:] if fit_intercept else np.zeros(k))
+            return to_w(theta[: d * k].reshape(d, k)), (theta[d * k:] if fit_intercept else np.zeros(k))
 
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
             W, b = weights(theta)
@@ -355,12 +350,10 @@ class LinearProblem:
                                                   self.device)
             # X^T g of the raw rows -> of the rows in these coordinates
             grad_w = W + C * (xtg - np.outer(self.mean, gsum)) / self.scale[:, None]
-            grad_v = (linalg.solve_triangular(L, grad_w, lower=True, check_finite=False)
-                      if L is not None else grad_w)
             value = 0.5 * float(np.sum(W * W)) + C * loss
             if fit_intercept:
-                return value, np.concatenate([grad_v.ravel(), C * gsum])
-            return value, grad_v.ravel()
+                return value, np.concatenate([grad_v(grad_w).ravel(), C * gsum])
+            return value, grad_v(grad_w).ravel()
 
         theta0 = np.concatenate([v0.ravel(), b0]) if fit_intercept else v0.ravel()
         options = {"maxiter": max_iter, "gtol": tol * n * C, "maxcor": 20}
@@ -374,6 +367,71 @@ class LinearProblem:
         """Decision scores of every row of ``chunks`` (raw rows, as this problem's)."""
         Wr, c = self.raw(W, b)
         return np.concatenate([chunk_scores(X, y, Wr, c) for X, y in read_ahead(chunks)])
+
+
+def _identity(M: np.ndarray) -> np.ndarray:
+    return M
+
+
+class _Cholesky:
+    """``H0 = I + 2 C0 n G`` (``G = Xc^T Xc / n``, D x D): L-BFGS runs on ``v = L^T w`` with
+    ``L`` its Cholesky factor, computed for each ``C0`` asked (one at a time: D x D floats)."""
+
+    def __init__(self, gram: np.ndarray, n: int):
+        self.gram, self.n = gram, n
+        self._factor: tuple[float, np.ndarray] | None = None
+
+    def factor(self, C0: float) -> np.ndarray:
+        C0 = float(f"{C0:.2g}")  # nearby values share a factor: it only preconditions
+        if self._factor is None or self._factor[0] != C0:
+            self._factor = None  # free the old factor first
+            H = self.gram * (2 * C0 * self.n)
+            H[np.diag_indices_from(H)] += 1.0
+            self._factor = (C0, linalg.cholesky(H, lower=True, overwrite_a=True, check_finite=False))
+        return self._factor[1]
+
+    def at(self, C0: float) -> tuple[Callable, Callable, Callable]:
+        """(v -> w, w -> v, gradient in w -> gradient in v) for ``H0`` at ``C0``."""
+        L = self.factor(C0)
+        return (lambda V: linalg.solve_triangular(L, V, trans="T", lower=True, check_finite=False),
+                lambda W: L.T @ W,
+                lambda G: linalg.solve_triangular(L, G, lower=True, check_finite=False))
+
+    def solve(self, C0: float, B: np.ndarray) -> np.ndarray:
+        return linalg.cho_solve((self.factor(C0), True), B, check_finite=False)
+
+    def with_rows(self, n: int) -> _Cholesky:
+        return _Cholesky(self.gram, n)
+
+
+class _Spectral:
+    """``H0 = I + 2 C0 Xc^T Xc`` from the thin eigen-decomposition of ``Xc`` (fewer rows than
+    features): ``Xc^T Xc = V diag(s2) V^T``, so ``H0^(-1/2) = I + V (f - 1) V^T`` with
+    ``f = (1 + 2 C0 s2)^(-1/2)``; every ``C0`` costs nothing more."""
+
+    def __init__(self, basis: np.ndarray, s2: np.ndarray):
+        self.basis, self.s2 = basis, s2
+
+    @classmethod
+    def of(cls, Xc: np.ndarray) -> _Spectral:
+        s2, U = np.linalg.eigh(Xc @ Xc.T)
+        keep = s2 > s2.max(initial=0.0) * 1e-10
+        s2, U = s2[keep], U[:, keep]
+        return cls(Xc.T @ (U / np.sqrt(s2)), s2)
+
+    def _apply(self, M: np.ndarray, f: np.ndarray) -> np.ndarray:
+        return M + self.basis @ ((f - 1.0)[:, None] * (self.basis.T @ M))
+
+    def at(self, C0: float) -> tuple[Callable, Callable, Callable]:
+        f = 1.0 / np.sqrt(1.0 + 2 * C0 * self.s2)
+        return (lambda V: self._apply(V, f), lambda W: self._apply(W, 1.0 / f),
+                lambda G: self._apply(G, f))
+
+    def solve(self, C0: float, B: np.ndarray) -> np.ndarray:
+        return self._apply(B, 1.0 / (1.0 + 2 * C0 * self.s2))
+
+    def with_rows(self, n: int) -> _Spectral:
+        return self
 
 
 @dataclass(frozen=True)
@@ -405,10 +463,12 @@ class _Relabelled:
 
 
 def fit_path(problem: LinearProblem, template: LinearSVM, Cs: list[float],
-             on_fit: Callable[[float, LinearSVM], None] | None = None) -> list[LinearSVM]:
+             on_fit: Callable[[float, LinearSVM], None] | None = None, *,
+             scaled_inputs: bool = False) -> list[LinearSVM]:
     """A fitted :class:`LinearSVM` for every C of ``Cs`` on one problem: one factorisation,
     each fit started from the previous one's weights (C in increasing order). ``template``
-    gives every other parameter."""
+    gives every other parameter. With ``scaled_inputs`` the models take the rows in the
+    problem's coordinates (after its StandardScaler), else the raw rows."""
     models: dict[float, LinearSVM] = {}
     start = None
     for C in sorted(Cs):
@@ -416,7 +476,8 @@ def fit_path(problem: LinearProblem, template: LinearSVM, Cs: list[float],
         W, b, nit = problem.solve(C, start=start, max_iter=model.max_iter, tol=model.tol,
                                   ftol=model.ftol, fit_intercept=model.fit_intercept)
         start = (W, b)
-        model._set_weights(problem.classes, W, b, problem.chunks.n_features, nit)
+        model._set_weights(problem.classes, W, b, problem.chunks.n_features, nit,
+                           *(() if scaled_inputs else (problem.scale, problem.mean)))
         models[C] = model
         if on_fit is not None:
             on_fit(C, model)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
 from numbers import Integral, Real
 
 import numpy as np
@@ -18,10 +19,14 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from torch import nn
 
+from cvpipe.classifiers.chunks import ArrayChunks, Chunks, read_ahead
 from cvpipe.data.splits import stratified_split
 from cvpipe.device import resolve_device
 
 log = logging.getLogger(__name__)
+
+#: Rows scored at a time when evaluating.
+EVAL_ROWS = 8192
 
 
 def build_mlp(n_in: int, n_out: int, hidden_sizes: tuple[int, ...], dropout: float,
@@ -66,6 +71,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         Stop when validation loss has not improved for ``patience`` epochs and restore the
         best weights. Validation data is ``eval_set`` passed to :meth:`fit`, else a seeded,
         stratified ``validation_fraction`` of the training data.
+    precision : {"float32", "bfloat16"}
+        The arithmetic of training's matrix products: bfloat16 (autocast; the weights and the
+        optimiser stay float32) is 2-3x faster on CPUs with AVX-512 BF16 or AMX and on GPUs.
+        Prediction is float32 either way.
     device : str
         "auto" (CUDA if present, else CPU), "cpu" or "cuda[:N]".
     random_state : int
@@ -92,6 +101,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "patience": [Interval(Integral, 1, None, closed="left")],
+        "precision": [StrOptions({"float32", "bfloat16"})],
         "device": [str],
         "random_state": [Interval(Integral, 0, None, closed="left")],
     }
@@ -101,8 +111,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
                  optimizer: str = "adam", lr: float = 1e-3, momentum: float = 0.9,
                  batch_size: int = 256, max_epochs: int = 50, lr_schedule: str = "cosine",
                  label_smoothing: float = 0.0, early_stopping: bool = True,
-                 validation_fraction: float = 0.1, patience: int = 5, device: str = "auto",
-                 random_state: int = 0):
+                 validation_fraction: float = 0.1, patience: int = 5, precision: str = "float32",
+                 device: str = "auto", random_state: int = 0):
         self.hidden_sizes = hidden_sizes
         self.dropout = dropout
         self.input_dropout = input_dropout
@@ -118,6 +128,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.precision = precision
         self.device = device
         self.random_state = random_state
 
@@ -131,28 +142,40 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if len(classes) < 2:
             raise ValueError("MLPClassifier needs samples of at least 2 classes, got 1 class")
         if eval_set is not None:
-            Xv = np.asarray(eval_set[0], np.float32)
-            yv = np.searchsorted(self.classes_, eval_set[1])
+            evaluation = ArrayChunks(np.asarray(eval_set[0], np.float32),
+                                     np.searchsorted(classes, eval_set[1]), rows=EVAL_ROWS)
         elif self.early_stopping and len(y) >= 20:
             tr, va = stratified_split(y_idx, self.validation_fraction, self.random_state)
-            X, Xv, y_idx, yv = X[tr], X[va], y_idx[tr], y_idx[va]
+            X, evaluation, y_idx = X[tr], ArrayChunks(X[va], y_idx[va], rows=EVAL_ROWS), y_idx[tr]
         else:
-            Xv = yv = None
+            evaluation = None
+        # one block: every epoch is a permutation of all the rows, as in-memory training does
+        return self._train(ArrayChunks(X, y_idx, rows=max(len(X), 1)), evaluation, classes)
+
+    def fit_chunks(self, chunks: Chunks, eval_chunks: Chunks | None = None) -> MLPClassifier:
+        """Fit on rows read a block at a time (:mod:`cvpipe.classifiers.chunks`), their labels
+        class indices; an epoch visits the blocks in a random order and the rows of each block
+        in a random order (the rows of a block should be a random sample: see
+        :func:`cvpipe.featurestore.split_features`). ``eval_chunks``: the early-stopping data."""
+        self._validate_params()
+        classes = np.unique(chunks.labels())
+        if len(classes) < 2:
+            raise ValueError("MLPClassifier needs samples of at least 2 classes, got 1 class")
+        self.n_features_in_ = int(chunks.n_features)
+        return self._train(chunks, eval_chunks, classes)
+
+    def _train(self, chunks: Chunks, evaluation: Chunks | None, classes: np.ndarray) -> MLPClassifier:
+        self.classes_ = classes
         device = resolve_device(self.device)
         torch.manual_seed(self.random_state)
-        gen = torch.Generator().manual_seed(self.random_state)
-        model = build_mlp(X.shape[1], len(self.classes_), tuple(self.hidden_sizes), self.dropout,
+        rng = np.random.default_rng(self.random_state)
+        model = build_mlp(chunks.n_features, len(classes), tuple(self.hidden_sizes), self.dropout,
                           self.batch_norm, self.input_dropout).to(device)
-        params = model.parameters()
-        if self.optimizer == "adam":
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=True,
-                                  weight_decay=self.weight_decay)
+        opt = self._optimizer(model, device)
         if self.lr_schedule == "cosine":
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.max_epochs)
         elif self.lr_schedule == "plateau":
@@ -160,38 +183,35 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         else:
             sched = None
         loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
-        Xt, yt = torch.from_numpy(X).to(device), torch.from_numpy(y_idx).to(device)
-        Xvt = torch.from_numpy(Xv).to(device) if Xv is not None else None
-        yvt = torch.from_numpy(np.asarray(yv)).to(device) if yv is not None else None
+        autocast = self.precision == "bfloat16"
 
         history = {"train_loss": [], "val_loss": [], "val_accuracy": [], "lr": []}
         best = (np.inf, 0, None)
-        n = len(Xt)
         for epoch in range(self.max_epochs):
             model.train()
-            order = torch.randperm(n, generator=gen).to(device)
-            total = 0.0
-            # Drop a last batch of one sample: batch norm cannot train on it.
-            for start in range(0, n - (n % self.batch_size == 1), self.batch_size):
-                idx = order[start: start + self.batch_size]
-                loss = loss_fn(model(Xt[idx]), yt[idx])
+            total, seen = 0.0, 0
+            for xb, yb in _batches(chunks, self.batch_size, rng, device, drop_single=self.batch_norm):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss = loss_fn(model(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.item() * len(idx)
-            history["train_loss"].append(total / n)
+                total += loss.item() * len(yb)
+                seen += len(yb)
+            history["train_loss"].append(total / max(seen, 1))
             history["lr"].append(opt.param_groups[0]["lr"])
-            if Xvt is not None:
-                val_loss, val_acc = _evaluate(model, Xvt, yvt, loss_fn)
+            if evaluation is not None:
+                val_loss, val_acc = _evaluate(model, evaluation, device)
                 history["val_loss"].append(val_loss)
                 history["val_accuracy"].append(val_acc)
-                log.debug("epoch %d train %.4f val %.4f acc %.4f", epoch, total / n, val_loss, val_acc)
+                log.debug("epoch %d train %.4f val %.4f acc %.4f", epoch, total / max(seen, 1),
+                          val_loss, val_acc)
                 if val_loss < best[0]:
                     best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
                 elif self.early_stopping and epoch - best[1] >= self.patience:
                     break
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step(history["val_loss"][-1] if Xvt is not None else history["train_loss"][-1])
+                sched.step(history["val_loss"][-1] if evaluation is not None else history["train_loss"][-1])
             elif sched is not None:
                 sched.step()
         if self.early_stopping and best[2] is not None:
@@ -202,11 +222,21 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         self.model_ = model.to("cpu").eval()
         return self
 
+    def _optimizer(self, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+        # fused kernels: one pass over the parameters per step, not several (on a CPU the
+        # optimiser step of a wide first layer costs as much as its forward pass otherwise)
+        fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+        params = model.parameters()
+        if self.optimizer == "adam":
+            return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, **fused)
+        return torch.optim.SGD(params, lr=self.lr, momentum=self.momentum, nesterov=True,
+                               weight_decay=self.weight_decay, **fused)
+
     def _logits(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float32)
         with torch.inference_mode():
-            out = [self.model_(torch.from_numpy(X[i: i + 8192])) for i in range(0, len(X), 8192)]
+            out = [self.model_(torch.from_numpy(X[i: i + EVAL_ROWS])) for i in range(0, len(X), EVAL_ROWS)]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes_)), np.float32)
 
     def predict_proba(self, X) -> np.ndarray:
@@ -218,10 +248,37 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         return self.classes_[idx]
 
 
-def _evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module) -> tuple[float, float]:
+def _batches(chunks: Chunks, batch_size: int, rng: np.random.Generator, device: torch.device,
+             drop_single: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Minibatches of ``batch_size`` rows: the blocks in a random order, the rows of each
+    block shuffled, a block's leftover rows carried into the next. A last batch of one row
+    is dropped where batch norm cannot train on it."""
+    carry: tuple[torch.Tensor, torch.Tensor] | None = None
+    for X, y in read_ahead(chunks, rng if len(chunks.refs()) > 1 else None):
+        Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(device)
+        yt = torch.from_numpy(np.asarray(y, np.int64)).to(device)
+        perm = torch.from_numpy(rng.permutation(len(yt))).to(device)
+        Xt, yt = Xt[perm], yt[perm]
+        if carry is not None:
+            Xt, yt = torch.cat([carry[0], Xt]), torch.cat([carry[1], yt])
+        full = len(yt) - len(yt) % batch_size
+        for start in range(0, full, batch_size):
+            yield Xt[start:start + batch_size], yt[start:start + batch_size]
+        carry = (Xt[full:], yt[full:]) if full < len(yt) else None
+    if carry is not None and not (drop_single and len(carry[1]) == 1):
+        yield carry
+
+
+def _evaluate(model: nn.Module, chunks: Chunks, device: torch.device) -> tuple[float, float]:
     model.eval()
+    loss, right, n = 0.0, 0, 0
     with torch.inference_mode():
-        logits = torch.cat([model(X[i: i + 8192]) for i in range(0, len(X), 8192)])
-        loss = nn.functional.cross_entropy(logits, y).item()
-        acc = (logits.argmax(1) == y).float().mean().item()
-    return loss, acc
+        for X, y in read_ahead(chunks):
+            yt = torch.from_numpy(np.asarray(y, np.int64)).to(device)
+            Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(device)
+            for i in range(0, len(yt), EVAL_ROWS):
+                logits = model(Xt[i: i + EVAL_ROWS])
+                loss += nn.functional.cross_entropy(logits, yt[i: i + EVAL_ROWS], reduction="sum").item()
+                right += int((logits.argmax(1) == yt[i: i + EVAL_ROWS]).sum())
+            n += len(yt)
+    return loss / max(n, 1), right / max(n, 1)

@@ -1,112 +1,61 @@
-"""Fit a classic pipeline honestly: select on validation, refit, score test once.
+"""Fit a classic pipeline honestly: select on validation, refit, score test once -- out of core.
 
 Stages, in order:
 
-1. extract features of the train, validation and test splits (once per feature set and
-   dataset; remembered in memory for the next pipeline of the run);
-2. fit every grid candidate on the training split and score it on the validation split;
-3. refit the chosen candidate on train + validation (``refit=True``; an MLP keeps the number
-   of epochs that early stopping chose) and time that fit;
-4. score train, validation (from the selection fit, a true held-out figure) and test, the
-   latter exactly once.
+1. **Features**: the extractor (a learned one fitted on the "train" split's images, or
+   restored from the store), then the stored features of the train, validation and test
+   splits (:mod:`cvpipe.featurestore.dataset`: computed once per component and dataset, and
+   reused by every pipeline and run after). Nothing below holds a feature matrix in memory:
+   classifiers read the stores a block of rows at a time.
+2. **Selection**: every grid candidate is fitted on the training split and scored on the
+   validation split. A linear SVM's grid shares one statistics pass and one factorisation,
+   each C warm-started from the previous one (:func:`cvpipe.classifiers.linear_svm.fit_path`);
+   an MLP streams minibatches; the standardisation comes from the same statistics.
+3. **Refit** of the chosen candidate on train + validation (``refit=True``; an MLP keeps the
+   number of epochs that early stopping chose; a linear SVM starts from the chosen weights).
+4. **Scores** of train, validation (from the selection fit: a true held-out figure) and test,
+   the latter exactly once.
 
-Saving the result is the artifact layer's job (:mod:`cvpipe.models`).
+The exact kernel SVM (small sets only), OpenCV's SVM and PCA need the matrix in memory: for
+them the blocks are gathered first. Saving the result is the artifact layer's job
+(:mod:`cvpipe.models`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
+from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
+from cvpipe.classifiers.chunks import Chunks, Concat, Mapped, materialize, read_ahead
 from cvpipe.classifiers.fitted import ClassicModel, decision_scores
+from cvpipe.classifiers.linear_svm import (
+    LOCAL,
+    LinearProblem,
+    LinearSVM,
+    Runner,
+    compute_stats,
+    fit_path,
+)
 from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.specs import ClassicSpec, build_classifier, build_preprocess
 from cvpipe.data.dataset import Dataset
-from cvpipe.features import FeatureSpec
+from cvpipe.featurestore.dataset import (
+    StoredFeatures,
+    StoreSettings,
+    learned_extractor,
+    split_features,
+)
 from cvpipe.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
-
-#: (dataset cache dir, feature key, split, flipped) -> (features, images/s)
-_FEATURE_MEMO: dict[tuple[str, str, str, bool], tuple[np.ndarray, float]] = {}
-#: (dataset cache dir, feature key) -> (extractor fitted on the train split, seconds to fit it)
-_EXTRACTORS: dict[tuple[str, str], tuple[Any, float]] = {}
-#: dataset cache dir -> fitted learning components, shared by the feature sets that hold them
-_COMPONENTS: dict[str, dict[str, Any]] = {}
-CHUNK = 4096
-
-
-def fitted_extractor(ds: Dataset, features: FeatureSpec) -> tuple[Any, float]:
-    """The feature extractor of ``features`` for ``ds`` and the seconds its fit took.
-
-    A feature set that learns (patches) learns from the images of the "train" split only --
-    neither validation nor test images, and no labels; a stateless one is just built.
-    """
-    key = (str(ds.cache_dir), features.key())
-    if key not in _EXTRACTORS:
-        if features.stateful:
-            log.info("learning %s from the train split's images", features.name)
-            cache = _COMPONENTS.setdefault(str(ds.cache_dir), {})
-            extractor = features.fit(np.asarray(ds.split("train")[0]), cache=cache)
-            _EXTRACTORS[key] = (extractor, features.fit_seconds(cache))
-        else:
-            _EXTRACTORS[key] = (features.build(), 0.0)
-    return _EXTRACTORS[key]
-
-
-def extract_features(images: np.ndarray, extractor: Any, desc: str = "features",
-                     progress: bool = True) -> tuple[np.ndarray, float]:
-    """Feature matrix (N, D) float32 of uint8 images, in chunks, and images per second."""
-    start = time.perf_counter()
-    chunks = []
-    for i in tqdm(range(0, len(images), CHUNK), desc=desc, unit="chunk",
-                  disable=None if progress else True, leave=False):
-        chunks.append(np.asarray(extractor.transform(np.asarray(images[i: i + CHUNK])), np.float32))
-    elapsed = time.perf_counter() - start
-    feats = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-    return feats, len(images) / max(elapsed, 1e-9)
-
-
-def split_features(ds: Dataset, features: FeatureSpec, split: str, flip: bool = False,
-                   progress: bool = True) -> tuple[np.ndarray, np.ndarray, float]:
-    """(features, labels, images/s) of a dataset split, remembered for the process."""
-    key = (str(ds.cache_dir), features.key(), split, flip)
-    images, labels = ds.split(split)
-    if key not in _FEATURE_MEMO:
-        imgs = images[:, :, ::-1] if flip else images
-        extractor, _ = fitted_extractor(ds, features)
-        _FEATURE_MEMO[key] = extract_features(imgs, extractor, f"{features.name} {split}"
-                                              f"{' flipped' if flip else ''}", progress)
-    feats, speed = _FEATURE_MEMO[key]
-    return feats, np.asarray(labels), speed
-
-
-def _fit(spec: ClassicSpec, X: np.ndarray, y: np.ndarray,
-         eval_set: tuple[np.ndarray, np.ndarray] | None = None,
-         ) -> tuple[BaseEstimator | None, BaseEstimator, float]:
-    """Fit preprocessing and classifier; return them and the seconds taken."""
-    start = time.perf_counter()
-    pre = build_preprocess(spec.preprocess)
-    Xp = pre.fit_transform(X) if pre is not None else X
-    clf = build_classifier(spec.classifier)
-    if isinstance(clf, MLPClassifier) and eval_set is not None:
-        ev = pre.transform(eval_set[0]) if pre is not None else eval_set[0]
-        clf.fit(Xp, y, eval_set=(ev, eval_set[1]))
-    else:
-        clf.fit(Xp, y)
-    return pre, clf, time.perf_counter() - start
-
-
-def _metrics(pre: BaseEstimator | None, clf: BaseEstimator, X: np.ndarray, y: np.ndarray,
-             classes: list[str]) -> dict[str, Any]:
-    scores, kind = decision_scores(clf, pre.transform(X) if pre is not None else X)
-    return classification_metrics(y, scores.argmax(1), classes, scores, kind)
 
 
 @dataclass
@@ -125,10 +74,90 @@ class ClassicFit:
     feature_fit_seconds: float = 0.0  # learning the features (patches), from the train split
     train_seconds: float = 0.0  # all it takes to make the model: features learnt, the training
     # images described, the final fit (selection excluded)
+    features: dict[str, Any] = dataclasses.field(default_factory=dict)  # computed or reused, ...
 
 
-def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
-                progress: bool = True) -> ClassicFit:
+# --------------------------------------------------------------------------------------------
+# scoring and preprocessing on blocks of rows
+
+
+def score_chunks(pre: BaseEstimator | None, clf: BaseEstimator, chunks: Chunks
+                 ) -> tuple[np.ndarray, np.ndarray, str]:
+    """(labels, scores, score kind) of every row of ``chunks``, a block at a time."""
+    scores, labels, kind = [], [], "decision"
+    for X, y in read_ahead(chunks):
+        s, kind = decision_scores(clf, pre.transform(X) if pre is not None else X)
+        scores.append(np.asarray(s, np.float64))
+        labels.append(y)
+    return np.concatenate(labels), np.concatenate(scores), kind
+
+
+def _metrics(pre: BaseEstimator | None, clf: BaseEstimator, chunks: Chunks, classes: list[str]
+             ) -> dict[str, Any]:
+    y, scores, kind = score_chunks(pre, clf, chunks)
+    return classification_metrics(y, scores.argmax(1), classes, scores, kind)
+
+
+def _only_scaler(preprocess: dict[str, Any]) -> bool:
+    return not (preprocess.get("pca", 0) or 0)
+
+
+def _scaler_of(rows: Chunks, preprocess: dict[str, Any], runner: Runner
+               ) -> StandardScaler | None:
+    """The fitted standardisation of ``rows`` (one pass of sums), or None without one."""
+    if not preprocess.get("standardize", True):
+        return None
+    return compute_stats(rows, None, with_gram=False, runner=runner).scaler()
+
+
+def _scaled(rows: Chunks, pre: BaseEstimator | None) -> Chunks:
+    if pre is None:
+        return rows
+    return Mapped(rows, lambda X, pre=pre: pre.transform(X).astype(np.float32, copy=False),
+                  rows.n_features)
+
+
+def _fit_candidate(spec: ClassicSpec, rows: Chunks, eval_rows: Chunks | None, runner: Runner
+                   ) -> tuple[BaseEstimator | None, BaseEstimator, float]:
+    """Fit preprocessing and classifier of one candidate on ``rows``; (pre, clf, seconds)."""
+    start = time.perf_counter()
+    clf = build_classifier(spec.classifier)
+    if not _only_scaler(spec.preprocess):  # PCA: in memory
+        X, y = materialize(rows)
+        pre = build_preprocess(spec.preprocess)
+        Xp = pre.fit_transform(X) if pre is not None else X
+        if isinstance(clf, MLPClassifier) and eval_rows is not None:
+            Xv, yv = materialize(eval_rows)
+            clf.fit(Xp, y, eval_set=(pre.transform(Xv) if pre is not None else Xv, yv))
+        else:
+            clf.fit(Xp, y)
+        return pre, clf, time.perf_counter() - start
+    pre = _scaler_of(rows, spec.preprocess, runner)
+    scaled = _scaled(rows, pre)
+    if isinstance(clf, MLPClassifier):
+        clf.fit_chunks(scaled, _scaled(eval_rows, pre) if eval_rows is not None else None)
+    elif hasattr(clf, "fit_chunks"):
+        clf.fit_chunks(scaled, runner)
+    else:  # OpenCV's SVM: in memory
+        clf.fit(*materialize(scaled))
+    return pre, clf, time.perf_counter() - start
+
+
+def _linear_grid(spec: ClassicSpec) -> list[float] | None:
+    """The C values of a linear SVM whose grid is over C alone (a path), else None."""
+    if spec.classifier.get("type") != "linear-svm" or not _only_scaler(spec.preprocess):
+        return None
+    if set(spec.grid) - {"classifier.C"}:
+        return None
+    return [float(c) for c in spec.grid.get("classifier.C", [])] or None
+
+
+# --------------------------------------------------------------------------------------------
+# the pipeline
+
+
+def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress: bool = True,
+                store: StoreSettings | None = None, runner: Runner = LOCAL) -> ClassicFit:
     """Select, fit and score one classic pipeline on a dataset.
 
     Parameters
@@ -140,65 +169,131 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
         Refit the chosen candidate on train + validation.
     progress : bool
         Progress bars on a terminal.
+    store : StoreSettings, optional
+        Where features are stored and whether to recompute them (default: the data root).
+    runner : Runner
+        Where the statistics and passes of linear models run (this machine, or a Dask
+        cluster: :class:`cvpipe.featurestore.dask.DaskRunner`).
     """
+    store = store or StoreSettings(progress=progress)
     classes = list(ds.classes)
-    Xtr, ytr, speed = split_features(ds, spec.features, "train", progress=progress)
-    Xva, yva, _ = split_features(ds, spec.features, "val", progress=progress)
-    Xfit, yfit = Xtr, ytr
+    learned = learned_extractor(ds, spec.features, store)
+    train = split_features(ds, spec.features, "train", learned, store)
+    val = split_features(ds, spec.features, "val", learned, store)
+    parts: list[StoredFeatures] = [train, val]
+    fit_rows: Chunks = train
     if spec.augment_flip:
-        Xfl, _, _ = split_features(ds, spec.features, "train", flip=True, progress=progress)
-        Xfit, yfit = np.concatenate([Xtr, Xfl]), np.concatenate([ytr, ytr])
+        flipped = split_features(ds, spec.features, "train", learned, store, flip=True)
+        parts.append(flipped)
+        fit_rows = Concat([train, flipped])
 
     candidates = spec.candidates()
-    records, best = [], None
-    for params in tqdm(candidates, desc=f"select {spec.name}", unit="cand",
-                       disable=(None if progress else True) if len(candidates) > 1 else True):
-        cand = spec.with_params(params)
-        pre, clf, secs = _fit(cand, Xfit, yfit, eval_set=(Xva, yva))
-        val_acc = float((decision_scores(clf, pre.transform(Xva) if pre is not None else Xva)[0]
-                         .argmax(1) == yva).mean())
+    records: list[dict[str, Any]] = []
+    best: tuple[dict[str, Any], ClassicSpec, Any, BaseEstimator] | None = None
+    problem = None
+
+    def record(params: dict[str, Any], cand: ClassicSpec, pre: Any, clf: BaseEstimator,
+               secs: float) -> None:
+        nonlocal best
+        y, scores, _ = score_chunks(pre, clf, val)
+        val_acc = float((scores.argmax(1) == y).mean())
         rec = {"params": params, "val_accuracy": val_acc, "fit_seconds": round(secs, 3)}
         if isinstance(clf, MLPClassifier):
             rec["best_epoch"] = clf.best_epoch_
+        if isinstance(clf, LinearSVM):
+            rec["iterations"] = clf.n_iter_
         records.append(rec)
-        log.info("%s%s: val accuracy %.4f (%.1f s)", spec.name, f" {params}" if params else "", val_acc,
-                 secs)
+        log.info("%s%s: val accuracy %.4f (%.1f s)", spec.name, f" {params}" if params else "",
+                 val_acc, secs)
         if best is None or val_acc > best[0]["val_accuracy"]:
             best = (rec, cand, pre, clf)
-    rec, chosen, pre, clf = best
-    val_metrics = _metrics(pre, clf, Xva, yva, classes)
 
+    Cs = _linear_grid(spec)
+    bar = tqdm(total=len(candidates), desc=f"select {spec.name}", unit="cand",
+               disable=(None if progress else True) if len(candidates) > 1 else True, leave=False)
+    if Cs is not None:
+        start = time.perf_counter()
+        template = build_classifier(spec.classifier)
+        standardize = bool(spec.preprocess.get("standardize", True))
+        problem = LinearProblem.prepare(fit_rows, standardize=standardize, runner=runner,
+                                        device=template.torch_device())
+        pre = problem.stats.scaler() if standardize else None
+        shared = time.perf_counter() - start  # statistics and factorisation: counted once
+        last = time.perf_counter()
+
+        def on_fit(C: float, clf: LinearSVM) -> None:
+            nonlocal last
+            secs = time.perf_counter() - last + shared
+            params = {"classifier.C": C} if "classifier.C" in spec.grid else {}
+            record(params, spec.with_params(params), pre, clf, secs)
+            bar.update()
+            last = time.perf_counter()
+
+        fit_path(problem, template, Cs, on_fit=on_fit, scaled_inputs=pre is not None)
+    else:
+        for params in candidates:
+            cand = spec.with_params(params)
+            pre, clf, secs = _fit_candidate(cand, fit_rows, val, runner)
+            record(params, cand, pre, clf, secs)
+            bar.update()
+    bar.close()
+    assert best is not None
+    rec, chosen, pre, clf = best
+    val_metrics = _metrics(pre, clf, val, classes)
+
+    all_rows: Chunks = Concat([fit_rows, val]) if refit else fit_rows
     if refit:
-        Xall, yall = np.concatenate([Xfit, Xva]), np.concatenate([yfit, yva])
         if spec.augment_flip:
-            Xvf, _, _ = split_features(ds, spec.features, "val", flip=True, progress=progress)
-            Xall, yall = np.concatenate([Xall, Xvf]), np.concatenate([yall, yva])
-        final = chosen
-        if "best_epoch" in rec:
-            # No held-out data is left: train for the epochs early stopping chose.
-            final = chosen.with_params({"classifier.max_epochs": rec["best_epoch"] + 1,
-                                        "classifier.early_stopping": False})
-        pre, clf, fit_seconds = _fit(final, Xall, yall)
-        n_fit_images = len(yall)
+            flipped_val = split_features(ds, spec.features, "val", learned, store, flip=True)
+            parts.append(flipped_val)
+            all_rows = Concat([fit_rows, val, flipped_val])
+        start = time.perf_counter()
+        if problem is not None:
+            # the chosen weights as a start; the same preconditioner
+            more = Concat([val, flipped_val]) if spec.augment_flip else val
+            wider = problem.with_rows(more, standardize=pre is not None)
+            chosen_raw = ((clf.coef_.T, clf.intercept_) if pre is None  # scores of raw rows
+                          else problem.raw(clf.coef_.T, clf.intercept_))
+            W, b = wider.from_raw(*chosen_raw)
+            W, b, nit = wider.solve(clf.C, start=(W, b), max_iter=clf.max_iter, tol=clf.tol,
+                                    ftol=clf.ftol, fit_intercept=clf.fit_intercept)
+            pre = wider.stats.scaler() if pre is not None else None
+            clf = clone(clf)._set_weights(wider.classes, W, b, wider.chunks.n_features, nit,
+                                          *(() if pre is not None else (wider.scale, wider.mean)))
+            fit_seconds = time.perf_counter() - start
+        else:
+            final = chosen
+            if "best_epoch" in rec:
+                # No held-out data is left: train for the epochs early stopping chose.
+                final = chosen.with_params({"classifier.max_epochs": rec["best_epoch"] + 1,
+                                            "classifier.early_stopping": False})
+            pre, clf, fit_seconds = _fit_candidate(final, all_rows, None, runner)
+        n_fit_images = all_rows.n_rows
         train_split = "train_full"
-        # the unflipped train + validation: Xall itself unless flips were added (no second copy)
-        Xtrain_eval, ytrain_eval = ((Xall, yall) if not spec.augment_flip else
-                                    (np.concatenate([Xtr, Xva]), np.concatenate([ytr, yva])))
+        # the unflipped train + validation
+        train_eval: Chunks = Concat([train, val])
     else:
         fit_seconds = rec["fit_seconds"]
-        n_fit_images = len(yfit)
-        train_split, Xtrain_eval, ytrain_eval = "train", Xtr, ytr
+        n_fit_images = fit_rows.n_rows
+        train_split, train_eval = "train", train
 
-    extractor, feature_fit_seconds = fitted_extractor(ds, spec.features)
-    train_seconds = feature_fit_seconds + n_fit_images / speed + fit_seconds
-    Xte, yte, _ = split_features(ds, spec.features, "test", progress=progress)
-    metrics = {"train": {**_metrics(pre, clf, Xtrain_eval, ytrain_eval, classes), "split": train_split},
+    test = split_features(ds, spec.features, "test", learned, store)
+    speed = train.images_per_second
+    train_seconds = learned.fit_seconds + n_fit_images / speed + fit_seconds
+    metrics = {"train": {**_metrics(pre, clf, train_eval, classes), "split": train_split},
                "val": val_metrics,
-               "test": _metrics(pre, clf, Xte, yte, classes)}  # the only look at test
+               "test": _metrics(pre, clf, test, classes)}  # the only look at test
     log.info("%s: train %.4f val %.4f test %.4f, fit %.1f s", spec.name, metrics["train"]["accuracy"],
              metrics["val"]["accuracy"], metrics["test"]["accuracy"], fit_seconds)
+    stores = [*parts, test]
+    features = {
+        "status": _status(stores, learned.reused),
+        "seconds": round(sum(s.seconds for s in stores), 3),
+        "bytes": sum(s.nbytes for s in stores),
+        "stores": sorted({url for s in stores for url in s.urls}),
+    }
     return ClassicFit(
-        model=ClassicModel(spec.features, pre, clf, extractor=extractor),
+        model=ClassicModel(spec.features, pre, clf, extractor=learned.extractor),
         chosen=chosen,
         metrics=metrics,
         selection={
@@ -206,11 +301,23 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True,
             "refit_on": "train_full (train + val)" if refit else "none (fit on train)",
             "test": "scored once, after selection",
         },
-        feature_dim=int(Xtr.shape[1]),
+        feature_dim=int(train.n_features),
         fit_seconds=fit_seconds,
         selection_seconds=sum(r["fit_seconds"] for r in records),
         extraction_images_per_second=speed,
         history=getattr(clf, "history_", None),
-        feature_fit_seconds=feature_fit_seconds,
+        feature_fit_seconds=learned.fit_seconds,
         train_seconds=train_seconds,
+        features=features,
     )
+
+
+def _status(stores: list[StoredFeatures], learned_reused: bool) -> str:
+    """Whether a pipeline's features were computed in this run or reused from the store."""
+    states = {s.status for s in stores}
+    if states == {"reused"} and learned_reused:
+        return "reused"
+    if states == {"computed"}:
+        return "computed"
+    return "partly reused"
+

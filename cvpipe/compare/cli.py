@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cvpipe.errors import ConfigError
+from cvpipe.featurestore.cli import add_engine_arguments, engine
 from cvpipe.storage import safe_name
 
 REPORTS_DIR = "reports"
@@ -62,9 +63,13 @@ def _compare(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError("--seeds must be at least 1")
     seed_pipelines = [p.strip() for p in args.seed_pipelines.split(",")] if args.seed_pipelines else None
-    results = run_comparison(cfg, profile, models_root=args.models_dir, force=args.force,
-                             pipelines=pipelines, seeds=args.seeds, seed_pipelines=seed_pipelines,
-                             **data)
+    if args.force and args.retrain:
+        raise ConfigError("--force recomputes features and retrains; --retrain retrains only: give one")
+    with engine(args) as client:
+        results = run_comparison(cfg, profile, models_root=args.models_dir, force=args.force,
+                                 retrain=args.retrain, pipelines=pipelines, seeds=args.seeds,
+                                 seed_pipelines=seed_pipelines, client=client,
+                                 progress=not args.quiet, **data)
     run = args.run or f"{results['dataset']['name']}-{profile.name}"
     out = Path(args.reports_dir) / safe_name(run, "--run")
     html = write_report(results, out)
@@ -73,7 +78,10 @@ def _compare(args: argparse.Namespace) -> int:
     if results["summary"].get("ladder_text"):
         print(results["summary"]["ladder_text"])
     print()
-    print(f"report: {html}  (also report.md, results.json)  in {time.perf_counter() - start:.0f} s")
+    run = results["run"]
+    print(f"report: {html}  (also report.md, results.json)  in {time.perf_counter() - start:.0f} s, "
+          f"peak memory {run['peak_rss_bytes'] / 1e9:.2f} GB; feature store "
+          f"{run['feature_store_bytes'] / 1e9:.2f} GB on disk (cvpipe store list)")
     models = sorted({Path(r['model_dir']).parent for r in results["pipelines"]})
     print(f"models: {', '.join(map(str, models))}; serve them with: "
           f"cvpipe serve --models {models[0]} --reports {out.parent} --host 127.0.0.1 --port 8000"
@@ -96,12 +104,14 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _table(results: dict) -> str:
-    head = f"{'pipeline':<24}{'train':>8}{'val':>8}{'test':>8}{'fit s':>9}{'ms/img':>9}  note"
+    head = (f"{'pipeline':<30}{'train':>7}{'val':>7}{'test':>7}{'fit s':>8}{'run s':>8}{'ms/img':>8}"
+            "  model    features")
     lines = [head, "-" * len(head)]
     for r in results["pipelines"]:
-        lines.append(f"{r['pipeline']:<24}{r['train_accuracy']:>8.3f}{r['val_accuracy']:>8.3f}"
-                     f"{r['test_accuracy']:>8.3f}{r['fit_seconds']:>9.1f}"
-                     f"{r['latency_ms_single']:>9.2f}  {'reused' if r['reused'] else 'trained'}")
+        lines.append(f"{r['pipeline']:<30}{r['train_accuracy']:>7.3f}{r['val_accuracy']:>7.3f}"
+                     f"{r['test_accuracy']:>7.3f}{r['fit_seconds']:>8.1f}{r.get('run_seconds', 0):>8.0f}"
+                     f"{r['latency_ms_single']:>8.2f}  {'reused ' if r['reused'] else 'trained'}  "
+                     f"{r.get('features_status', '')}")
     return "\n".join(lines)
 
 
@@ -135,7 +145,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed-pipelines", metavar="LIST",
                    help="comma-separated pipelines for --seeds (default: the best classic one, "
                    "chosen on validation, and the CNN)")
-    p.add_argument("--force", action="store_true", help="retrain even unchanged models")
+    p.add_argument("--force", action="store_true",
+                   help="recompute stored features and retrain every model, changed or not")
+    p.add_argument("--retrain", action="store_true",
+                   help="retrain every model but reuse the stored features (what the classifiers "
+                   "cost alone)")
+    add_engine_arguments(p)
     p.add_argument("--run", help="report folder name under --reports-dir (default: "
                    "<dataset>-<profile>, e.g. cifar10-quick)")
     p.add_argument("--reports-dir", default=REPORTS_DIR, help="default: ./reports")

@@ -25,6 +25,7 @@ COLUMNS = [  # (key, header, format)
     ("macro_f1", "macro F1", "{:.3f}"),
     ("log_loss", "log loss", "{:.3f}"),
     ("extraction_images_per_second", "extract img/s", "{:,.0f}"),
+    ("features_status", "features", "{}"),
     ("fit_seconds", "fit s", "{:.1f}"),
     ("train_seconds", "train s", "{:.1f}"),
     ("latency_ms_single", "latency ms (1 img)", "{:.2f}"),

@@ -22,12 +22,15 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from cvpipe.classifiers.fitted import ClassicModel
+from cvpipe.classifiers.training import score_chunks
 from cvpipe.compare import stats
 from cvpipe.compare.config import CompareConfig, Profile
 from cvpipe.config import models_dir as default_models_dir
 from cvpipe.data.dataset import Dataset, load_dataset
-from cvpipe.errors import ConfigError
+from cvpipe.errors import ArtifactError, ConfigError
 from cvpipe.features import FeatureSpec
+from cvpipe.featurestore.dataset import Learned, StoreSettings, list_stores, split_features
 from cvpipe.metrics import classification_metrics
 from cvpipe.models import DataShape, Pipeline, library_versions, load_model, model_card, read_metadata
 from cvpipe.storage import canonical_json, write_json
@@ -35,6 +38,9 @@ from cvpipe.storage import canonical_json, write_json
 log = logging.getLogger(__name__)
 
 LATENCY_REPEATS = 30
+#: Test images on which a classic model's own path from images is checked against the scores
+#: of the stored test features.
+VERIFY_IMAGES = 256
 #: What a pipeline costs, against which the report plots its accuracy (Pareto fronts).
 COSTS = ("train_seconds", "latency_ms_per_image_batch")
 BATCH_FOR_LATENCY = 1000
@@ -46,8 +52,8 @@ def _reuse_key(pipeline: Pipeline, ds: Dataset) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _train_one(pipeline: Pipeline, ds: Dataset, model_dir: Path, force: bool
-               ) -> tuple[dict[str, Any], bool]:
+def _train_one(pipeline: Pipeline, ds: Dataset, model_dir: Path, force: bool,
+               store: StoreSettings | None = None) -> tuple[dict[str, Any], bool]:
     """Train (or reuse) one pipeline's model; returns (metadata, reused)."""
     key = _reuse_key(pipeline, ds)
     marker = model_dir.parent / ".compare" / f"{model_dir.name}.json"
@@ -59,42 +65,73 @@ def _train_one(pipeline: Pipeline, ds: Dataset, model_dir: Path, force: bool
         except (OSError, ValueError):
             pass
     log.info("%s: training", pipeline.name)
-    meta = pipeline.train(ds, model_dir)
+    meta = pipeline.train(ds, model_dir, store=store)
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"key": key, "pipeline": pipeline.name})
     return meta, False
 
 
-def _measure(model_dir: Path, ds: Dataset) -> dict[str, Any]:
+def _test_scores(model: Any, ds: Dataset, store: StoreSettings | None
+                 ) -> tuple[np.ndarray, str, float | None]:
+    """(scores, kind, seconds per image or None) of the test split by a loaded model.
+
+    A classic model scores the test features in the store (the ones training wrote, found
+    by the same key: its feature set and what it learned, as loaded from disk), and must
+    give the scores its own path from images gives on the first test images (checked here);
+    a CNN scores the images.
+    """
+    x_test = ds.split("test")[0]
+    if isinstance(model, ClassicModel):
+        learned = Learned(model.feature_extractor, 0.0, True)
+        stored = split_features(ds, model.features, "test", learned, store or StoreSettings(progress=False))
+        _, scores, kind = score_chunks(model.preprocess, model.classifier, stored)
+        sample = np.asarray(x_test[:VERIFY_IMAGES])
+        direct, _ = model.scores(sample)
+        if not np.allclose(direct, scores[:len(sample)], rtol=1e-3, atol=1e-4):
+            raise ArtifactError(f"{model.metadata.get('pipeline')}: the saved model does not give "
+                                "the stored test features' scores; run with --force")
+        return scores, kind, None
+    start = time.perf_counter()
+    parts = [model.scores(np.asarray(x_test[i: i + 2048])) for i in range(0, len(x_test), 2048)]
+    seconds = time.perf_counter() - start
+    return np.concatenate([p[0] for p in parts]), parts[0][1], seconds / max(len(x_test), 1)
+
+
+def _measure(model_dir: Path, ds: Dataset, store: StoreSettings | None = None) -> dict[str, Any]:
     """Test predictions and timings of a model loaded from disk."""
     model = load_model(model_dir)
     x_test, y_test = ds.split("test")
-    x_test = np.asarray(x_test)
-    start = time.perf_counter()
-    parts = [model.scores(x_test[i: i + 2048]) for i in range(0, len(x_test), 2048)]
-    test_seconds = time.perf_counter() - start
-    scores = np.concatenate([p[0] for p in parts])
-    kind = parts[0][1]
-    one = x_test[:1]
+    scores, kind, per_image = _test_scores(model, ds, store)
+    one = np.asarray(x_test[:1])
     model.scores(one)  # warm-up
     single = []
     for i in range(LATENCY_REPEATS):
         t = time.perf_counter()
         model.scores(x_test[i % len(x_test)][None])
         single.append(time.perf_counter() - t)
-    batch = x_test[:BATCH_FOR_LATENCY]
+    batch = np.asarray(x_test[:BATCH_FOR_LATENCY])
     t = time.perf_counter()
     model.scores(batch)
-    per_image = (time.perf_counter() - t) / len(batch)
+    batch_per_image = (time.perf_counter() - t) / len(batch)
     size = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
     return {
         "scores": scores, "score_kind": kind,
         "test_metrics": classification_metrics(y_test, scores.argmax(1), ds.classes, scores, kind),
         "latency_ms_single": 1000 * float(np.median(single)),
-        "latency_ms_per_image_batch": 1000 * per_image,
-        "test_images_per_second": len(x_test) / test_seconds,
+        "latency_ms_per_image_batch": 1000 * batch_per_image,
+        "test_images_per_second": 1.0 / (per_image or batch_per_image),
         "model_bytes": size,
     }
+
+
+def peak_rss_bytes() -> int:
+    """The most memory this process (or the largest of its child processes, e.g. Dask
+    workers) has held so far, in bytes."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return 1024 * max(own, children)  # kilobytes on Linux
 
 
 def environment() -> dict[str, Any]:
@@ -146,12 +183,17 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
                    data_root: str | None = None, models_root: str | Path | None = None,
                    force: bool = False, pipelines: list[str] | None = None, seeds: int = 1,
                    seed_pipelines: list[str] | None = None, dataset: str | None = None,
+                   retrain: bool = False, client: Any = None, progress: bool = True,
                    **data_options: Any) -> dict[str, Any]:
     """Train/reuse and measure every pipeline; returns the results (arrays under ``_arrays``).
 
     With ``seeds`` > 1, ``seed_pipelines`` (default: the best classic pipeline and the CNN)
     are trained again with ``seeds - 1`` more seeds, and their rows get the mean and standard
     deviation of test accuracy over all seeds.
+
+    ``force`` retrains every model and recomputes every stored feature; ``retrain`` retrains
+    the models but reuses stored features; ``client`` (a ``distributed.Client``): extraction
+    and the linear models' statistics run on its cluster.
     """
     profile = cfg.profile(profile) if isinstance(profile, str) else profile
     started = time.perf_counter()
@@ -159,12 +201,15 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
                        dataset=dataset, **data_options)
     models_root = default_models_dir(models_root)
     prefix = model_prefix(ds, profile)
+    store = StoreSettings(root=data_root, force=force, progress=progress, client=client)
     rows, arrays = [], {}
     for pipeline in tqdm(plan, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
         name = pipeline.name
         model_dir = models_root / f"{prefix}{name}"
-        meta, reused = _train_one(pipeline, ds, model_dir, force)
-        measured = _measure(model_dir, ds)
+        t0 = time.perf_counter()
+        meta, reused = _train_one(pipeline, ds, model_dir, force or retrain, store)
+        seconds = time.perf_counter() - t0
+        measured = _measure(model_dir, ds, store)
         arrays[name] = measured.pop("scores")
         m = meta["metrics"]
         card = model_card(meta)
@@ -194,6 +239,9 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
             "selection": meta.get("selection"),
             "history": meta.get("history"),
             "reused": reused,
+            "features_status": ("model reused" if reused else
+                                (meta.get("feature_store") or {}).get("status", "pixels")),
+            "run_seconds": round(seconds, 1),
             **{k: v for k, v in measured.items() if k != "test_metrics"},
             "test_metrics": measured["test_metrics"],
         })
@@ -204,12 +252,15 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
         lo, hi = stats.wilson(int(correct[r["pipeline"]].sum()), len(y_test))
         r["test_ci95"] = [lo, hi]
     if seeds > 1:
-        _repeat_with_seeds(rows, plan, ds, models_root, profile, seeds, seed_pipelines, force)
+        _repeat_with_seeds(rows, plan, ds, models_root, profile, seeds, seed_pipelines, force, store)
     results = {
         "run": {"profile": asdict(profile), "config_path": str(cfg.path), "config": cfg.source_text,
                 "seed": cfg.seed, "val_fraction": cfg.val_fraction,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "seconds": round(time.perf_counter() - started, 1)},
+                "seconds": round(time.perf_counter() - started, 1),
+                "peak_rss_bytes": peak_rss_bytes(),
+                "feature_store_bytes": sum(e["bytes"] for e in list_stores(data_root)),
+                "engine": "dask" if client is not None else "local"},
         "environment": environment(),
         "dataset": {"name": ds.name, "title": ds.title, "source": ds.manifest["source"],
                     "source_kind": ds.manifest["source_kind"], "checksum": ds.checksum,
@@ -221,6 +272,7 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
         "pipelines": rows,
         "summary": summarise(rows, correct),
         "ladder": stats.ladder(rows, correct),
+        "ladder_pairs": stats.ladder_pairs(rows, correct),
         "pareto": {cost: stats.pareto(rows, cost) for cost in COSTS},
         "_arrays": {"scores": arrays, "y_test": np.asarray(y_test), "x_test": x_test,
                     "x_train": ds.images("train"), "y_train": np.asarray(ds.labels("train"))},
@@ -230,7 +282,7 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
 
 def _repeat_with_seeds(rows: list[dict[str, Any]], plan: list[Pipeline], ds: Dataset,
                        models_root: Path, profile: Profile, seeds: int, names: list[str] | None,
-                       force: bool) -> None:
+                       force: bool, store: StoreSettings) -> None:
     """Train chosen pipelines with more seeds; add mean and std of their test accuracy."""
     by_name = {p.name: p for p in plan}
     if names is None:
@@ -249,8 +301,8 @@ def _repeat_with_seeds(rows: list[dict[str, Any]], plan: list[Pipeline], ds: Dat
         for extra in range(1, seeds):
             seeded = pipeline.configure(seed=used[0] + extra)
             model_dir = models_root / f"{model_prefix(ds, profile)}{row['pipeline']}-seed{used[0] + extra}"
-            _train_one(seeded, ds, model_dir, force)
-            scores = _measure(model_dir, ds)["scores"]
+            _train_one(seeded, ds, model_dir, force, store)
+            scores = _measure(model_dir, ds, store)["scores"]
             accuracies.append(float((scores.argmax(1) == y_test).mean()))
             used.append(used[0] + extra)
         row["seeds"] = {"seeds": used, "test_accuracy": accuracies,

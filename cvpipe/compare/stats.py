@@ -20,6 +20,8 @@ import numpy as np
 from scipy import stats
 
 Z95 = 1.959963984540054
+#: A difference is called one (a pipeline "beats" another) only below this p-value.
+ALPHA = 0.05
 #: The families, from the least to the most learned, and what places a pipeline in each.
 FAMILIES = ("raw pixels", "colour", "HOG", "HOG + colour", "learned patches", "CNN")
 
@@ -70,25 +72,47 @@ def family(row: dict[str, Any]) -> str | None:
     return None
 
 
-def ladder(rows: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """The best pipeline of each family present (by validation accuracy), in the order of
-    :data:`FAMILIES`, with the gain over the rung below and McNemar's test of the two."""
-    rungs = []
+def rungs(rows: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(family, best row) of each family present, chosen on validation accuracy, in the order
+    of :data:`FAMILIES`."""
+    out = []
     for fam in FAMILIES:
         members = [r for r in rows if family(r) == fam]
         if members:
-            rungs.append((fam, max(members, key=lambda r: r["val_accuracy"])))
+            out.append((fam, max(members, key=lambda r: r["val_accuracy"])))
+    return out
+
+
+def ladder(rows: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The best pipeline of each family present (by validation accuracy), in the order of
+    :data:`FAMILIES`, with the gain over the rung below and McNemar's test of the two."""
+    rungs_ = rungs(rows)
     out = []
-    for i, (fam, r) in enumerate(rungs):
+    for i, (fam, r) in enumerate(rungs_):
         entry = {"family": fam, "pipeline": r["pipeline"], "train_accuracy": r["train_accuracy"],
                  "test_accuracy": r["test_accuracy"],
                  "gap": r["train_accuracy"] - r["test_accuracy"]}
         if i:
-            below = rungs[i - 1][1]
+            below = rungs_[i - 1][1]
             test = mcnemar(correct[r["pipeline"]], correct[below["pipeline"]])
             entry.update(gain_points=100 * test["difference"], below=below["pipeline"],
                          p_value=test["p_value"])
         out.append(entry)
+    return out
+
+
+def ladder_pairs(rows: list[dict[str, Any]], correct: dict[str, np.ndarray]
+                 ) -> list[dict[str, Any]]:
+    """McNemar's test of every pair of rungs of the ladder (not only neighbours): for each
+    higher rung against each lower one, the difference in points and its p-value."""
+    rungs_ = rungs(rows)
+    out = []
+    for i, (fam_a, a) in enumerate(rungs_):
+        for fam_b, b in rungs_[:i]:
+            test = mcnemar(correct[a["pipeline"]], correct[b["pipeline"]])
+            out.append({"a": a["pipeline"], "a_family": fam_a, "b": b["pipeline"], "b_family": fam_b,
+                        "points": 100 * test["difference"], "p_value": test["p_value"],
+                        "significant": test["p_value"] < ALPHA})
     return out
 
 
@@ -108,7 +132,15 @@ def p_text(p: float) -> str:
 
 
 def describe_difference(a: str, b: str, test: dict[str, Any]) -> str:
-    """"A beats B by x points (McNemar, p = ...)" for the automatic summary."""
+    """The automatic summary's sentence: "A beats B by x points (McNemar, p = ...)" only where
+    the difference is significant (p < :data:`ALPHA`); otherwise "A is ahead of B by x points,
+    not significant (McNemar, p = ...)"."""
     points = 100 * test["difference"]
-    verdict = "beats" if points > 0 else "trails"
-    return f"{a} {verdict} {b} by {abs(points):.1f} points (McNemar, {p_text(test['p_value'])})"
+    p = p_text(test["p_value"])
+    if test["p_value"] < ALPHA and points != 0:
+        verdict = "beats" if points > 0 else "trails"
+        return f"{a} {verdict} {b} by {abs(points):.1f} points (McNemar, {p})"
+    if points == 0:
+        return f"{a} and {b} are level (McNemar, {p})"
+    side = "ahead of" if points > 0 else "behind"
+    return f"{a} is {side} {b} by {abs(points):.1f} points, not significant (McNemar, {p})"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 import textwrap
 from typing import Any
 
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.data.dataset import parse_size
 from cvpipe.errors import ConfigError
+from cvpipe.featurestore.cli import add_engine_arguments, engine
 from cvpipe.featurestore.sources import ALLOWED_PROTOCOLS, MAX_FILE_BYTES, MAX_LIST_BYTES
 from cvpipe.featurestore.store import DEFAULT_CHUNK_ROWS, FORMATS, NPZ_MAX_BYTES
 from cvpipe.images import IMAGE_FORMATS
@@ -80,8 +79,6 @@ def _extract(args: argparse.Namespace) -> int:
     else:
         features = _features_arg(args.features)
     params = _params_arg(args.feature_params)
-    if args.scheduler and args.workers:
-        raise ConfigError("give --scheduler (a running cluster) or --workers (a local one), not both")
     if args.input:
         source = open_input(args.input, size or (32, 32), **convert)
     else:
@@ -89,24 +86,15 @@ def _extract(args: argparse.Namespace) -> int:
     progress = not (args.no_progress or args.quiet)
     common = dict(params=params, out=args.out, root=args.data_root, chunk_rows=args.chunk_size,
                   fmt=args.format, force=args.force, progress=progress)
-    if args.scheduler or args.workers:
-        import distributed  # noqa: F401 - it sets its own log levels on import: override them
+    with engine(args) as client:
+        if client is not None:
+            from cvpipe.featurestore.dask import extract_dask
 
-        from cvpipe.featurestore.dask import extract_dask
+            result = extract_dask(source, features, client=client, fitted=fitted, **common)
+        else:
+            from cvpipe.featurestore.local import extract
 
-        if args.verbose < 2:
-            logging.getLogger("distributed").setLevel(logging.WARNING)
-
-        def announce(client: Any) -> None:
-            print(f"Dask dashboard: {client.dashboard_link}  ({len(client.nthreads())} workers, "
-                  f"{sum(client.nthreads().values())} threads)", file=sys.stderr, flush=True)
-
-        result = extract_dask(source, features, scheduler=args.scheduler, workers=args.workers,
-                              on_client=announce, fitted=fitted, **common)
-    else:
-        from cvpipe.featurestore.local import extract
-
-        result = extract(source, features, n_jobs=args.n_jobs, fitted=fitted, **common)
+            result = extract(source, features, n_jobs=args.n_jobs, fitted=fitted, **common)
     if args.json:
         print(json.dumps({"path": result.path, "reused": result.reused,
                           "computed_chunks": result.computed_chunks, **result.manifest}, indent=2))
@@ -180,11 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--force", action="store_true",
                    help="extract again, discarding a finished or partial result")
     o.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    e = p.add_argument_group("engine")
-    e.add_argument("--n-jobs", type=int, default=-1,
+    add_engine_arguments(p)
+    p.add_argument("--n-jobs", type=int, default=-1,
                    help="single machine: feature threads (default -1: all cores)")
-    e.add_argument("--workers", type=int, metavar="N",
-                   help="start a local Dask cluster of N single-threaded worker processes")
-    e.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="use a running Dask cluster")
-    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_extract)

@@ -286,3 +286,65 @@ def run_dask(plan: ExtractPlan, client: Any, *, progress: bool = False,
     engine = {"name": "dask", "scheduler": client.scheduler.address, "workers": len(client.nthreads()),
               "threads": nthreads, "dashboard": client.dashboard_link}
     return finalize(plan, engine, seconds, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# sums over stored rows, on the workers
+
+
+def _sum_blocks(fn: Callable[..., tuple], refs: list[Any], *args: Any) -> tuple:
+    """Runs on a worker: ``fn`` of each block of ``refs`` (read there), summed in order."""
+    _one_thread()
+    total = None
+    for ref in refs:
+        X, y = ref.read()
+        part = fn(X, y, *args)
+        total = part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
+    return total
+
+
+class DaskRunner:
+    """Sums a function of every block of rows on a Dask cluster: each task reads a run of
+    blocks where the workers see the stores (a shared filesystem or fsspec URLs) and sums its
+    share; the client adds the tasks' sums in a fixed order, so the result does not depend on
+    which worker finished first (:class:`cvpipe.classifiers.linear_svm.Runner` does the same
+    on this machine).
+
+    Parameters
+    ----------
+    client : distributed.Client
+    tasks_per_thread : int
+        Tasks per worker thread for one sum (more: a better balance; fewer: less overhead).
+    """
+
+    name = "dask"
+
+    def __init__(self, client: Any, tasks_per_thread: int = 2):
+        self.client = client
+        self.tasks_per_thread = tasks_per_thread
+
+    def map_sum(self, fn: Callable[..., tuple], chunks: Any, *args: Any) -> tuple:
+        import numpy as np
+
+        refs = chunks.refs()
+        if not refs:
+            raise ValueError("no rows to sum over")
+        threads = max(1, sum(self.client.nthreads().values()))
+        n_tasks = max(1, min(len(refs), threads * self.tasks_per_thread))
+        bounds = np.linspace(0, len(refs), n_tasks + 1).astype(int)
+        # large arguments (the weights) go to the workers once, not once per task
+        sent = [self.client.scatter(a, broadcast=True) if getattr(a, "nbytes", 0) > (1 << 16) else a
+                for a in args]
+        futures = [self.client.submit(_sum_blocks, fn, refs[a:b], *sent, pure=False, retries=2)
+                   for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+        try:
+            parts = self.client.gather(futures)
+        except CvpipeError:
+            raise
+        except Exception as exc:  # a lost worker beyond the retries, a cancelled task
+            raise DaskError(f"a statistics task failed on the cluster ({type(exc).__name__}: "
+                            f"{exc})") from exc
+        total = parts[0]
+        for part in parts[1:]:
+            total = tuple(a + b for a, b in zip(total, part, strict=True))
+        return total

@@ -105,7 +105,8 @@ def _write(plan: ExtractPlan, index: int, start: int, feats: Any, labels: Any,
 
 
 def run_local(plan: ExtractPlan, *, n_jobs: int | None = -1, progress: bool = False,
-              on_chunk: Callable[[dict[str, Any]], None] | None = None) -> ExtractResult:
+              on_chunk: Callable[[dict[str, Any]], None] | None = None, desc: str = "extract"
+              ) -> ExtractResult:
     """Compute the chunks ``plan.todo`` in order, as a pipeline: the next chunk is read (and,
     with a core to spare, the previous one written) in the background while one is
     described."""
@@ -120,7 +121,7 @@ def run_local(plan: ExtractPlan, *, n_jobs: int | None = -1, progress: bool = Fa
     est = plan.extractor(n_jobs)
     start_time = time.perf_counter()
     rows = plan.rows_todo
-    bar = tqdm(total=plan.n, initial=plan.n - rows, unit="img", desc="extract", disable=not progress,
+    bar = tqdm(total=plan.n, initial=plan.n - rows, unit="img", desc=desc, disable=not progress,
                dynamic_ncols=True)
 
     def finish(meta: dict[str, Any]) -> None:

@@ -66,11 +66,12 @@ class ImageSource(Protocol):
 @dataclass(frozen=True)
 class ArrayChunk:
     """Rows of memory-mapped ``.npy`` image and label arrays: ``rows`` is ``(start, stop)`` or
-    an index array."""
+    an index array; ``flip``: the images mirrored left-right."""
 
     images_path: str
     labels_path: str
     rows: tuple[int, int] | np.ndarray
+    flip: bool = False
 
     def read(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -83,8 +84,14 @@ class ArrayChunk:
             ) from None
         if isinstance(self.rows, tuple):
             start, stop = self.rows
-            return np.array(images[start:stop]), np.array(labels[start:stop], dtype=np.int64)
-        return np.asarray(images[self.rows]), np.asarray(labels[self.rows], dtype=np.int64)
+            out, y = np.array(images[start:stop]), np.array(labels[start:stop], dtype=np.int64)
+        else:
+            # rows in increasing order read the memory map front to back
+            order = np.argsort(self.rows, kind="stable")
+            out = np.empty((len(self.rows), *images.shape[1:]), images.dtype)
+            out[order] = images[self.rows[order]]
+            y = np.asarray(labels[self.rows], dtype=np.int64)
+        return (np.ascontiguousarray(out[:, :, ::-1]) if self.flip else out), y
 
 
 class DatasetSource:
@@ -96,9 +103,14 @@ class DatasetSource:
         The loaded dataset; only its cache paths, manifest and split indices are used.
     split : {"train", "val", "train_full", "test"}
         Rows in the order of ``dataset.split(split)``.
+    order_seed : int, optional
+        Rows in a random order drawn from this seed instead (what stochastic training reads
+        a block at a time: a dataset sorted by class would give blocks of one class).
+    flip : bool
+        The images mirrored left-right (a training set augmented with its mirror images).
     """
 
-    def __init__(self, dataset: Any, split: str):
+    def __init__(self, dataset: Any, split: str, order_seed: int | None = None, flip: bool = False):
         from cvpipe.data.dataset import SPLIT_NAMES
 
         if split not in SPLIT_NAMES:
@@ -115,6 +127,10 @@ class DatasetSource:
         else:
             self._index = None
             self.n = self._shape[0]
+        self.order_seed, self.flip = order_seed, bool(flip)
+        if order_seed is not None:
+            rows = self._index if self._index is not None else np.arange(self.n)
+            self._index = rows[np.random.default_rng(order_seed).permutation(len(rows))]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -125,8 +141,12 @@ class DatasetSource:
         fp: dict[str, Any] = {"kind": "dataset", "checksum": self.dataset.checksum,
                               "options": self.dataset.manifest.get("options", {}),
                               "split": self.split}
-        if self._index is not None:
+        if self.split in ("train", "val"):
             fp["validation"] = {"fraction": self.dataset.val_fraction, "seed": self.dataset.seed}
+        if self.order_seed is not None:
+            fp["order"] = {"shuffled": self.order_seed}
+        if self.flip:
+            fp["flip"] = True
         return fp
 
     def describe(self) -> dict[str, Any]:
@@ -139,7 +159,7 @@ class DatasetSource:
     def chunk(self, start: int, stop: int) -> ArrayChunk:
         rows: tuple[int, int] | np.ndarray
         rows = (start, stop) if self._index is None else np.ascontiguousarray(self._index[start:stop])
-        return ArrayChunk(self._images_path, self._labels_path, rows)
+        return ArrayChunk(self._images_path, self._labels_path, rows, self.flip)
 
 
 # --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from cvpipe.data.dataset import Dataset
 from cvpipe.data.splits import split_sizes
 from cvpipe.errors import ConfigError
+from cvpipe.featurestore.dataset import StoreSettings
 from cvpipe.models.artifact import Predictor
 
 
@@ -119,8 +120,12 @@ class Pipeline(abc.ABC):
         naming the pipeline if something will not work."""
 
     @abc.abstractmethod
-    def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True,
+              store: StoreSettings | None = None) -> dict[str, Any]:
         """Select on validation, fit, score (test once) and write the model folder.
+
+        ``store``: where features are stored and reused, and the engine (this machine or a
+        Dask cluster) of the work that reads them (the CNN learns from pixels: ignored).
 
         Returns
         -------

@@ -12,12 +12,14 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from cvpipe.classifiers.fitted import ClassicModel
+from cvpipe.classifiers.linear_svm import LOCAL
 from cvpipe.classifiers.persist import load_parts, save_parts
 from cvpipe.classifiers.specs import CLASSIFIERS, ClassicSpec
 from cvpipe.classifiers.training import fit_classic
 from cvpipe.data.dataset import Dataset
 from cvpipe.errors import ArtifactError, ConfigError
 from cvpipe.features import FeatureSpec, extractor_state, restore_extractor
+from cvpipe.featurestore.dataset import StoreSettings
 from cvpipe.models.artifact import listed_file, write_artifact
 from cvpipe.models.base import DataShape, Pipeline
 
@@ -82,8 +84,11 @@ class ClassicPipeline(Pipeline):
         if self.refit:
             self.spec.check((shape.n_train + shape.n_val) * factor, shape.image_shape)
 
-    def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True) -> dict[str, Any]:
-        fit = fit_classic(dataset, self.seeded_spec(), refit=self.refit, progress=progress)
+    def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True,
+              store: StoreSettings | None = None) -> dict[str, Any]:
+        store = store or StoreSettings(progress=progress)
+        fit = fit_classic(dataset, self.seeded_spec(), refit=self.refit, progress=progress,
+                          store=store, runner=store.runner() or LOCAL)
         metadata = {
             **self.common_metadata(dataset),
             "spec": self.spec.to_dict(),
@@ -98,6 +103,7 @@ class ClassicPipeline(Pipeline):
             "train_seconds": round(fit.train_seconds, 3),
             "selection_seconds": round(fit.selection_seconds, 3),
             "extraction_images_per_second": round(fit.extraction_images_per_second, 1),
+            "feature_store": fit.features,
             "history": fit.history,
         }
         image_shape = list(dataset.images("train").shape[1:])

@@ -14,6 +14,8 @@ import numpy as np
 from cvpipe.config import models_dir
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.errors import ConfigError
+from cvpipe.featurestore.cli import add_engine_arguments, engine
+from cvpipe.featurestore.dataset import StoreSettings
 from cvpipe.images import IMAGE_FORMATS
 from cvpipe.models.artifact import model_card, read_metadata
 from cvpipe.models.base import DataShape
@@ -59,15 +61,20 @@ def _train(args: argparse.Namespace) -> int:
     pipeline = get_pipeline(args.pipeline, args.config).configure(_run_options(args))
     name = safe_name(args.name or args.pipeline, "model name")
     target = models_dir(args.models_dir) / name
-    if (target / "model.json").exists() and not args.force:
+    if args.force and args.retrain:
+        raise ConfigError("--force recomputes features and retrains; --retrain retrains only: give one")
+    if (target / "model.json").exists() and not (args.force or args.retrain):
         meta = read_metadata(target, verify=False)
         print(f"{target} exists (test accuracy {meta['metrics']['test']['accuracy']:.4f}); "
-              "use --force to retrain")
+              "use --retrain to retrain (--force also recomputes its stored features)")
         return 0
     ds = load_from_args(args)
     pipeline.check(DataShape.of(ds))
     start = time.perf_counter()
-    meta = pipeline.train(ds, target)
+    with engine(args) as client:
+        store = StoreSettings(root=args.data_root, force=args.force, progress=not args.quiet,
+                              client=client)
+        meta = pipeline.train(ds, target, store=store, progress=not args.quiet)
     m = meta["metrics"]
     print(f"{name}: train {m['train']['accuracy']:.4f}  val {m['val']['accuracy']:.4f}  "
           f"test {m['test']['accuracy']:.4f}  fit {meta['fit_seconds']:.1f} s  "
@@ -162,7 +169,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--config", help="TOML file declaring [pipelines.<name>] tables")
     train.add_argument("--name", help="model name (default: the pipeline name)")
     train.add_argument("--models-dir", help="where models go (default $CVPIPE_MODELS_DIR or ./models)")
-    train.add_argument("--force", action="store_true", help="retrain even if the model exists")
+    train.add_argument("--force", action="store_true",
+                       help="retrain even if the model exists, recomputing its stored features")
+    train.add_argument("--retrain", action="store_true",
+                       help="retrain even if the model exists, reusing its stored features")
     opts = train.add_argument_group("run options")
     opts.add_argument("--set", action="append", metavar="KEY=VALUE",
                       help="a run option; VALUE is JSON where it parses (20, 0.1, true, [1,2]), "
@@ -175,6 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="classic pipelines: keep the selection fit (train split only) instead "
                       "of refitting on train+val (same as --set refit=false)")
     add_source_arguments(train)
+    add_engine_arguments(train)
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="score a saved model on a split",

@@ -11,6 +11,7 @@ from cvpipe.cnn.persist import WEIGHTS, CNNPredictor, load_predictor, save_weigh
 from cvpipe.cnn.train import fit_cnn, plot_curves
 from cvpipe.data.dataset import Dataset
 from cvpipe.errors import ConfigError
+from cvpipe.featurestore.dataset import StoreSettings
 from cvpipe.models.artifact import listed_file, write_artifact
 from cvpipe.models.base import DataShape, Pipeline
 
@@ -87,7 +88,8 @@ class CNNPipeline(Pipeline):
             raise ConfigError(f"pipeline {self.name!r}: needs training and validation images "
                               f"({shape.n_train} and {shape.n_val})")
 
-    def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+    def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True,
+              store: StoreSettings | None = None) -> dict[str, Any]:
         result, description = fit_cnn(dataset, self.config, checkpoint_dir=checkpoint_dir_for(model_dir),
                                       progress=progress)
         metadata = {**self.common_metadata(dataset), **description, "features": None}

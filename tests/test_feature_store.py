@@ -1,0 +1,151 @@
+"""The feature store behind training: written once per component, reused by other pipelines and
+later runs, recomputed on request, listed and cleared from the CLI; classifiers read it a block
+of rows at a time."""
+
+from __future__ import annotations
+
+import json
+import weakref
+
+import numpy as np
+import pytest
+
+from cvpipe.classifiers import ClassicSpec
+from cvpipe.classifiers.chunks import ArrayChunks, ArrayRef
+from cvpipe.classifiers.linear_svm import LinearSVM
+from cvpipe.classifiers.mlp import MLPClassifier
+from cvpipe.classifiers.training import fit_classic
+from cvpipe.cli import main
+from cvpipe.data import load_cifar10
+from cvpipe.featurestore.dataset import StoreSettings, list_stores
+from tests import synthetic
+
+PATCHES = {"name": "patches", "params": {"n_centroids": 16, "n_patches": 2000, "max_iter": 3,
+                                         "pooling": [[1, 1], [2, 2]]}}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    synthetic.write_image_folder(root / "src", n_train=16, n_test=4)
+    return load_cifar10(root / "src", root / "data", val_fraction=0.25)
+
+
+def _spec(name, features, classifier=None):
+    return ClassicSpec.from_dict(name, {
+        "features": features, "classifier": classifier or {"type": "linear-svm", "params": {"C": 0.01}}})
+
+
+def test_a_second_run_reuses_the_features_and_gives_the_same_model(tiny, tmp_path):
+    store = StoreSettings(root=tmp_path, progress=False)
+    first = fit_classic(tiny, _spec("p", PATCHES), progress=False, store=store)
+    second = fit_classic(tiny, _spec("p", PATCHES), progress=False, store=store)
+    assert first.features["status"] == "computed" and second.features["status"] == "reused"
+    # the dictionary was restored, not learned again: same features, same model
+    x = np.asarray(tiny.split("test")[0])
+    np.testing.assert_array_equal(first.model.transform(x), second.model.transform(x))
+    np.testing.assert_array_equal(first.model.predict(x), second.model.predict(x))
+    assert second.feature_fit_seconds == pytest.approx(first.feature_fit_seconds, abs=1e-3)
+    kinds = sorted(e["kind"] for e in list_stores(tmp_path))
+    assert kinds.count("learned") == 1 and kinds.count("features") == 3  # train, val, test
+
+
+def test_another_pipeline_shares_the_stores_and_a_joined_set_is_assembled(tiny, tmp_path):
+    store = StoreSettings(root=tmp_path, progress=False)
+    fit_classic(tiny, _spec("h", {"name": "hog"}), progress=False, store=store)
+    mlp = fit_classic(tiny, _spec("h-mlp", {"name": "hog"},
+                                  {"type": "mlp", "params": {"hidden_sizes": [16], "max_epochs": 3}}),
+                      progress=False, store=store)
+    assert mlp.features["status"] == "reused"  # another classifier, the same stored features
+    joined = fit_classic(tiny, _spec("hc", {"name": "hog+color"}), progress=False, store=store)
+    assert joined.features["status"] == "partly reused"  # hog reused, colour computed
+    # the joined matrix is the two stores side by side, equal to extracting hog+color at once
+    x = np.asarray(tiny.split("test")[0])
+    from cvpipe.features import FeatureSpec
+
+    np.testing.assert_allclose(joined.model.feature_extractor.transform(x),
+                               FeatureSpec.parse("hog+color").build().fit(x[:1]).transform(x), rtol=1e-6)
+    assert len({e["key"] for e in list_stores(tmp_path)}) == 6  # 2 components x 3 splits
+
+
+def test_force_recomputes(tiny, tmp_path):
+    fit_classic(tiny, _spec("c", {"name": "color"}), progress=False,
+                store=StoreSettings(root=tmp_path, progress=False))
+    again = fit_classic(tiny, _spec("c", {"name": "color"}), progress=False,
+                        store=StoreSettings(root=tmp_path, progress=False, force=True))
+    assert again.features["status"] == "computed"
+
+
+def test_training_rows_are_shuffled_blocks_of_every_class(tiny, tmp_path):
+    from cvpipe.featurestore.dataset import learned_extractor, split_features
+    from cvpipe.features import FeatureSpec
+
+    spec = FeatureSpec.parse("color")
+    store = StoreSettings(root=tmp_path, progress=False)
+    train = split_features(tiny, spec, "train", learned_extractor(tiny, spec, store), store)
+    labels = train.labels()
+    # the cache is sorted by class; the stored training rows are not (a block is a fair sample)
+    assert not np.all(np.diff(labels) >= 0)
+    assert sorted(labels.tolist()) == sorted(np.asarray(tiny.split("train")[1]).tolist())
+    test = split_features(tiny, spec, "test", learned_extractor(tiny, spec, store), store)
+    np.testing.assert_array_equal(test.labels(), np.asarray(tiny.split("test")[1]))  # in order
+
+
+def test_store_list_and_clear_from_the_cli(tiny, tmp_path, capsys):
+    fit_classic(tiny, _spec("c", {"name": "color"}), progress=False,
+                store=StoreSettings(root=tmp_path, progress=False))
+    assert main(["store", "list", "--data-root", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert len(listed["stores"]) == 3 and listed["bytes"] == sum(e["bytes"] for e in listed["stores"]) > 0
+    assert main(["store", "list", "--data-root", str(tmp_path)]) == 0
+    assert "3 stores" in capsys.readouterr().out
+    key = listed["stores"][0]["key"]
+    assert main(["store", "clear", key, "--data-root", str(tmp_path)]) == 0
+    assert len(list_stores(tmp_path)) == 2
+    assert main(["store", "clear", "nope", "--data-root", str(tmp_path)]) == 2
+    assert "no store 'nope'" in capsys.readouterr().err
+    assert main(["store", "clear", "--data-root", str(tmp_path)]) == 2  # neither keys nor --all
+    assert main(["store", "clear", "--all", "--data-root", str(tmp_path)]) == 0
+    assert list_stores(tmp_path) == []
+
+
+class _CountingChunks(ArrayChunks):
+    """Blocks whose arrays are tracked: how many are alive at once."""
+
+    def __init__(self, X, y, rows):
+        super().__init__(X, y, rows)
+        self.alive = 0
+        self.most = 0
+
+    def refs(self):
+        return [_CountingRef(self, r) for r in super().refs()]
+
+
+class _CountingRef:
+    def __init__(self, owner, ref: ArrayRef):
+        self.owner, self.ref, self.n_rows = owner, ref, ref.n_rows
+
+    def read(self):
+        X, y = self.ref.read()
+        X = X.copy()  # a block read from disk is a new array
+        self.owner.alive += 1
+        self.owner.most = max(self.owner.most, self.owner.alive)
+        weakref.finalize(X, self._gone)
+        return X, y
+
+    def _gone(self):
+        self.owner.alive -= 1
+
+
+@pytest.mark.parametrize("make", [lambda: LinearSVM(C=0.1, max_iter=30),
+                                  lambda: MLPClassifier(hidden_sizes=(64,), dropout=0.0, lr=1e-2,
+                                                                max_epochs=3, batch_size=32)])
+def test_classifiers_hold_a_bounded_number_of_blocks(make):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 12)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64) + 2 * (X[:, 1] > 0)
+    chunks = _CountingChunks(X, y, rows=100)  # 20 blocks
+    est = make().fit_chunks(chunks)
+    assert (est.predict(X) == y).mean() > 0.8
+    # one block in use and the next read ahead, whatever the number of blocks
+    assert chunks.most <= 3, chunks.most
