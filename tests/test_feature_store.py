@@ -77,8 +77,8 @@ def test_force_recomputes(tiny, tmp_path):
 
 
 def test_training_rows_are_shuffled_blocks_of_every_class(tiny, tmp_path):
-    from cvpipe.featurestore.dataset import learned_extractor, split_features
     from cvpipe.features import FeatureSpec
+    from cvpipe.featurestore.dataset import learned_extractor, split_features
 
     spec = FeatureSpec.parse("color")
     store = StoreSettings(root=tmp_path, progress=False)

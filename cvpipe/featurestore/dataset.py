@@ -25,6 +25,7 @@ key.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -224,11 +225,17 @@ class StoredFeatures:
     results: list[ExtractResult]
     seconds: float = 0.0  # spent this time (extracting, or finding the stores)
     rows: int = 4096  # per block
+    limit: int | None = None  # only the first rows (see head)
     _labels: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_rows(self) -> int:
-        return int(self.results[0].manifest["n"])
+        n = int(self.results[0].manifest["n"])
+        return n if self.limit is None else min(n, self.limit)
+
+    def head(self, n: int) -> StoredFeatures:
+        """The first ``n`` rows (an augmented split's store holds every smaller size)."""
+        return dataclasses.replace(self, limit=int(n), _labels=None)
 
     @property
     def n_features(self) -> int:
@@ -244,7 +251,7 @@ class StoredFeatures:
 
     def labels(self) -> np.ndarray:
         if self._labels is None:
-            self._labels = np.asarray(_open(self.results[0].path)["labels"][:], np.int64)
+            self._labels = np.asarray(_open(self.results[0].path)["labels"][:self.n_rows], np.int64)
         return self._labels
 
     @property
@@ -279,15 +286,25 @@ def split_features(ds: Any, spec: FeatureSpec, split: str, learned: Learned,
     Training and validation rows come in a random order drawn from the dataset's seed;
     ``flip`` describes the split's images mirrored left-right.
     """
-    start = time.perf_counter()
     order = ds.seed if split in ("train", "val", "train_full") else None
     source = DatasetSource(ds, split, order_seed=order, flip=flip)
+    return stored_features(source, spec, learned, settings,
+                           f"{split}{' (mirrored)' if flip else ''}", split=split)
+
+
+def stored_features(source: Any, spec: FeatureSpec, learned: Learned, settings: StoreSettings,
+                    what: str = "images", *, split: str = "", on_chunk: Any = None) -> StoredFeatures:
+    """The stores of every component of ``spec`` for the rows of ``source`` (an
+    :class:`~cvpipe.featurestore.sources.ImageSource`), extracting those not finished yet.
+    ``on_chunk``: called with each extracted chunk's metadata (and the component's name)."""
+    start = time.perf_counter()
+    image_shape = tuple(source.image_shape)
     steps = ([learned.extractor] if len(spec.components) == 1
              else [e for _, e in learned.extractor.transformer_list])
     results, rows = [], None
     for i, est in enumerate(steps):
         single = component_spec(spec, i)
-        d = single.n_features(tuple(ds.image_shape))
+        d = single.n_features(image_shape)
         rows = chunk_rows_for(d) if rows is None else min(rows, chunk_rows_for(d))
         plan = plan_extraction(source, single, root=settings.root, chunk_rows=chunk_rows_for(d),
                                fmt="zarr", force=settings.force,
@@ -295,14 +312,16 @@ def split_features(ds: Any, spec: FeatureSpec, split: str, learned: Learned,
         if plan.manifest is not None:
             results.append(reused(plan))
             continue
-        what = f"{spec.name}: {single.name} of {split}{' (mirrored)' if flip else ''}"
-        log.info("%s: extracting %d images -> %s", what, plan.n, plan.store.url)
+        desc = f"{spec.name}: {single.name} of {what}"
+        log.info("%s: extracting %d images -> %s", desc, plan.n, plan.store.url)
+        hook = (None if on_chunk is None else
+                (lambda meta, name=single.name: on_chunk({**meta, "component": name})))
         if settings.client is not None:
             from cvpipe.featurestore.dask import run_dask
 
-            results.append(run_dask(plan, settings.client, progress=settings.progress))
+            results.append(run_dask(plan, settings.client, progress=settings.progress, on_chunk=hook))
         else:
-            results.append(run_local(plan, progress=settings.progress, desc=what))
+            results.append(run_local(plan, progress=settings.progress, desc=desc, on_chunk=hook))
     stored = StoredFeatures(spec, split, results, time.perf_counter() - start, rows or 4096)
     labels = stored.labels()
     for r in results[1:]:  # the components describe the same rows

@@ -389,3 +389,94 @@ def open_input(spec: str, size: tuple[int, int], channels: int = 3,
     convert = {"channels": channels, "fit": fit}
     return (FileSource.from_folder(spec, size, **convert) if is_dir
             else FileSource.from_list(spec, size, **convert))
+
+
+# --------------------------------------------------------------------------------------------
+# a split grown by deterministic augmentations
+
+
+_SHIFTS = ((2, 0), (-2, 0), (0, 2), (0, -2), (2, 2), (-2, -2), (2, -2), (-2, 2),
+           (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1),
+           (2, 1), (1, 2), (-2, -1), (-1, -2), (2, -1), (-1, 2), (-2, 1), (1, -2))
+#: The variants of an augmented split, in order: (mirrored, rows down, columns right). The
+#: originals, their mirror images, then shifts of both by up to 2 pixels (2-pixel ones first;
+#: edges reflected): 50 in all.
+AUGMENTATIONS: tuple[tuple[bool, int, int], ...] = tuple(
+    [(False, 0, 0), (True, 0, 0)] + [(flip, dy, dx) for dy, dx in _SHIFTS for flip in (False, True)])
+
+
+def augment(images: np.ndarray, variant: tuple[bool, int, int]) -> np.ndarray:
+    """``images`` (n, H, W, C) mirrored and/or shifted by whole pixels, edges reflected."""
+    flip, dy, dx = variant
+    out = images[:, :, ::-1] if flip else images
+    if dy or dx:
+        p = max(abs(dy), abs(dx))
+        padded = np.pad(out, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        h, w = images.shape[1:3]
+        out = padded[:, p - dy:p - dy + h, p - dx:p - dx + w]
+    return np.ascontiguousarray(out)
+
+
+@dataclass(frozen=True)
+class AugmentedChunk:
+    """Rows of an augmented split: each row a (variant, image) pair."""
+
+    images_path: str
+    labels_path: str
+    index: np.ndarray  # rows of the official split
+    variants: np.ndarray  # index into AUGMENTATIONS, per row
+
+    def read(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        images, labels = ArrayChunk(self.images_path, self.labels_path, self.index).read(threads)
+        out = np.empty_like(images)
+        for v in np.unique(self.variants):
+            at = self.variants == v
+            out[at] = augment(images[at], AUGMENTATIONS[int(v)])
+        return out, labels
+
+
+class AugmentedSource:
+    """A dataset split grown to ``n`` rows by deterministic augmentations of it (mirror images,
+    2-pixel shifts: :data:`AUGMENTATIONS`): rows ``[k m, (k + 1) m)`` are variant ``k`` of the
+    split's ``m`` images, in a random order drawn from ``seed``. The first ``m`` rows are the
+    split itself, so a store of ``n`` rows holds every smaller size as its first rows.
+
+    Parameters
+    ----------
+    dataset : cvpipe.data.dataset.Dataset
+    split : {"train", "train_full"}
+    n : int
+        Rows, at most ``len(AUGMENTATIONS)`` times the split's size.
+    seed : int
+    """
+
+    def __init__(self, dataset: Any, split: str, n: int, seed: int = 0):
+        self.base = DatasetSource(dataset, split)
+        m = self.base.n
+        if not 1 <= n <= m * len(AUGMENTATIONS):
+            raise ConfigError(f"an augmented {split} split has 1 to {m * len(AUGMENTATIONS)} rows "
+                              f"({len(AUGMENTATIONS)} variants of {m} images), not {n}")
+        self.dataset, self.split, self.n, self.seed, self.m = dataset, split, int(n), int(seed), m
+        rows = self.base._index if self.base._index is not None else np.arange(m)
+        self._orders = [rows[np.random.default_rng([seed, k]).permutation(m)]
+                        for k in range(-(-self.n // m))]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.base.image_shape
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.base.fingerprint(), "augmented": {"n": self.n, "seed": self.seed,
+                                                         "variants": [list(v) for v in AUGMENTATIONS]}}
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.fingerprint(), "cache_dir": str(self.dataset.cache_dir), "n": self.n}
+
+    def classes(self) -> list[str] | None:
+        return list(self.dataset.classes)
+
+    def chunk(self, start: int, stop: int) -> AugmentedChunk:
+        rows = np.arange(start, min(stop, self.n))
+        variants, pos = rows // self.m, rows % self.m
+        index = np.array([self._orders[v][p] for v, p in zip(variants, pos, strict=True)], np.int64)
+        return AugmentedChunk(self.base._images_path, self.base._labels_path, index, variants)
