@@ -68,12 +68,16 @@ def test_another_pipeline_shares_the_stores_and_a_joined_set_is_assembled(tiny, 
     assert len({e["key"] for e in list_stores(tmp_path)}) == 6  # 2 components x 3 splits
 
 
-def test_force_recomputes(tiny, tmp_path):
-    fit_classic(tiny, _spec("c", {"name": "color"}), progress=False,
+def test_force_recomputes_once_per_run(tiny, tmp_path):
+    fit_classic(tiny, _spec("p", PATCHES), progress=False,
                 store=StoreSettings(root=tmp_path, progress=False))
-    again = fit_classic(tiny, _spec("c", {"name": "color"}), progress=False,
-                        store=StoreSettings(root=tmp_path, progress=False, force=True))
+    forced = StoreSettings(root=tmp_path, progress=False, force=True)
+    again = fit_classic(tiny, _spec("p", PATCHES), progress=False, store=forced)
     assert again.features["status"] == "computed"
+    # another pipeline of the same run reuses what this run recomputed
+    other = fit_classic(tiny, _spec("p-mlp", PATCHES, {"type": "mlp", "params": {"max_epochs": 2}}),
+                        progress=False, store=forced)
+    assert other.features["status"] == "reused"
 
 
 def test_training_rows_are_shuffled_blocks_of_every_class(tiny, tmp_path):
@@ -140,7 +144,12 @@ class _CountingRef:
 @pytest.mark.parametrize("make", [lambda: LinearSVM(C=0.1, max_iter=30),
                                   lambda: MLPClassifier(hidden_sizes=(64,), dropout=0.0, lr=1e-2,
                                                                 max_epochs=3, batch_size=32)])
-def test_classifiers_hold_a_bounded_number_of_blocks(make):
+def test_classifiers_hold_a_bounded_number_of_blocks(make, monkeypatch):
+    import cvpipe.classifiers.chunks as chunks_module
+
+    # every matrix counts as large here: nothing is gathered into memory
+    monkeypatch.setattr(chunks_module, "SMALL_BYTES", 0)
+    monkeypatch.setattr(chunks_module.in_memory, "__defaults__", (0,))
     rng = np.random.default_rng(0)
     X = rng.normal(size=(2000, 12)).astype(np.float32)
     y = (X[:, 0] > 0).astype(np.int64) + 2 * (X[:, 1] > 0)

@@ -24,6 +24,8 @@ import numpy as np
 
 #: Rows per block of an in-memory matrix.
 DEFAULT_ROWS = 4096
+#: A matrix of at most this many bytes is read into memory once by iterative solvers.
+SMALL_BYTES = 256 << 20
 
 
 class ChunkRef(Protocol):
@@ -60,7 +62,9 @@ def read_ahead(chunks: Chunks, rng: np.random.Generator | None = None
 
     refs = chunks.refs()
     order = list(range(len(refs)) if rng is None else rng.permutation(len(refs)))
-    if not order:
+    if len(order) <= 1:  # nothing to read ahead
+        for i in order:
+            yield refs[i].read()
         return
     with ThreadPoolExecutor(1, thread_name_prefix="cvpipe-chunk-read") as pool:
         pending = pool.submit(refs[order[0]].read)
@@ -167,6 +171,16 @@ class Concat:
 
     def labels(self) -> np.ndarray:
         return np.concatenate([p.labels() for p in self.parts])
+
+
+def in_memory(chunks: Chunks, budget: int = SMALL_BYTES) -> Chunks:
+    """``chunks`` gathered into memory when their features take at most ``budget`` bytes (a
+    small matrix read many times, by an iterative solver, is read from disk once), else
+    ``chunks`` as they are."""
+    if isinstance(chunks, ArrayChunks) or chunks.n_rows * chunks.n_features * 4 > budget:
+        return chunks
+    X, y = materialize(chunks)
+    return ArrayChunks(X, y, rows=max(1, chunks.n_rows))
 
 
 def materialize(chunks: Chunks) -> tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,7 @@ LATENCY_REPEATS = 30
 VERIFY_IMAGES = 256
 #: What a pipeline costs, against which the report plots its accuracy (Pareto fronts).
 COSTS = ("train_seconds", "latency_ms_per_image_batch")
-BATCH_FOR_LATENCY = 1000
+BATCH_FOR_LATENCY = 256
 
 
 def _reuse_key(pipeline: Pipeline, ds: Dataset) -> str:

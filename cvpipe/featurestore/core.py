@@ -159,7 +159,7 @@ def plan_extraction(
 
     manifest = store.manifest()
     if manifest is not None and manifest.get("key") == key and not force:
-        log.info("features already extracted in %s", store.url)
+        log.debug("features already extracted in %s", store.url)
         return ExtractPlan(store, source, spec, key, manifest["n"], manifest["d"],
                            manifest["chunk_rows"], manifest["format"], [], manifest, fitted)
 

@@ -64,9 +64,17 @@ class StoreSettings:
     """
 
     root: Path | None = None
-    force: bool = False
+    force: bool = False  # recompute each store (once: then this run's copy is reused)
     progress: bool = True
     client: Any = None
+    recomputed: set[str] = field(default_factory=set)  # what ``force`` already redid
+
+    def must_redo(self, key: str) -> bool:
+        """With ``force``: True the first time a store (or learned state) is asked for."""
+        if not self.force or key in self.recomputed:
+            return False
+        self.recomputed.add(key)
+        return True
 
     @property
     def features_dir(self) -> Path:
@@ -154,7 +162,7 @@ def _learned_component(ds: Any, component: FeatureComponent, settings: StoreSett
     folder = settings.features_dir / LEARNED_DIR / _learned_key(component, ds)
     image_shape = tuple(int(s) for s in ds.image_shape)
     info_path, state_path = folder / "learned.json", folder / "state.safetensors"
-    if info_path.is_file() and state_path.is_file() and not settings.force:
+    if info_path.is_file() and state_path.is_file() and not settings.must_redo(str(folder)):
         try:
             info = json.loads(info_path.read_text())
             if info.get("sha256") != sha256_file(state_path):
@@ -169,6 +177,7 @@ def _learned_component(ds: Any, component: FeatureComponent, settings: StoreSett
     start = time.perf_counter()
     fitted = single.build().fit(np.asarray(ds.split("train")[0]))
     seconds = time.perf_counter() - start
+    settings.recomputed.add(str(folder))  # fitted in this run: not again under ``force``
     state = extractor_state(fitted, single)
 
     with replace_dir(folder, holds("learned.json")) as tmp:
@@ -306,9 +315,12 @@ def stored_features(source: Any, spec: FeatureSpec, learned: Learned, settings: 
         single = component_spec(spec, i)
         d = single.n_features(image_shape)
         rows = chunk_rows_for(d) if rows is None else min(rows, chunk_rows_for(d))
+        fitted = est if single.stateful else None
         plan = plan_extraction(source, single, root=settings.root, chunk_rows=chunk_rows_for(d),
-                               fmt="zarr", force=settings.force,
-                               fitted=est if single.stateful else None)
+                               fmt="zarr", fitted=fitted)
+        if settings.must_redo(plan.store.url):
+            plan = plan_extraction(source, single, root=settings.root, chunk_rows=chunk_rows_for(d),
+                                   fmt="zarr", force=True, fitted=fitted)
         if plan.manifest is not None:
             results.append(reused(plan))
             continue
