@@ -40,21 +40,23 @@ TARGETS = {"cnn_test_accuracy": 0.94, "cnn_train_seconds": 5.0, "hog_images_per_
 
 
 def run_step(name: str, command: list[str], out_dir: Path, timeout: float) -> dict[str, Any]:
-    """Run one step; its stdout (JSON or not) and stderr are kept under ``out_dir``."""
+    """Run one step; its stdout (JSON or not) and stderr go straight to files under ``out_dir``,
+    so that a step stopped at its time limit still leaves what it printed."""
     started = time.perf_counter()
-    try:
-        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-        rc, stdout, stderr = proc.returncode, proc.stdout, proc.stderr
-    except subprocess.TimeoutExpired as exc:
-        rc, stdout, stderr = None, exc.stdout or "", (exc.stderr or "") + f"\ntimed out after {timeout:.0f} s"
-        stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
-        stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
+    out_path, log_path = out_dir / f"{name}.out", out_dir / f"{name}.log"
+    with out_path.open("w") as stdout, log_path.open("w") as stderr:
+        try:
+            rc: int | None = subprocess.run(command, cwd=ROOT, stdout=stdout, stderr=stderr,
+                                            timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
     seconds = time.perf_counter() - started
-    (out_dir / f"{name}.log").write_text(stderr)
-    (out_dir / f"{name}.out").write_text(stdout)
+    if rc is None:
+        with log_path.open("a") as stderr:
+            stderr.write(f"\ntimed out after {timeout:.0f} s\n")
     step = {"command": " ".join(command), "returncode": rc, "wall_seconds": round(seconds, 1)}
     if rc != 0:
-        step["error_tail"] = stderr.strip().splitlines()[-5:]
+        step["error_tail"] = log_path.read_text().strip().splitlines()[-5:]
     return step
 
 

@@ -19,7 +19,15 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-_KERNELS = {"rbf": cv2.ml.SVM_RBF, "linear": cv2.ml.SVM_LINEAR}
+_KERNELS = ("rbf", "linear")
+
+
+def _ml():  # noqa: ANN202 - cv2's module has no type stubs
+    """``cv2.ml``, or a clear error where OpenCV ships without it (opencv-python-headless 5.x)."""
+    if not hasattr(cv2, "ml"):
+        raise ImportError(f"OpenCV {cv2.__version__} has no cv2.ml module (5.x wheels dropped it); "
+                          "install opencv-python-headless<5 for the opencv-svm classifier")
+    return cv2.ml
 
 
 class OpenCVSVM(ClassifierMixin, BaseEstimator):
@@ -68,14 +76,15 @@ class OpenCVSVM(ClassifierMixin, BaseEstimator):
             self.gamma_ = 1.0 / (X.shape[1] * var) if var > 0 else 1.0
         else:
             self.gamma_ = float(self.gamma)
-        svm = cv2.ml.SVM_create()
-        svm.setType(cv2.ml.SVM_C_SVC)
-        svm.setKernel(_KERNELS[self.kernel])
+        ml = _ml()
+        svm = ml.SVM_create()
+        svm.setType(ml.SVM_C_SVC)
+        svm.setKernel(ml.SVM_RBF if self.kernel == "rbf" else ml.SVM_LINEAR)
         svm.setC(float(self.C))
         svm.setGamma(self.gamma_)
         svm.setTermCriteria((cv2.TERM_CRITERIA_MAX_ITER + cv2.TERM_CRITERIA_EPS,
                              int(self.max_iterations), float(self.tol)))
-        svm.train(np.ascontiguousarray(X), cv2.ml.ROW_SAMPLE, y_idx.astype(np.int32))
+        svm.train(np.ascontiguousarray(X), ml.ROW_SAMPLE, y_idx.astype(np.int32))
         self.svm_ = svm
         return self
 
@@ -115,7 +124,7 @@ class OpenCVSVM(ClassifierMixin, BaseEstimator):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "svm.yml"
                 path.write_text(state["svm_"])
-                state["svm_"] = cv2.ml.SVM_load(str(path))
+                state["svm_"] = _ml().SVM_load(str(path))
         self.__dict__.update(state)
 
     def save(self, path: Path) -> None:
@@ -128,7 +137,7 @@ def load_opencv_svm(path: Path, params: dict, classes: np.ndarray, n_features: i
                     gamma: float) -> OpenCVSVM:
     """Rebuild an :class:`OpenCVSVM` from its YAML file and stored parameters."""
     est = OpenCVSVM(**params)
-    est.svm_ = cv2.ml.SVM_load(str(path))
+    est.svm_ = _ml().SVM_load(str(path))
     est.classes_ = np.asarray(classes)
     est.n_features_in_ = n_features
     est.gamma_ = gamma

@@ -131,7 +131,9 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        x = torch.amax(x, dim=(2, 3))  # global max pool
+        # Global max pool through max's indices: amax's backward splits the gradient among
+        # ties, and compiled under bf16 autocast it divided by zero ties (NaN, torch 2.11).
+        x = x.flatten(2).max(dim=2).values
         return self.head(x) * self.cfg.scale
 
 
@@ -195,7 +197,9 @@ class AirbenchNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(x)))
-        x = torch.amax(x, dim=(2, 3))  # global max pool
+        # Global max pool through max's indices: amax's backward splits the gradient among
+        # ties, and compiled under bf16 autocast it divided by zero ties (NaN, torch 2.11).
+        x = x.flatten(2).max(dim=2).values
         return self.head(x) * self.cfg.scale
 
 

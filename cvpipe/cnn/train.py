@@ -184,6 +184,10 @@ def train_cnn(
     device = resolve_device(cfg0.device)
     cfg = cfg0.resolved(device)
     n_classes = n_classes or int(max(train[1].max(), val[1].max())) + 1
+    # One class teaches nothing (the loss is 0, or NaN in bf16): a sliced, class-sorted split.
+    if len(np.unique(train[1])) < 2:
+        raise TrainingError(f"the training images hold {len(np.unique(train[1]))} class; at least 2 are "
+                            "needed (is the split sorted by class and cut short?)")
     torch.manual_seed(cfg.seed)
 
     # Data: the whole split on the device as uint8; normalisation from the training split.
