@@ -362,3 +362,48 @@ def test_output_to_an_fsspec_url(dataset, tmp_path, fmt):
     np.testing.assert_array_equal(np.asarray(feats), reference(np.asarray(dataset.images("test"))))
     np.testing.assert_array_equal(labels, dataset.labels("test"))
     assert manifest["format"] == fmt
+
+
+def test_npy_format_resumes_reads_slices_and_matches_the_transform(dataset, tmp_path):
+    source = DatasetSource(dataset, "train_full")
+    out = tmp_path / "npy"
+    with pytest.raises(Stop):
+        extract(source, "hog+color", out=out, chunk_rows=CHUNK, fmt="npy", on_chunk=_stop_after(4))
+    assert sorted(p.name for p in out.iterdir()) == ["done", "features.npy", "labels.npy", "run.json"]
+    res = extract(source, "hog+color", out=out, fmt="npy")
+    assert res.computed_chunks == 19 - 4 and res.manifest["format"] == "npy"
+    _assert_exactly_once(res.path, 300, CHUNK)
+    feats, labels, _ = load_features(res.path)
+    x, y = dataset.split("train_full")
+    expected = reference(np.asarray(x))
+    assert feats.shape == (300, 452) and not isinstance(feats, np.memmap)
+    np.testing.assert_array_equal(feats[37:101], expected[37:101])  # a slice across chunks
+    np.testing.assert_array_equal(np.asarray(feats), expected)
+    np.testing.assert_array_equal(labels, y)
+
+
+def test_npy_store_cut_short_is_refused(dataset, tmp_path):
+    res = extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / "cut", fmt="npy")
+    path = Path(res.path, "features.npy")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match="header needs"):
+        load_features(res.path)
+
+
+def test_npy_store_that_does_not_fit_on_the_disk_fails_before_any_work(dataset, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from cvpipe.storage import StorageError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(StorageError, match="do not fit on the disk"):
+        extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / "full", fmt="npy")
+
+
+def test_npy_needs_a_local_folder(dataset, tmp_path):
+    with pytest.raises(ConfigError, match="needs a local folder"):
+        extract(DatasetSource(dataset, "test"), "hog", out=f"memory://{tmp_path.name}/npy", fmt="npy")

@@ -25,7 +25,7 @@ import numpy as np
 #: Rows per block of an in-memory matrix.
 DEFAULT_ROWS = 4096
 #: A matrix of at most this many bytes is read into memory once by iterative solvers.
-SMALL_BYTES = 256 << 20
+SMALL_BYTES = 512 << 20
 
 
 class ChunkRef(Protocol):

@@ -58,6 +58,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import threadpool_limits
 
 from cvpipe.classifiers.chunks import ArrayChunks, Chunks, in_memory, materialize, read_ahead
+from cvpipe.featurestore.dask import add_sums
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Runner:
         total = None
         for X, y in read_ahead(chunks):
             part = fn(X, y, *args)
-            total = part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
+            total = part if total is None else add_sums(total, part)
         if total is None:
             raise ValueError("no rows to sum over")
         return total
@@ -109,7 +110,8 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, shift: np.ndarray, targets: np.nda
     if targets is None:
         return len(U), s1, s2, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0)
     T = targets[y]
-    gram = (U.T @ U).astype(np.float64) if with_gram else np.zeros((0, 0))
+    # float32 from float32 rows (half the memory; the Gram matrix only preconditions and starts)
+    gram = U.T @ U if with_gram else np.zeros((0, 0))
     xty = (U.T @ T.astype(U.dtype)).astype(np.float64) if with_gram else np.zeros((0, 0))
     return len(U), s1, s2, gram, xty, T.sum(0, dtype=np.float64)
 
@@ -267,14 +269,16 @@ class LinearProblem:
         problem.tbar = stats.tsum / max(stats.n, 1)
         if gram:
             # the Gram matrix of the centred, scaled rows, in place
+            # (rank-one corrections row block by row block: a D x D temporary is 1.5 GB at D = 13,500)
             delta = mean - stats.shift
             G = stats.gram
-            G -= np.outer(delta, stats.s1)
-            G -= np.outer(stats.s1, delta)
-            G += stats.n * np.outer(delta, delta)
-            G /= scale[:, None]
-            G /= scale[None, :]
-            G /= max(stats.n, 1)  # per row, so that a refit on more rows can reuse it
+            for a in range(0, d, 1024):
+                rows = slice(a, a + 1024)
+                block = (np.outer(delta[rows], stats.s1) + np.outer(stats.s1[rows], delta)
+                         - stats.n * np.outer(delta[rows], delta))
+                denominator = scale[rows, None] * scale[None, :] * max(stats.n, 1)
+                G[rows] = (G[rows] - block) / denominator
+            # per row (/ n), so that a refit on more rows can reuse it
             B = (stats.xty - np.outer(delta, stats.tsum)) / scale[:, None]  # Xc^T T
             B -= np.outer(stats.s1 - stats.n * delta, problem.tbar) / scale[:, None]
             stats.gram = stats.xty = None
@@ -396,7 +400,8 @@ class _Cholesky:
         C0 = float(f"{C0:.2g}")  # nearby values share a factor: it only preconditions
         if self._factor is None or self._factor[0] != C0:
             self._factor = None  # free the old factor first
-            H = self.gram * (2 * C0 * self.n)
+            H = self.gram.astype(np.float64)  # a float32 Gram matrix, a float64 factor
+            H *= 2 * C0 * self.n
             H[np.diag_indices_from(H)] += 1.0
             self._factor = (C0, linalg.cholesky(H, lower=True, overwrite_a=True, check_finite=False))
         return self._factor[1]

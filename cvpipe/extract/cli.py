@@ -161,8 +161,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="output folder (default <data root>/features/<key>)")
     o.add_argument("--format", choices=FORMATS, default="auto",
-                   help=f"npz, zarr, or auto: npz up to {NPZ_MAX_BYTES >> 20} MiB of features, "
-                   "zarr above (default auto)")
+                   help=f"npz, zarr, npy (uncompressed, memory-mapped, local folders; what training "
+                   f"reads), or auto: npz up to {NPZ_MAX_BYTES >> 20} MiB of features, zarr above "
+                   "(default auto)")
     o.add_argument("--chunk-size", type=int, metavar="ROWS",
                    help=f"rows per chunk, the unit of work and resumption (default {DEFAULT_CHUNK_ROWS})")
     o.add_argument("--force", action="store_true",

@@ -50,7 +50,7 @@ class ExtractPlan:
         Hash of the effective feature parameters and the input's fingerprint.
     n, d, chunk_rows : int
         Rows, feature dimensions, rows per chunk.
-    fmt : {"zarr", "npz"}
+    fmt : {"zarr", "npz", "npy"}
         Final format.
     todo : list of int
         Chunks without a completion marker.

@@ -299,8 +299,24 @@ def _sum_blocks(fn: Callable[..., tuple], refs: list[Any], *args: Any) -> tuple:
     for ref in refs:
         X, y = ref.read()
         part = fn(X, y, *args)
-        total = part if total is None else tuple(a + b for a, b in zip(total, part, strict=True))
+        total = part if total is None else add_sums(total, part)
     return total
+
+
+def add_sums(total: tuple, part: tuple) -> tuple:
+    """``total + part`` element by element, arrays added in place: a D x D Gram matrix summed
+    over blocks then takes two of its size, not three (the sum, the part, the new sum)."""
+    import numpy as np
+
+    out = []
+    for a, b in zip(total, part, strict=True):
+        if (isinstance(a, np.ndarray) and a.flags.writeable and a.shape == np.shape(b)
+                and np.result_type(a, b) == a.dtype):
+            np.add(a, b, out=a)
+            out.append(a)
+        else:
+            out.append(a + b)
+    return tuple(out)
 
 
 class DaskRunner:
@@ -346,5 +362,5 @@ class DaskRunner:
                             f"{exc})") from exc
         total = parts[0]
         for part in parts[1:]:
-            total = tuple(a + b for a, b in zip(total, part, strict=True))
+            total = add_sums(total, part)
         return total

@@ -45,7 +45,7 @@ from cvpipe.features.spec import FeatureComponent
 from cvpipe.featurestore.core import ExtractResult, plan_extraction, reused
 from cvpipe.featurestore.local import run_local
 from cvpipe.featurestore.sources import DatasetSource
-from cvpipe.featurestore.store import FORMAT_VERSION
+from cvpipe.featurestore.store import FORMAT_VERSION, FeatureStore, open_npy
 from cvpipe.storage import canonical_json, holds, json_dumps, replace_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -213,9 +213,22 @@ class StoredRef:
         return X, labels
 
 
-@functools.lru_cache(maxsize=64)
 def _open(url: str) -> Any:
-    """The Zarr group of a finished store (opened once per process)."""
+    """A finished store's ``features`` and ``labels`` arrays, sliceable by rows."""
+    npy = Path(url, "features.npy")
+    if npy.exists():  # a store extracted again (--force) is a new file: opened anew
+        info = npy.stat()
+        return _open_npy(url, info.st_ino, info.st_mtime_ns)
+    return _open_zarr(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _open_npy(url: str, inode: int, mtime_ns: int) -> dict[str, Any]:
+    return open_npy(FeatureStore(url))
+
+
+@functools.lru_cache(maxsize=64)
+def _open_zarr(url: str) -> Any:
     import zarr
 
     return zarr.open_group(url.rstrip("/") + "/features.zarr", mode="r")
@@ -317,10 +330,10 @@ def stored_features(source: Any, spec: FeatureSpec, learned: Learned, settings: 
         rows = chunk_rows_for(d) if rows is None else min(rows, chunk_rows_for(d))
         fitted = est if single.stateful else None
         plan = plan_extraction(source, single, root=settings.root, chunk_rows=chunk_rows_for(d),
-                               fmt="zarr", fitted=fitted)
+                               fmt="npy", fitted=fitted)
         if settings.must_redo(plan.store.url):
             plan = plan_extraction(source, single, root=settings.root, chunk_rows=chunk_rows_for(d),
-                                   fmt="zarr", force=True, fitted=fitted)
+                                   fmt="npy", force=True, fitted=fitted)
         if plan.manifest is not None:
             results.append(reused(plan))
             continue

@@ -60,7 +60,7 @@ def extract(
         Data root (default ``$CVPIPE_DATA_ROOT`` or ``./data``).
     chunk_rows : int, optional
         Rows per chunk (default 4096); an unfinished extraction keeps its own.
-    fmt : {"auto", "npz", "zarr"}
+    fmt : {"auto", "npz", "zarr", "npy"}
         ``auto``: ``.npz`` up to 64 MiB of features, Zarr above.
     force : bool
         Extract again even if a finished or partial result exists.
