@@ -151,7 +151,7 @@ def fit_child(args: argparse.Namespace) -> dict[str, Any]:
     fit_seconds = time.perf_counter() - start
     y, s, _ = score_chunks(None, _Raw(wider, W, b), test)
     del problem, wider
-    return {"n": args.n, "fit_seconds": round(fit_seconds, 1), "statistics_seconds": round(stats_s, 1),
+    return {"n": args.n, "fit_seconds": round(fit_seconds, 3), "statistics_seconds": round(stats_s, 3),
             "C": best_C, "val_accuracy": {str(c): v[0] for c, v in scores.items()},
             "test_accuracy": float((s.argmax(1) == y).mean()), "refit_iterations": nit,
             "rows_fitted": int(args.n + val.n_rows), "peak_rss_bytes": peak_rss()}
