@@ -218,15 +218,10 @@ class FeatureStore:
     def _write_npy_rows(self, name: str, start: int, rows: np.ndarray) -> None:
         """Rows from ``start`` on, written at their offset with ordinary writes (an OSError on a
         full disk, where a memory map would crash the process)."""
-        path = self._p(name)
-        with open(path, "r+b") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, _, dtype = read_header(f)
-            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-            f.seek(f.tell() + start * row_bytes)
-            f.write(np.ascontiguousarray(rows, dtype=dtype).tobytes())
+        target = NpyRows(self._p(name))
+        with open(target.path, "r+b") as f:
+            f.seek(target.offset + start * target.row_items * target.dtype.itemsize)
+            f.write(np.ascontiguousarray(rows, dtype=target.dtype).tobytes())
 
     def write_chunk(self, index: int, start: int, features: np.ndarray, labels: np.ndarray,
                     meta: dict[str, Any]) -> None:
