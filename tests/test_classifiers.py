@@ -12,10 +12,20 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from cvpipe.classifiers.chunks import ArrayChunks
 from cvpipe.classifiers.kernel_svm import RBFSVM
-from cvpipe.classifiers.linear_svm import LinearSVM, objective_value
+from cvpipe.classifiers.linear_svm import (
+    LinearSVM,
+    Outer,
+    _Cholesky,
+    compute_stats,
+    full_gram,
+    objective_value,
+    targets_for,
+)
 from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
+from cvpipe.featurestore.dask import add_sums
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +75,43 @@ def test_linear_svm_gpu_code_path_equals_the_numpy_one_on_the_cpu(blobs, dtype):
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     assert (on_device.predict(X) == host.predict(X)).mean() >= 0.99
     assert LinearSVM(device="cpu").torch_device() is None  # the CPU default stays NumPy
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gram_sum_is_xtx_summed_in_place_over_blocks(dtype):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(700, 1100)).astype(dtype)  # wider than full_gram's 1024-row blocks
+    total = None
+    for a in range(0, 700, 300):
+        part = (Outer(X[a:a + 300]),)
+        total = part if total is None else add_sums(total, part)
+    G = full_gram(total[0])
+    reference = X.astype(np.float64).T @ X.astype(np.float64)
+    assert G.dtype == dtype and np.array_equal(G, G.T)
+    np.testing.assert_allclose(G, reference, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                               atol=1e-2 if dtype == np.float32 else 1e-9)
+    # the statistics pass gives the same Gram matrix around its shift
+    y = rng.integers(0, 3, 700)
+    stats = compute_stats(ArrayChunks(X, y, rows=256), targets_for(3), with_gram=True)
+    U = X.astype(np.float64) - stats.shift
+    np.testing.assert_allclose(stats.gram, U.T @ U, rtol=1e-3, atol=0.5 if dtype == np.float32 else 1e-8)
+
+
+def test_cholesky_preconditioner_factorises_in_place_and_inverts():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(300, 40)).astype(np.float32)
+    gram = (X.T @ X) / 300
+    pre = _Cholesky(gram, 300)
+    U = pre.factor(0.01)
+    H = np.eye(40) + 2 * 0.01 * 300 * gram.astype(np.float64)
+    assert U.flags.f_contiguous and np.allclose(np.tril(U, -1), 0)  # LAPACK's layout, no copy
+    np.testing.assert_allclose(U.T @ U, H, rtol=1e-10)
+    to_w, to_v, grad_v = pre.at(0.01)
+    W = rng.normal(size=(40, 3))
+    np.testing.assert_allclose(to_w(to_v(W)), W, atol=1e-10)
+    np.testing.assert_allclose(pre.solve(0.01, W), np.linalg.solve(H, W), rtol=1e-8)
+    wider = pre.with_rows(330)  # a refit: the selection's factor is freed, the Gram matrix shared
+    assert pre._factor is None and wider.gram is pre.gram
 
 
 def test_classifiers_learn(blobs):

@@ -111,9 +111,45 @@ def chunk_stats(X: np.ndarray, y: np.ndarray, shift: np.ndarray, targets: np.nda
         return len(U), s1, s2, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0)
     T = targets[y]
     # float32 from float32 rows (half the memory; the Gram matrix only preconditions and starts)
-    gram = U.T @ U if with_gram else np.zeros((0, 0))
+    gram = Outer(U) if with_gram else np.zeros((0, 0))
     xty = (U.T @ T.astype(U.dtype)).astype(np.float64) if with_gram else np.zeros((0, 0))
     return len(U), s1, s2, gram, xty, T.sum(0, dtype=np.float64)
+
+
+class Outer:
+    """``U^T U`` of one block of rows, not yet formed: :meth:`add_to` adds it into a running
+    sum in place with BLAS ``syrk`` (the lower triangle only: half the products of ``U.T @ U``
+    and no D x D temporary). :func:`full_gram` completes the sum's upper triangle."""
+
+    def __init__(self, U: np.ndarray):
+        self.U = U
+
+    def add_to(self, total: np.ndarray | None) -> np.ndarray:
+        d = self.U.shape[1]
+        if total is None:
+            total = np.zeros((d, d), self.U.dtype)
+        if isinstance(total, Outer):
+            total = total.add_to(None)
+        syrk = linalg.get_blas_funcs("syrk", (self.U,))
+        # Fortran views: total.T's upper triangle is total's lower one; U.T is (D, n)
+        out = syrk(1.0, self.U.T, beta=1.0, c=total.T, trans=0, lower=0, overwrite_c=1)
+        if not np.shares_memory(out, total):  # a total of another dtype or layout
+            total = total + np.tril(out.T)
+        return total
+
+
+def full_gram(gram: np.ndarray | Outer) -> np.ndarray:
+    """The symmetric matrix of a sum of :class:`Outer` blocks (lower triangle summed),
+    completed in place a block of rows at a time."""
+    if isinstance(gram, Outer):
+        gram = gram.add_to(None)
+    d, rows = len(gram), 1024
+    for a in range(0, d, rows):
+        b = min(a + rows, d)
+        diagonal = gram[a:b, a:b]
+        diagonal[np.triu_indices(b - a, 1)] = diagonal.T[np.triu_indices(b - a, 1)]
+        gram[a:b, b:] = gram[b:, a:b].T
+    return gram
 
 
 def chunk_objective(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
@@ -215,7 +251,8 @@ def compute_stats(chunks: Chunks, targets: np.ndarray | None, *, with_gram: bool
         first, _ = refs[0].read() if refs else (np.zeros((0, chunks.n_features)), None)
         shift = first.mean(0, dtype=np.float64) if len(first) else np.zeros(chunks.n_features)
     n, s1, s2, gram, xty, tsum = runner.map_sum(chunk_stats, chunks, shift, targets, with_gram)
-    return Stats(int(n), shift, s1, s2, gram if with_gram else None, xty if with_gram else None, tsum)
+    gram = full_gram(gram) if with_gram else None
+    return Stats(int(n), shift, s1, s2, gram, xty if with_gram else None, tsum)
 
 
 @dataclass
@@ -397,26 +434,33 @@ class _Cholesky:
         self._factor: tuple[float, np.ndarray] | None = None
 
     def factor(self, C0: float) -> np.ndarray:
+        """``U = L^T``, upper triangular and Fortran-ordered (LAPACK's own layout: no copy)."""
         C0 = float(f"{C0:.2g}")  # nearby values share a factor: it only preconditions
         if self._factor is None or self._factor[0] != C0:
             self._factor = None  # free the old factor first
             H = self.gram.astype(np.float64)  # a float32 Gram matrix, a float64 factor
             H *= 2 * C0 * self.n
             H[np.diag_indices_from(H)] += 1.0
-            self._factor = (C0, linalg.cholesky(H, lower=True, overwrite_a=True, check_finite=False))
+            # H is symmetric, so H.T (a Fortran-ordered view) is H: factorised in place, where
+            # a C-ordered matrix would be copied first (1 GB at D = 11,200)
+            U = linalg.cholesky(H.T, lower=False, overwrite_a=True, check_finite=False)
+            self._factor = (C0, U)
         return self._factor[1]
 
     def at(self, C0: float) -> tuple[Callable, Callable, Callable]:
         """(v -> w, w -> v, gradient in w -> gradient in v) for ``H0`` at ``C0``."""
-        L = self.factor(C0)
-        return (lambda V: linalg.solve_triangular(L, V, trans="T", lower=True, check_finite=False),
-                lambda W: L.T @ W,
-                lambda G: linalg.solve_triangular(L, G, lower=True, check_finite=False))
+        U = self.factor(C0)
+        return (lambda V: linalg.solve_triangular(U, V, lower=False, check_finite=False),
+                lambda W: U @ W,
+                lambda G: linalg.solve_triangular(U, G, trans="T", lower=False, check_finite=False))
 
     def solve(self, C0: float, B: np.ndarray) -> np.ndarray:
-        return linalg.cho_solve((self.factor(C0), True), B, check_finite=False)
+        return linalg.cho_solve((self.factor(C0), False), B, check_finite=False)
 
     def with_rows(self, n: int) -> _Cholesky:
+        """The preconditioner of ``n`` rows from the same Gram matrix; this one's factor is
+        freed (a refit replaces the selection's problem: two factors would double the memory)."""
+        self._factor = None
         return _Cholesky(self.gram, n)
 
 

@@ -310,7 +310,12 @@ def add_sums(total: tuple, part: tuple) -> tuple:
 
     out = []
     for a, b in zip(total, part, strict=True):
-        if (isinstance(a, np.ndarray) and a.flags.writeable and a.shape == np.shape(b)
+        # a lazy sum (e.g. a block's Gram matrix, added by BLAS in place): ``add_to(total)``
+        if hasattr(a, "add_to"):
+            a = a.add_to(None)
+        if hasattr(b, "add_to"):
+            out.append(b.add_to(a))
+        elif (isinstance(a, np.ndarray) and a.flags.writeable and a.shape == np.shape(b)
                 and np.result_type(a, b) == a.dtype):
             np.add(a, b, out=a)
             out.append(a)
