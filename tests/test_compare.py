@@ -20,7 +20,7 @@ pipelines = ["color-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"]
 [profiles.tiny]
 limit_per_class = 16
 model_prefix = "tiny-"
-options = { cnn = { epochs = 2, width = 8, batch_size = 32, eval_batch_size = 64 } }
+options = { cnn = { epochs = 2, width = 8, batch_size = 32, eval_batch_size = 64, train_score_images = 50 } }
 """
 
 
@@ -61,7 +61,12 @@ def test_compare_trains_every_pipeline_and_writes_the_report(run):
     assert all("p_value" in s for s in results["ladder"][1:])
     assert set(results["pareto"]) == {"train_seconds", "latency_ms_per_image_batch"}
     assert results["pareto"]["train_seconds"] and "McNemar" in s["text"]
+    # the CNN's train accuracy comes from a stratified sample of its train split, and says so
+    d = results["dataset"]
+    assert rows["cnn"]["train_accuracy_images"] == 50
+    assert rows["hog+color-mlp"]["train_accuracy_images"] == d["train"] + d["val"]
     md = (out / "report.md").read_text()
+    assert md.count("(50 sampled)") == 1
     assert "| hog+color-mlp |" in md and "![" in md and "## The ladder" in md
     assert all((out / f).exists() for f in ("report.html", "fig00-accuracy.png"))
 

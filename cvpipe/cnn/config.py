@@ -124,6 +124,11 @@ class CNNConfig:
     compile : bool
         ``torch.compile`` the training step's model (GPU; slow to start).
     eval_batch_size : int
+    train_score_images : int, optional
+        After training, the train split's accuracy is scored on a seeded, class-stratified
+        sample of this many images (None: every image); validation and test are scored whole.
+        With flip-and-translate TTA, scoring all 45,000 CIFAR-10 train images takes 90 s on a
+        2-core CPU; 10,000 give the train accuracy within about +-0.3 points (95%).
     resume : bool
         Continue from the last checkpoint of the same model and settings if one exists.
     """
@@ -158,6 +163,7 @@ class CNNConfig:
     channels_last: bool | None = None
     compile: bool = False
     eval_batch_size: int = 1024
+    train_score_images: int | None = 10_000
     resume: bool = False
     lookahead: bool = False
     bias_lr_scale: float = 1.0
@@ -188,6 +194,8 @@ class CNNConfig:
         check(len(self.blocks) == 4 and all(b >= 0 for b in self.blocks),
               "blocks needs 4 non-negative counts (stem and 3 stages)")
         check(self.eval_batch_size >= 1, "eval_batch_size must be positive")
+        check(self.train_score_images is None or self.train_score_images >= 1,
+              "train_score_images must be positive (or absent: every train image)")
         check(self.arch in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}")
         check(self.tta in (0, 1, 2), "tta must be 0 (off), 1 (mirror) or 2 (mirror and translate)")
         check(self.bias_lr_scale > 0, "bias_lr_scale must be positive")

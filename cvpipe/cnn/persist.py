@@ -76,8 +76,9 @@ class CNNPredictor:
 
     def logits(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, n_classes) logits."""
+        # channels-last (NHWC) inputs, as training feeds them: twice the images per second on a CPU
         z = logits(self.model, self._check(images), self.mean, self.std, batch_size=self.batch_size,
-                   tta=self.tta)
+                   tta=self.tta, channels_last=True)
         return z.cpu().numpy()
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, str]:

@@ -42,6 +42,7 @@ from cvpipe.cnn.config import CNNConfig
 from cvpipe.cnn.data import alternating_flip, augment, channel_stats, normalise, to_device
 from cvpipe.cnn.infer import autocast, logits, loss_and_accuracy
 from cvpipe.cnn.net import AirbenchNet, build_net
+from cvpipe.data.splits import stratified_split
 from cvpipe.device import resolve_device
 from cvpipe.errors import CvpipeError
 
@@ -451,6 +452,18 @@ def score(result: TrainResult, images: np.ndarray, labels: np.ndarray) -> dict[s
     return {"accuracy": accuracy, "loss": loss, "n": len(labels)}
 
 
+def _sample(split: tuple[np.ndarray, np.ndarray], size: int | None, seed: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded, class-stratified sample of ``size`` images of a split (all of them when
+    ``size`` is None or not smaller)."""
+    images, labels = split
+    labels = np.asarray(labels)
+    if size is None or size >= len(labels):
+        return images, labels
+    _, keep = stratified_split(labels, size / len(labels), seed)
+    return np.asarray(images[keep]), labels[keep]
+
+
 def fit_cnn(dataset: Any, config: CNNConfig | None = None, *, checkpoint_dir: str | Path | None = None,
             progress: bool = True) -> tuple[TrainResult, dict[str, Any]]:
     """Train on ``dataset``'s "train" split, select on "val", score train/val/test.
@@ -477,7 +490,8 @@ def fit_cnn(dataset: Any, config: CNNConfig | None = None, *, checkpoint_dir: st
     result = train_cnn(train, val, config, n_classes=len(classes), checkpoint_dir=checkpoint_dir,
                        progress=progress)
     started = time.perf_counter()
-    metrics = {"train": score(result, *train), "val": score(result, *val)}
+    metrics = {"train": score(result, *_sample(train, result.config.train_score_images, result.config.seed)),
+               "val": score(result, *val)}
     metrics["test"] = score(result, *dataset.split("test"))
     eval_seconds = time.perf_counter() - started
     log.info("cnn: train %.4f, val %.4f, test %.4f accuracy (trained %.0f s)",

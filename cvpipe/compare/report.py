@@ -49,8 +49,17 @@ def _fmt(key: str, fmt: str, value: Any) -> str:
     return fmt.format(value)
 
 
-def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-    return [[_fmt(k, f, r.get(k)) for k, _, f in COLUMNS] for r in rows]
+def table_rows(rows: list[dict[str, Any]], train_sizes: set[int] = frozenset()) -> list[list[str]]:
+    """The table's cells; a train accuracy scored on fewer images than a whole train split
+    (``train_sizes``: train alone, train + validation) -- the CNN's sample -- says on how many."""
+    out = []
+    for r in rows:
+        cells = [_fmt(k, f, r.get(k)) for k, _, f in COLUMNS]
+        n = r.get("train_accuracy_images")
+        if n and train_sizes and n not in train_sizes and r.get("train_accuracy") is not None:
+            cells[[k for k, _, _ in COLUMNS].index("train_accuracy")] += f" ({n:,} sampled)"
+        out.append(cells)
+    return out
 
 
 def feature_sets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -92,6 +101,11 @@ def _figures(results: dict[str, Any]) -> list[tuple[str, str, bytes]]:
     return figs
 
 
+def _train_sizes(dataset: dict[str, Any]) -> set[int]:
+    train, val = dataset.get("train"), dataset.get("val")
+    return {n for n in (train, (train or 0) + (val or 0)) if n}
+
+
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     """Write the run's files into ``out_dir`` (replaced whole); returns the path of ``report.html``."""
     out_dir = Path(out_dir)
@@ -107,7 +121,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
                            "data_uri": "data:image/png;base64," + base64.b64encode(data).decode()})
         (tmp / "results.json").write_text(json_dumps(public))
         context = {"r": public, "headers": [h for _, h, _ in COLUMNS],
-                   "rows": table_rows(public["pipelines"]), "images": images,
+                   "rows": table_rows(public["pipelines"], _train_sizes(public["dataset"])),
+                   "images": images,
                    "classes": public["dataset"]["classes"],
                    "feature_sets": feature_sets(public["pipelines"])}
         env = Environment(loader=PackageLoader("cvpipe.compare", "templates"), trim_blocks=True,

@@ -225,6 +225,8 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
             "feature_set": _feature_set(meta, ds),
             "feature_dim": meta.get("feature_dim"),
             "train_accuracy": m["train"]["accuracy"],
+            # images the train accuracy was scored on: the CNN's is a sample (CNNConfig.train_score_images)
+            "train_accuracy_images": m["train"].get("n"),
             "val_accuracy": m["val"]["accuracy"],
             "test_accuracy": measured["test_metrics"]["accuracy"],
             "stored_test_accuracy": m["test"]["accuracy"],
