@@ -20,8 +20,8 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import math
 import os
-import pickle
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from cvpipe.data import cifar_pickle
 from cvpipe.data.splits import stratified_split
 from cvpipe.errors import DataError
 from cvpipe.images import FIT_POLICIES, GRAY_MODES, ImageError, decode, is_image_name
@@ -49,6 +50,8 @@ SPLITS: tuple[str, ...] = ("train", "test")
 #: is refused from its headers before it fills the memory.
 MAX_MEMBER_BYTES = 256 << 20
 MAX_ARCHIVE_BYTES = 8 << 30
+#: Most values an IDX file may declare (MNIST's train images hold 47 million).
+MAX_IDX_VALUES = 256 << 20
 _OFFICIAL_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
 
@@ -74,70 +77,20 @@ class DecodedDataset:
 # --------------------------------------------------------------------------- official release
 
 
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickler that builds only plain containers and numpy arrays.
-
-    The official release is a set of Python-2 pickles; a normal ``pickle.load`` would run
-    whatever a tampered file asks for, so every global outside this list is refused.
-    """
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
-        if module.startswith("numpy"):
-            import numpy._core.multiarray as multiarray
-
-            return {"_reconstruct": multiarray._reconstruct, "ndarray": np.ndarray,
-                    "dtype": np.dtype}[name]
-        import _codecs
-
-        return _codecs.encode
-
-
-def _load_batch(data: bytes, name: str) -> dict[str, object]:
-    try:
-        raw = _BatchUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except Exception as exc:  # any failure here means a corrupt or foreign file
-        raise DataError(f"{name}: not a readable CIFAR-10 batch ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise DataError(f"{name}: not a readable CIFAR-10 batch (top level is not a dict)")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in raw.items()}
-
-
 def _batches_to_arrays(files: dict[str, bytes]) -> DecodedDataset:
     missing = [n for names in _OFFICIAL_BATCHES.values() for n in names if n not in files]
     if missing:
         raise DataError(f"official CIFAR-10 release is missing {', '.join(missing)}")
     classes = CIFAR10_CLASSES
     if "batches.meta" in files:
-        meta = _load_batch(files["batches.meta"], "batches.meta")
-        names = meta.get("label_names")
-        if names:
-            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+        classes = cifar_pickle.class_names(cifar_pickle.load_batch(files["batches.meta"], "batches.meta"),
+                                           "label_names", "batches.meta")
     images, labels = {}, {}
     for split, names in _OFFICIAL_BATCHES.items():
-        xs, ys = [], []
-        for name in names:
-            batch = _load_batch(files[name], name)
-            data = np.asarray(batch.get("data"))
-            y = np.asarray(batch.get("labels"), dtype=np.int64)
-            if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-                raise DataError(f"{name}: expected uint8 rows of 3072 values, got {data.shape}")
-            if len(y) != len(data) or (len(y) and (y.min() < 0 or y.max() >= len(classes))):
-                raise DataError(f"{name}: labels do not match the images or the class list")
-            # Rows hold three 32x32 planes (R, G, B); convert to channels-last.
-            xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-            ys.append(y)
-        images[split] = np.ascontiguousarray(np.concatenate(xs))
-        labels[split] = np.concatenate(ys)
+        parts = [cifar_pickle.batch_arrays(cifar_pickle.load_batch(files[name], name), name, "labels",
+                                           len(classes)) for name in names]
+        images[split] = np.concatenate([x for x, _ in parts])
+        labels[split] = np.concatenate([y for _, y in parts])
     return DecodedDataset(images, labels, classes)
 
 
@@ -145,38 +98,38 @@ def _cifar100_to_arrays(files: dict[str, bytes], labels: str) -> DecodedDataset:
     missing = [n for n in ("train", "test", "meta") if n not in files]
     if missing:
         raise DataError(f"official CIFAR-100 release is missing {', '.join(missing)}")
-    meta = _load_batch(files["meta"], "meta")
-    names = meta.get(f"{labels}_label_names")
-    if not names:
-        raise DataError(f"meta: no {labels}_label_names")
-    classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    classes = cifar_pickle.class_names(cifar_pickle.load_batch(files["meta"], "meta"),
+                                       f"{labels}_label_names", "meta")
     images, out_labels = {}, {}
     for split in SPLITS:
-        batch = _load_batch(files[split], split)
-        data = np.asarray(batch.get("data"))
-        y = np.asarray(batch.get(f"{labels}_labels"), dtype=np.int64)
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-            raise DataError(f"{split}: expected uint8 rows of 3072 values, got {data.shape}")
-        if len(y) != len(data) or (len(y) and (y.min() < 0 or y.max() >= len(classes))):
-            raise DataError(f"{split}: labels do not match the images or the class list")
-        images[split] = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        out_labels[split] = y
+        images[split], out_labels[split] = cifar_pickle.batch_arrays(
+            cifar_pickle.load_batch(files[split], split), split, f"{labels}_labels", len(classes))
     return DecodedDataset(images, out_labels, classes, {"labels": labels})
 
 
 def _parse_idx(data: bytes, name: str, ndim: int) -> np.ndarray:
-    """An IDX array of unsigned bytes (magic ``0x0000 08 <ndim>``), big-endian sizes."""
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"{name}: not a readable gzip file ({exc})") from exc
-    if len(data) < 4 + 4 * ndim or data[:3] != b"\x00\x00\x08" or data[3] != ndim:
-        raise DataError(f"{name}: not an IDX file of unsigned bytes with {ndim} dimension(s)")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    body = data[4 + 4 * ndim:]
-    if len(body) != int(np.prod(shape)):
-        raise DataError(f"{name}: holds {len(body)} values, its header declares {shape}")
+    """An IDX array of unsigned bytes (magic ``0x0000 08 <ndim>``), big-endian sizes.
+
+    A gzipped file is decompressed as a stream: the header first, then exactly the values it
+    declares (at most :data:`MAX_IDX_VALUES`) -- a small file that inflates to far more than
+    its header says is refused after one value too many, not after inflating all of it.
+    """
+    stream = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == b"\x1f\x8b" else io.BytesIO(data)
+    try:
+        header = stream.read(4 + 4 * ndim)
+        if len(header) < 4 + 4 * ndim or header[:3] != b"\x00\x00\x08" or header[3] != ndim:
+            raise DataError(f"{name}: not an IDX file of unsigned bytes with {ndim} dimension(s)")
+        shape = tuple(int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        size = math.prod(shape)
+        if size > MAX_IDX_VALUES:
+            raise DataError(f"{name}: its header declares {shape}, {size:,} values (at most "
+                            f"{MAX_IDX_VALUES:,})")
+        body = stream.read(size + 1)  # one more: is there more than declared?
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{name}: not a readable gzip file ({exc})") from exc
+    if len(body) != size:
+        held = "more than" if len(body) > size else f"only {len(body):,} of"
+        raise DataError(f"{name}: holds {held} the {size:,} values its header declares {shape}")
     return np.frombuffer(body, np.uint8).reshape(shape)
 
 
