@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 
 from cvpipe.cli import main
-from cvpipe.data import catalog, load_cifar10, stratified_split
+from cvpipe.data import catalog, load_cifar10, load_dataset, stratified_split
 from cvpipe.data import dataset as dataset_mod
+from cvpipe.data.download import download, download_key
 from cvpipe.errors import ChecksumError, DataError
 from tests import synthetic
 
@@ -289,9 +290,46 @@ def test_download_verifies_md5_and_renames_into_place(tmp_path, http_server):
     root = tmp_path / "root"
     ds = load_cifar10(f"{base}/cifar-10-python.tar.gz", root, checksum=f"md5:{md5}")
     np.testing.assert_array_equal(ds.images("train"), arrays["train"][0])
-    downloaded = root / "downloads" / "cifar-10-python.tar.gz"
+    url = f"{base}/cifar-10-python.tar.gz"
+    downloaded = root / "downloads" / download_key(url) / "cifar-10-python.tar.gz"
     assert downloaded.read_bytes() == path.read_bytes()
-    assert not list((root / "downloads").glob("*.part"))
+    assert not list((root / "downloads").rglob("*.part"))
+
+
+def test_two_urls_ending_in_one_file_name_are_two_datasets(tmp_path, http_server):
+    served, base = http_server
+    for version, classes in (("v1", ("cat", "dog")), ("v2", ("car", "plane", "ship"))):
+        synthetic.write_image_folder(tmp_path / version, n_train=3, n_test=2, classes=classes)
+        (served / version).mkdir()
+        synthetic.tar_folder(tmp_path / version, served / version / "images.tar")
+    root = tmp_path / "root"
+    first = load_dataset(f"{base}/v1/images.tar", root)
+    second = load_dataset(f"{base}/v2/images.tar", root)
+    assert first.classes == ("cat", "dog") and second.classes == ("car", "plane", "ship")
+    # credentials and fragments are not part of the key; the query is
+    assert download_key("http://u:secret@Example.org/a.tar#x") == download_key("http://example.org/a.tar")
+    assert download_key("http://example.org/a.tar?v=2") != download_key("http://example.org/a.tar")
+
+
+def test_concurrent_downloads_of_one_file_both_succeed(tmp_path, http_server):
+    served, base = http_server
+    path, md5, _ = synthetic.write_official_archive(served / "cifar-10-python.tar.gz", n_per_class=40)
+    dest = tmp_path / "downloads" / "cifar-10-python.tar.gz"
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            download(f"{base}/cifar-10-python.tar.gz", dest, md5=md5)
+        except BaseException as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and dest.read_bytes() == path.read_bytes()
+    assert [p.name for p in dest.parent.iterdir()] == [dest.name]  # no temporary file left
 
 
 def test_download_with_bad_checksum_leaves_nothing(tmp_path, http_server):
@@ -300,7 +338,7 @@ def test_download_with_bad_checksum_leaves_nothing(tmp_path, http_server):
     root = tmp_path / "root"
     with pytest.raises(ChecksumError, match="differs from the published"):
         load_cifar10(f"{base}/cifar-10-python.tar.gz", root, checksum="md5:" + "0" * 32)
-    assert not list((root / "downloads").iterdir())
+    assert not [p for p in (root / "downloads").rglob("*") if p.is_file()]
     assert _no_cache_left(root)
 
 

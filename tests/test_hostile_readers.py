@@ -207,3 +207,51 @@ def test_idx_gzip_bomb_is_refused_from_its_header(tmp_path):
     huge = b"\x00\x00\x08\x03" + (2 ** 31).to_bytes(4, "big") + (2 ** 16).to_bytes(4, "big") * 2
     with pytest.raises(DataError, match="at most"):
         _parse_idx(gzip.compress(huge), "x.gz", 3)
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+def test_an_image_gone_between_listing_and_decoding_is_an_error_not_a_blank(tmp_path, monkeypatch):
+    from cvpipe.data import readers
+
+    synthetic.write_image_folder(tmp_path / "src", n_train=3, n_test=2)
+    listed = readers._ImageSource.entries
+
+    def list_then_lose_one(self):
+        entries = listed(self)
+        Path(entries[4].name).unlink()  # deleted after the listing pass, before decoding
+        return entries
+
+    monkeypatch.setattr(readers._ImageSource, "entries", list_then_lose_one)
+    with pytest.raises(DataError, match="gone"):
+        readers.read_image_folder(tmp_path / "src")
+
+
+def test_a_link_out_of_the_dataset_folder_is_not_followed(tmp_path):
+    from cvpipe.data import readers
+
+    synthetic.write_image_folder(tmp_path / "src", n_train=3, n_test=2)
+    secret = tmp_path / "elsewhere" / "secret.png"
+    secret.parent.mkdir()
+    victim = next((tmp_path / "src" / "train").rglob("*.png"))
+    secret.write_bytes(victim.read_bytes())
+    victim.unlink()
+    victim.symlink_to(secret)
+    with pytest.raises(DataError, match="outside the dataset's folder"):
+        readers.read_image_folder(tmp_path / "src")
+    # a whole class folder linked from elsewhere is not walked into
+    victim.unlink()
+    victim.write_bytes(secret.read_bytes())
+    (tmp_path / "src" / "test" / "linked").symlink_to(secret.parent, target_is_directory=True)
+    assert "linked" not in readers.read_image_folder(tmp_path / "src").classes
+
+
+def test_class_folder_names_that_look_like_digits(tmp_path):
+    from cvpipe.data import readers
+
+    synthetic.write_image_folder(tmp_path / "src", n_train=3, n_test=2, classes=("²", "1"))
+    ds = readers.read_image_folder(tmp_path / "src")
+    assert ds.classes == ("1", "²")
+    synthetic.write_image_folder(tmp_path / "num", n_train=3, n_test=2, classes=("10", "9"))
+    assert readers.read_image_folder(tmp_path / "num").classes == ("9", "10")

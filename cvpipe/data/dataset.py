@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +37,7 @@ from cvpipe.config import ENV_CIFAR10_CHECKSUM, data_root
 from cvpipe.data import readers
 from cvpipe.data.catalog import CatalogEntry, identify_idx, is_catalogued, lookup
 from cvpipe.data.checksums import file_digests, memo_digests, parse_expected, verify
-from cvpipe.data.download import download, public_location
+from cvpipe.data.download import download, download_key, public_location
 from cvpipe.data.splits import stratified_split
 from cvpipe.errors import ChecksumError, DataError
 from cvpipe.images import FIT_POLICIES, resize
@@ -221,7 +222,9 @@ def resolve_source(dataset: str | os.PathLike[str] | None, root: Path,
     if not location:
         path = _fetch(entry, root)
     elif location.startswith(("http://", "https://", "file://")):
-        path = root / "downloads" / (Path(location.split("?", 1)[0]).name or "download")
+        # keyed by the whole URL: v1/images.tar and v2/images.tar are two datasets
+        path = root / "downloads" / download_key(location) / (
+            Path(urllib.parse.urlsplit(location).path).name or "download")
         if not path.exists():
             official = {f.url: f.md5 for e in ([entry] if entry else []) for f in e.files}
             want_md5 = expected[1] if expected and expected[0] == "md5" else None

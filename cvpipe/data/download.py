@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -29,15 +30,30 @@ def public_location(location: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def download_key(url: str) -> str:
+    """A folder name for what ``url`` downloads: a hash of the whole URL without its user,
+    password and fragment (two URLs that end in the same file name are two downloads)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    bare = urllib.parse.urlunsplit((parts.scheme.lower(), host.lower(), parts.path, parts.query, ""))
+    return "url-" + hashlib.sha256(bare.encode()).hexdigest()[:16]
+
+
 def download(url: str, dest: Path, md5: str | None = None, timeout: float = 60.0,
              local_hint: str = "CVPIPE_CIFAR10_SOURCE (or --source)") -> Path:
     """Fetch ``url`` to ``dest``; with ``md5`` given, refuse a file whose MD5 differs.
 
-    The bytes land in ``dest.part`` and are renamed to ``dest`` only once complete and
-    verified, so an interrupted or corrupt download never looks like a finished one.
+    The bytes land in a temporary file of this download's own (``.<dest>.<random>.part``: two
+    processes fetching the same file do not share one) and are renamed to ``dest`` only once
+    complete and verified, so an interrupted or corrupt download never looks like a finished
+    one; of two concurrent downloads, the last to finish replaces the other's equal file.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    part = Path(name)
     digest = hashlib.md5()
     shown = public_location(url)
     log.info("downloading %s -> %s", shown, dest)

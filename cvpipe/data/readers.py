@@ -17,6 +17,7 @@ grayscale image folders are kept).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import logging
@@ -156,10 +157,10 @@ def _official_files(path: Path, accept: Callable[[str], str | None]) -> dict[str
     not wanted), from a folder (searched recursively) or a tar archive (never extracted)."""
     files: dict[str, bytes] = {}
     if path.is_dir():
-        for p in sorted(path.rglob("*")):
-            key = accept(p.name) if p.is_file() else None
+        for p in _files_under(path):
+            key = accept(p.name)
             if key is not None and key not in files:
-                files[key] = p.read_bytes()
+                files[key] = _read_file(p)
         return files
     budget = _Budget(path)
     with _open_tar(path) as tar:
@@ -221,7 +222,7 @@ def _class_order(found: set[str]) -> tuple[str, ...]:
     sorted names."""
     if found == set(CIFAR10_CLASSES):
         return CIFAR10_CLASSES
-    if all(c.isdigit() for c in found):
+    if all(c.isascii() and c.isdecimal() for c in found):  # "²" is a digit, but not a number
         return tuple(sorted(found, key=int))
     return tuple(sorted(found))
 
@@ -259,9 +260,9 @@ class _ImageSource:
     def _files(self) -> Iterator[tuple[tuple[str, ...], str, Callable[[], bytes]]]:
         """(path parts, shown name, reader) of every visible image file, in a stable order."""
         if self.is_dir:
-            for f in sorted(self.root.rglob("*")):
-                if f.is_file() and is_image_name(f.name):
-                    yield f.relative_to(self.root).parts, str(f), f.read_bytes
+            for f in _files_under(self.root):
+                if is_image_name(f.name):
+                    yield f.relative_to(self.root).parts, str(f), functools.partial(_read_file, f)
             return
         budget = _Budget(self.path)
         with _open_tar(self.path) as tar:
@@ -305,10 +306,41 @@ class _ImageSource:
         return found
 
     def read_in_order(self, names: dict[str, int]) -> Iterator[tuple[int, str, bytes]]:
-        """(index, name, bytes) of the files in ``names`` (shown name -> index)."""
+        """(index, name, bytes) of the files in ``names`` (shown name -> index), each once;
+        one listed but gone by now is an error (it would stay a blank image with a label)."""
+        seen: set[str] = set()
         for _parts, name, read in self._files():
-            if name in names:
+            if name in names and name not in seen:
+                seen.add(name)
                 yield names[name], name, read()
+        if len(seen) != len(names):
+            gone = sorted(set(names) - seen)
+            raise DataError(f"{len(gone)} image(s) listed a moment ago are gone, e.g. {gone[0]}; "
+                            "was the dataset changed while it was read?")
+
+
+def _files_under(root: Path) -> Iterator[Path]:
+    """The files of a folder tree, in a stable order; one that is (or lies under) a link to
+    somewhere outside the tree is an error, not read."""
+    inside = root.resolve()
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            if not f.resolve().is_relative_to(inside):
+                raise DataError(f"{f}: a link to {f.resolve()}, outside the dataset's folder {root}; "
+                                "copy the file in instead")
+            yield f
+
+
+def _read_file(path: Path) -> bytes:
+    """A file's bytes, at most :data:`MAX_MEMBER_BYTES` (as an archive's member)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MEMBER_BYTES + 1)
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    if len(data) > MAX_MEMBER_BYTES:
+        raise DataError(f"{path}: over the limit of {MAX_MEMBER_BYTES:,} bytes for one file")
+    return data
 
 
 def find_image_root(path: Path) -> Path:
