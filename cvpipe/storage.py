@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import glob
 import hashlib
 import json
 import os
@@ -115,6 +114,10 @@ def _temp_name(path: Path, kind: str) -> Path:
     return path.with_name(f".{kind}-{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+#: What :func:`_temp_name` makes: ``.<kind>-<name>-<pid>-<8 hex digits>``.
+_LEFTOVER = re.compile(r"\.(?:tmp|old)-(.+)-\d+-[0-9a-f]{8}")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -146,11 +149,12 @@ def recover(target: str | os.PathLike[str]) -> None:
     if not parent.is_dir():
         return
     leftovers = []
-    for kind in ("tmp", "old"):
-        for p in parent.glob(f".{kind}-{glob.escape(target.name)}-*"):
-            pid = p.name[len(f".{kind}-{target.name}-"):].split("-", 1)[0]
-            if pid.isdigit() and not _pid_alive(int(pid)) or not pid.isdigit():
-                leftovers.append((kind, p))
+    # exactly this name: ".tmp-hog-svm-<pid>-<hex>" belongs to "hog-svm", not to "hog"
+    mine = re.compile(rf"\.(tmp|old)-{re.escape(target.name)}-(\d+)-[0-9a-f]{{8}}")
+    for p in parent.iterdir():
+        match = mine.fullmatch(p.name)
+        if match and not _pid_alive(int(match[2])):
+            leftovers.append((match[1], p))
     olds = sorted((p for kind, p in leftovers if kind == "old"), key=lambda p: p.stat().st_mtime)
     if not target.exists() and olds:
         os.replace(olds.pop(), target)  # the most recent complete version
@@ -166,10 +170,9 @@ def recover_all(parent: str | os.PathLike[str]) -> None:
     if not parent.is_dir():
         return
     for p in parent.glob(".[to][ml][pd]-*"):
-        kind, _, rest = p.name[1:].partition("-")
-        parts = rest.rsplit("-", 2)
-        if kind in ("tmp", "old") and len(parts) == 3 and parts[0]:
-            recover(parent / parts[0])
+        match = _LEFTOVER.fullmatch(p.name)
+        if match:
+            recover(parent / match[1])
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Path], None]) -> Path:

@@ -139,6 +139,30 @@ def test_an_interrupted_replacement_is_repaired_by_the_next_write(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
 
 
+def test_recovery_touches_only_its_own_names(tmp_path):
+    import os
+
+    from cvpipe.storage import recover, recover_all
+
+    models = tmp_path / "models"
+    (models / "hog").mkdir(parents=True)
+    (models / "hog" / "model.json").write_text("hog")
+    # another model's work: a live process's temporary folder, a dead one's moved-aside version
+    live = models / f".tmp-hog-svm-{os.getpid()}-0123abcd"
+    dead_other = models / ".old-hog-svm-999999999-deadbeef"
+    for folder in (live, dead_other):
+        folder.mkdir()
+        (folder / "model.json").write_text(folder.name)
+    (models / "hog").rename(models / ".old-hog-999999999-feedf00d")  # hog itself interrupted
+    recover(models / "hog")
+    assert (models / "hog" / "model.json").read_text() == "hog"  # its own old version, back
+    assert live.is_dir() and dead_other.is_dir()  # not "hog"'s: untouched
+    recover_all(models)  # hog-svm's own recovery: restores its dead process's version
+    assert (models / "hog-svm" / "model.json").read_text() == dead_other.name
+    assert live.is_dir()  # a live process's work is never removed
+    assert (models / "hog" / "model.json").read_text() == "hog"
+
+
 # ------------------------------------------------------------------ a full disk on every write path
 
 def test_disk_full_while_writing_a_model_keeps_the_previous_one(tiny, tmp_path, monkeypatch, capsys):
