@@ -66,6 +66,50 @@ def test_compare_run_names_are_checked_before_any_work(tiny, tmp_path, capsys):
     assert (victim / "thesis.tex").exists() and not (tmp_path / "models").exists()
 
 
+@pytest.mark.parametrize("folder", ["données", "_tiny", "+tiny"])
+def test_compare_on_any_folder_name_writes_its_models_and_report(tiny, tmp_path, folder):
+    import shutil
+
+    src = tmp_path / folder
+    shutil.copytree(tiny, src)
+    config = tmp_path / "compare.toml"
+    config.write_text('[compare]\npipelines = ["color-linear-svm"]\n[profiles.tiny]\nlimit_per_class = 6\n')
+    code = main(["compare", "--profile", "tiny", "--config", str(config), "--dataset", str(src),
+                 "--data-root", str(tmp_path / "data"), "--models-dir", str(tmp_path / "models"),
+                 "--reports-dir", str(tmp_path / "reports")])
+    assert code == 0
+    (model,) = [p for p in (tmp_path / "models").iterdir() if not p.name.startswith(".")]
+    assert model.name.endswith("-color-linear-svm") and model.name[0].isalnum() and model.name.isascii()
+    (report,) = (tmp_path / "reports").iterdir()
+    assert (report / "results.json").is_file() and (report / "report.html").is_file()
+
+
+def test_a_class_named_like_tex_is_drawn_as_plain_text(tmp_path):
+    classes = ("$\\evil$", "cat", "dog")
+    synthetic.write_image_folder(tmp_path / "src", n_train=6, n_test=3, classes=classes)
+    config = tmp_path / "compare.toml"
+    config.write_text('[compare]\npipelines = ["color-linear-svm"]\n[profiles.tiny]\nlimit_per_class = 6\n')
+    code = main(["compare", "--profile", "tiny", "--config", str(config), "--dataset", str(tmp_path / "src"),
+                 "--data-root", str(tmp_path / "data"), "--models-dir", str(tmp_path / "models"),
+                 "--reports-dir", str(tmp_path / "reports")])
+    assert code == 0
+    (report,) = (tmp_path / "reports").iterdir()
+    results = json.loads((report / "results.json").read_text())
+    assert classes[0] in results["dataset"]["classes"]
+    assert "Not drawn" not in (report / "report.md").read_text()  # every figure drawn, as text
+
+
+def test_a_figure_that_fails_costs_only_that_figure(monkeypatch, tmp_path):
+    from cvpipe.compare import plots, report
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("no ink")
+
+    monkeypatch.setattr(plots, "per_class_chart", broken)
+    drawn, failed = report._draw([("a", "fine", lambda: b"png"), ("b", "Per-class", broken)])
+    assert drawn == [("a", "fine", b"png")] and failed == ["Per-class: RuntimeError: no ink"]
+
+
 def test_a_folder_cvpipe_did_not_write_is_never_replaced(tiny, tmp_path):
     models = tmp_path / "models"
     (models / "m").mkdir(parents=True)

@@ -70,7 +70,7 @@ def _compare(args: argparse.Namespace) -> int:
                                  retrain=args.retrain, pipelines=pipelines, seeds=args.seeds,
                                  seed_pipelines=seed_pipelines, client=client,
                                  progress=not args.quiet, **data)
-    run = args.run or f"{results['dataset']['name']}-{profile.name}"
+    run = args.run or results["run"]["name"]
     out = Path(args.reports_dir) / safe_name(run, "--run")
     html = write_report(results, out)
     print(_table(results))

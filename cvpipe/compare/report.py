@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import base64
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from cvpipe.compare import plots
 from cvpipe.storage import holds, json_dumps, replace_dir, safe_name, to_jsonable
+
+log = logging.getLogger(__name__)
 
 COLUMNS = [  # (key, header, format)
     ("pipeline", "pipeline", "{}"),
@@ -72,33 +77,59 @@ def feature_sets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(sets.values())
 
 
-def _figures(results: dict[str, Any]) -> list[tuple[str, str, bytes]]:
-    """(section, caption, png) for every figure of the report."""
+def _figures(results: dict[str, Any]) -> list[tuple[str, str, Callable[[], bytes | None]]]:
+    """(section, caption, drawing) for every figure of the report; a drawing returns PNG bytes
+    (or None: nothing to draw)."""
     rows = results["pipelines"]
     classes = results["dataset"]["classes"]
     arrays = results["_arrays"]
     y_test = arrays["y_test"]
-    figs = [("accuracy", "Test accuracy per pipeline, train accuracy beside it",
-             plots.accuracy_bars(rows)),
-            ("costs", "Test accuracy against training time and prediction time per image; the "
-             "dashed line is the Pareto front", plots.cost_accuracy(rows, results.get("pareto", {}))),
-            ("per-class", "Per-class test accuracy", plots.per_class_chart(rows, classes))]
+    figs: list[tuple[str, str, Callable[[], bytes | None]]] = [
+        ("accuracy", "Test accuracy per pipeline, train accuracy beside it",
+         lambda: plots.accuracy_bars(rows)),
+        ("costs", "Test accuracy against training time and prediction time per image; the "
+         "dashed line is the Pareto front", lambda: plots.cost_accuracy(rows, results.get("pareto", {}))),
+        ("per-class", "Per-class test accuracy", lambda: plots.per_class_chart(rows, classes))]
     best = results["summary"].get("best_classic")
     focus = [r for r in rows if r["pipeline"] == best or r["family"] == "cnn"]
     for r in focus:
         figs.append(("confusion", f"Confusion matrix: {r['pipeline']}",
-                     plots.confusion(r["test_metrics"]["confusion_matrix"], classes, r["pipeline"])))
-    curves = plots.learning_curves(rows)
-    if curves:
-        figs.append(("curves", "Learning curves of the CNN and the MLPs (validation split)", curves))
+                     lambda r=r: plots.confusion(r["test_metrics"]["confusion_matrix"], classes,
+                                                 r["pipeline"])))
+    figs.append(("curves", "Learning curves of the CNN and the MLPs (validation split)",
+                 lambda: plots.learning_curves(rows)))
     for r in focus:
-        pred = arrays["scores"][r["pipeline"]].argmax(1)
-        figs.append(("gallery", f"Misclassified test images: {r['pipeline']}",
-                     plots.misclassified_gallery(np.asarray(arrays["x_test"]), y_test, pred, classes,
-                                                 f"{r['pipeline']}: predicted (true)")))
-    for caption, data in plots.feature_pictures(arrays["x_train"], arrays["y_train"], classes):
-        figs.append(("features", caption, data))
+        def gallery(r: dict[str, Any] = r) -> bytes:
+            pred = arrays["scores"][r["pipeline"]].argmax(1)
+            return plots.misclassified_gallery(np.asarray(arrays["x_test"]), y_test, pred, classes,
+                                               f"{r['pipeline']}: predicted (true)")
+        figs.append(("gallery", f"Misclassified test images: {r['pipeline']}", gallery))
+    try:
+        pictures = plots.feature_pictures(arrays["x_train"], arrays["y_train"], classes)
+    except Exception as exc:  # noqa: BLE001 - a figure that cannot be drawn is reported, not fatal
+        log.warning("feature pictures: not drawn (%s)", exc)
+        pictures = []
+    for caption, data in pictures:
+        figs.append(("features", caption, lambda data=data: data))
     return figs
+
+
+def _draw(figures: list[tuple[str, str, Callable[[], bytes | None]]]
+          ) -> tuple[list[tuple[str, str, bytes]], list[str]]:
+    """The figures drawn, and what could not be drawn (each failure costs its figure only).
+    Text is drawn as plain text: a class named ``$\\evil$`` is not TeX for matplotlib."""
+    drawn, failed = [], []
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        for section, caption, draw in figures:
+            try:
+                data = draw()
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.warning("%s: not drawn (%s)", caption, exc)
+                failed.append(f"{caption}: {type(exc).__name__}: {exc}")
+                continue
+            if data is not None:
+                drawn.append((section, caption, data))
+    return drawn, failed
 
 
 def _train_sizes(dataset: dict[str, Any]) -> set[int]:
@@ -112,15 +143,15 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     public = to_jsonable({k: v for k, v in results.items() if not k.startswith("_")})
     safe_name(out_dir.name, "report name")
     with replace_dir(out_dir, owned=holds("results.json", "report.html")) as tmp:
-        figures = _figures(results)
+        (tmp / "results.json").write_text(json_dumps(public))  # before anything can fail to draw
+        figures, not_drawn = _draw(_figures(results))
         images = []
         for i, (section, caption, data) in enumerate(figures):
             name = f"fig{i:02d}-{section}.png"
             (tmp / name).write_bytes(data)
             images.append({"section": section, "caption": caption, "file": name,
                            "data_uri": "data:image/png;base64," + base64.b64encode(data).decode()})
-        (tmp / "results.json").write_text(json_dumps(public))
-        context = {"r": public, "headers": [h for _, h, _ in COLUMNS],
+        context = {"not_drawn": not_drawn, "r": public, "headers": [h for _, h, _ in COLUMNS],
                    "rows": table_rows(public["pipelines"], _train_sizes(public["dataset"])),
                    "images": images,
                    "classes": public["dataset"]["classes"],

@@ -33,7 +33,7 @@ from cvpipe.features import FeatureSpec
 from cvpipe.featurestore.dataset import Learned, StoreSettings, list_stores, split_features
 from cvpipe.metrics import classification_metrics
 from cvpipe.models import DataShape, Pipeline, library_versions, load_model, model_card, read_metadata
-from cvpipe.storage import canonical_json, write_json
+from cvpipe.storage import canonical_json, safe_name, write_json
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,10 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
                        dataset=dataset, **data_options)
     models_root = default_models_dir(models_root)
     prefix = model_prefix(ds, profile)
+    # every name this run derives, checked before the first model trains, not after
+    name = safe_name(run_name(ds, profile), "report name")
+    for pipeline in plan:
+        safe_name(f"{prefix}{pipeline.name}", "model name")
     store = StoreSettings(root=data_root, force=force, progress=progress, client=client)
     rows, arrays = [], {}
     for pipeline in tqdm(plan, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
@@ -256,7 +260,8 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
     if seeds > 1:
         _repeat_with_seeds(rows, plan, ds, models_root, profile, seeds, seed_pipelines, force, store)
     results = {
-        "run": {"profile": asdict(profile), "config_path": str(cfg.path), "config": cfg.source_text,
+        "run": {"name": name, "profile": asdict(profile), "config_path": str(cfg.path),
+                "config": cfg.source_text,
                 "seed": cfg.seed, "val_fraction": cfg.val_fraction,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "seconds": round(time.perf_counter() - started, 1),

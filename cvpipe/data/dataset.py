@@ -180,7 +180,10 @@ def _stem(location: str) -> str:
         if name.lower().endswith(ending):
             name = name[: -len(ending)]
             break
-    cleaned = "".join(c if c.isalnum() or c in "._+-" else "-" for c in name).strip(".-")
+    # what a model's or report's name may hold (cvpipe.storage.safe_name): ASCII letters and
+    # digits first, then ._+- ("données" -> "donn-es", "_x" -> "x")
+    cleaned = "".join(c if (c.isascii() and c.isalnum()) or c in "._+-" else "-" for c in name)
+    cleaned = cleaned.lstrip("._+-").rstrip(".-")[:64]
     return cleaned or "dataset"
 
 
