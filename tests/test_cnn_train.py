@@ -187,5 +187,22 @@ def test_weights_that_do_not_fit_the_architecture_fail_clearly(tiny_cifar, tmp_p
     meta = json.loads(meta_path.read_text())
     meta["architecture"]["widths"] = [8, 16, 32, 64]
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match="does not fit the architecture"):
+    with pytest.raises(ArtifactError, match="do not fit model.json's architecture"):
         load_model(model_dir)
+    # a hostile architecture: checked against the weights' header before anything is built
+    # (4,096 channels, 16 blocks a stage: 38 billion parameters)
+    import resource
+
+    meta["architecture"].update(widths=[4096] * 8, blocks=[16] * 8)
+    meta_path.write_text(json.dumps(meta))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ArtifactError, match="do not fit model.json's architecture"):
+        load_model(model_dir)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # kB
+    for bad in ({"widths": [10 ** 6] * 4}, {"widths": "abc"}, {"blocks": [True] * 4}, {"n_classes": 0},
+                {"scale": "1"}, {"widths": [8] * 9, "blocks": [0] * 9}):
+        meta["architecture"].update({"widths": [8, 16, 32, 64], "blocks": [0, 1, 0, 1], **bad})
+        meta_path.write_text(json.dumps(meta))
+        with pytest.raises(ArtifactError, match="no valid CNN architecture"):
+            load_model(model_dir)
+        meta["architecture"].update(n_classes=10, scale=0.125)

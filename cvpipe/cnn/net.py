@@ -45,6 +45,10 @@ from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 ARCHITECTURES = ("resnet", "airbench")
+#: Bounds of a :class:`NetConfig` (the widest shipped net is 512 channels, 1 block a stage).
+MAX_WIDTH = 4096
+MAX_BLOCKS = 16
+MAX_CLASSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,17 @@ class NetConfig:
     arch: str = "resnet"
 
     def __post_init__(self) -> None:
+        # bounds first: a config read from a model.json decides how much memory building takes
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}, not {self.arch!r}")
+        if not (1 <= len(self.widths) <= 8 and all(1 <= w <= MAX_WIDTH for w in self.widths)):
+            raise ValueError(f"widths: 1 to 8 values between 1 and {MAX_WIDTH}")
+        if not (len(self.blocks) <= 8 and all(0 <= b <= MAX_BLOCKS for b in self.blocks)):
+            raise ValueError(f"blocks: up to 8 counts between 0 and {MAX_BLOCKS}")
+        if not (2 <= self.n_classes <= MAX_CLASSES and 1 <= self.in_channels <= 4):
+            raise ValueError(f"n_classes must be 2 to {MAX_CLASSES}, in_channels 1 to 4")
+        if not (0 < self.scale <= 100 and 0 <= self.bn_momentum <= 1):
+            raise ValueError("scale must be in (0, 100], bn_momentum in [0, 1]")
         if self.arch == "airbench" and len(self.widths) != 3:
             raise ValueError("the airbench net has 3 conv groups: widths needs 3 values")
         if self.arch == "resnet" and (len(self.widths) != len(self.blocks) or len(self.widths) < 2):
@@ -75,11 +88,32 @@ class NetConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> NetConfig:
+        """From a mapping (a model.json's ``architecture``); a wrong key, type or value is a
+        ValueError or TypeError."""
         d = dict(d)
         for key in ("widths", "blocks"):
             if key in d:
-                d[key] = tuple(int(v) for v in d[key])
+                if not isinstance(d[key], (list, tuple)) or len(d[key]) > 8:
+                    raise ValueError(f"{key}: a list of at most 8 integers")
+                d[key] = tuple(_int(v, key) for v in d[key])
+        for key in ("n_classes", "in_channels"):
+            if key in d:
+                d[key] = _int(d[key], key)
+        for key in ("scale", "bn_momentum"):
+            if key in d and (isinstance(d[key], bool) or not isinstance(d[key], (int, float))):
+                raise ValueError(f"{key}: a number")
         return cls(**d)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape of every tensor of the net's state, computed without allocating it."""
+        with torch.device("meta"):
+            return {k: tuple(v.shape) for k, v in build_net(self).state_dict().items()}
+
+
+def _int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key}: integers, not {value!r}")
+    return value
 
 
 def conv_bn(c_in: int, c_out: int, cfg: NetConfig, pool: bool = False) -> nn.Sequential:

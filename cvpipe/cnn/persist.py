@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -103,9 +103,21 @@ def load_predictor(weights: str | Path, meta: dict[str, Any], device: str = "cpu
     """The network that ``meta`` describes with the ``weights`` file, as a predictor."""
     weights = Path(weights)
     try:
-        model = build_net(NetConfig.from_dict(meta["architecture"]))
+        cfg = NetConfig.from_dict(meta["architecture"])
+        wanted = cfg.parameter_shapes()  # bounded config, shapes from a net of no memory
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{weights.parent}: model.json has no valid CNN architecture ({exc})") from exc
+    try:
+        with safe_open(str(weights), "pt") as f:  # the header only
+            declared = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as exc:
+        raise ArtifactError(f"{weights}: unreadable ({exc})") from exc
+    if declared != wanted:
+        differ = sorted(set(declared) ^ set(wanted)) or sorted(
+            k for k in wanted if declared[k] != wanted[k])
+        raise ArtifactError(f"{weights}: the weights do not fit model.json's architecture "
+                            f"({len(differ)} tensors differ, e.g. {differ[0]}); nothing was built")
+    model = build_net(cfg)
     try:
         state = load_file(str(weights))
         model.load_state_dict(state, strict=True)
