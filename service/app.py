@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask, Response, g, request
 
 from service import api, health, ui
-from service.config import load_settings
+from service.config import host_allowed, load_settings
 from service.errors import ApiError, register_error_handlers
 from service.features import ExtractorCache
 from service.guard import BodyDeadline
@@ -19,6 +19,17 @@ from service.metrics import ApiMetrics
 from service.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
+
+SECURITY_HEADERS = {"X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+                    "Referrer-Policy": "no-referrer"}
+#: The page, /docs and the API: scripts and styles from this server only (Swagger UI sets
+#: inline styles), images also as data: URLs (the page shows what it uploads).
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data: blob:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+               "frame-ancestors 'none'")
+#: A comparison report: its figures are data: URLs, its styles inline; nothing else.
+REPORT_POLICY = ("sandbox; default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+                 "frame-ancestors 'none'")
 
 
 def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry | None = None) -> Flask:
@@ -66,12 +77,26 @@ def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry 
     @app.before_request
     def _start_timer() -> None:
         g.start = time.perf_counter()
+        # a page elsewhere whose name resolves here (DNS rebinding) gives its own name
+        if not host_allowed(request.environ.get("HTTP_HOST"), settings["ALLOWED_HOSTS"]):
+            raise ApiError(400, "host_not_allowed", "This server does not answer to that host name; "
+                           "allow it with CVPIPE_ALLOWED_HOSTS.")
         # Refuse an over-long body from its declared length, before reading any of it.
         length = request.content_length
         if length is not None and length > settings["MAX_CONTENT_LENGTH"]:
             raise ApiError(413, "payload_too_large", f"The request body ({length} bytes) is over "
                            f"the limit of {settings['MAX_CONTENT_LENGTH']} bytes.",
                            {"limit": settings["MAX_CONTENT_LENGTH"]})
+
+    @app.after_request
+    def _protect(resp: Response) -> Response:
+        # no page of another origin frames these, no type sniffing; reports (self-contained
+        # HTML written from dataset names) are sandboxed: no script, an origin of their own
+        for name, value in SECURITY_HEADERS.items():
+            resp.headers.setdefault(name, value)
+        policy = REPORT_POLICY if request.path.startswith("/reports/") else PAGE_POLICY
+        resp.headers.setdefault("Content-Security-Policy", policy)
+        return resp
 
     @app.after_request
     def _record(resp: Response) -> Response:

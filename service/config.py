@@ -22,7 +22,11 @@ Setting (environment variable, default):
 * ``BODY_TIMEOUT`` (``CVPIPE_BODY_TIMEOUT``, 30): seconds a request body may take to arrive
   under ``cvpipe serve`` before a 408 (:mod:`service.guard`); 0 turns the deadline off;
 * ``PREDICT_TIMEOUT`` (``CVPIPE_PREDICT_TIMEOUT``, 30): seconds a request waits for its model
-  call before a 503 (a stuck model fails its requests instead of holding them forever).
+  call before a 503 (a stuck model fails its requests instead of holding them forever);
+* ``ALLOWED_HOSTS`` (``CVPIPE_ALLOWED_HOSTS``, ``localhost,127.0.0.1,::1``): comma-separated
+  names the ``Host`` header may give (``.example.org`` also allows its subdomains; ``*`` any):
+  a web page elsewhere cannot reach a local API by DNS rebinding. ``cvpipe serve --host NAME``
+  adds NAME.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "BATCH_LINGER_MS": ("CVPIPE_BATCH_LINGER_MS", float, 2.0),
     "PREDICT_TIMEOUT": ("CVPIPE_PREDICT_TIMEOUT", float, 30.0),
     "BODY_TIMEOUT": ("CVPIPE_BODY_TIMEOUT", float, 30.0),
+    "ALLOWED_HOSTS": ("CVPIPE_ALLOWED_HOSTS", str, "localhost,127.0.0.1,::1"),
 }
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -118,6 +123,31 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
                 raise ConfigError(f"setting {name}={value!r}: expected an integer of at least 1")
         out[name] = value
     out["MODELS_DIR"] = str(out["MODELS_DIR"])
+    out["ALLOWED_HOSTS"] = allowed_hosts(out["ALLOWED_HOSTS"])
     out["API_TOKEN"] = out["API_TOKEN"] or None  # empty string: authentication off
     out["REPORTS_DIR"] = str(out["REPORTS_DIR"]) if out.get("REPORTS_DIR") else None
     return out
+
+
+def allowed_hosts(value: str | list[str] | None) -> list[str] | None:
+    """``ALLOWED_HOSTS`` as a list of lower-case names (IPv6 addresses without brackets;
+    ``.name`` for a domain and its subdomains), or None for ``*`` (any host)."""
+    names = [v.strip().lower() for v in (value.split(",") if isinstance(value, str) else value or [])]
+    names = [n[1:-1] if n.startswith("[") and n.endswith("]") else n for n in names if n]
+    if not names:
+        raise ConfigError("CVPIPE_ALLOWED_HOSTS: give at least one host name (or * for any)")
+    return None if "*" in names else sorted(set(names))
+
+
+def host_allowed(header: str | None, allowed: list[str] | None) -> bool:
+    """Whether a ``Host`` header (``name[:port]``, ``[v6 address][:port]``) names an allowed
+    host. (Werkzeug's ``TRUSTED_HOSTS`` cannot name an IPv6 address.)"""
+    if allowed is None:
+        return True
+    host = (header or "").strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return any(host == name or (name.startswith(".") and (host == name[1:] or host.endswith(name)))
+               for name in allowed)

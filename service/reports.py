@@ -62,4 +62,6 @@ def report_file(root: str | None, name: str, file: str) -> Path | None:
     path = folder / file
     if not file.endswith(SERVED) or _page(folder) is None or not path.is_file():
         return None
+    if not path.resolve().is_relative_to(Path(root).resolve()):  # a link out of the reports
+        return None
     return path

@@ -150,6 +150,13 @@ def _serve(args: argparse.Namespace) -> int:
         else:  # no comparison run yet: serve the models anyway
             log.warning("--reports %s: no such folder (cvpipe compare writes ./reports); the page "
                         "will list no reports", args.reports)
+    # the name it listens on is a name clients may give in their Host header
+    hosts = os.environ.get("CVPIPE_ALLOWED_HOSTS") or "localhost,127.0.0.1,::1"
+    if args.host in ("0.0.0.0", "::", ""):
+        log.info("listening on every address: requests must name one of the allowed hosts "
+                 "(%s); set CVPIPE_ALLOWED_HOSTS to this machine's public name(s), or * for any", hosts)
+    elif args.host not in hosts.split(","):
+        os.environ["CVPIPE_ALLOWED_HOSTS"] = f"{hosts},{args.host}"
     for env, value in (("CVPIPE_MAX_IMAGES", args.max_images), ("CVPIPE_TOP_K", args.top_k)):
         if value is not None:
             os.environ[env] = str(value)

@@ -131,6 +131,47 @@ def test_reports_listed_and_only_report_files_served(registry, models, reports):
         assert client.get(bad).status_code == 404, bad
 
 
+def test_pages_and_reports_carry_a_security_policy(registry, models, reports, tmp_path):
+    client = _client(registry, models, REPORTS_DIR=str(reports))
+    for path in ("/", "/docs", "/v1/models", "/healthz", "/reports/mnist-full/report.html", "/nothing"):
+        resp = client.get(path)
+        assert resp.headers["X-Content-Type-Options"] == "nosniff", path
+        assert resp.headers["X-Frame-Options"] == "DENY", path
+        assert "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"], path
+    page = client.get("/").headers["Content-Security-Policy"]
+    assert "script-src 'self'" in page and "'unsafe-eval'" not in page
+    report = client.get("/reports/mnist-full/report.html").headers["Content-Security-Policy"]
+    assert report.startswith("sandbox;") and "script-src" not in report  # no script runs there
+    # Swagger UI does not keep the token in localStorage
+    assert "persistAuthorization: false" in client.get("/ui/docs.js").get_data(as_text=True)
+
+
+def test_a_link_out_of_the_reports_folder_is_not_served(registry, models, reports, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(encode(np.zeros((2, 2, 3), np.uint8)))
+    (reports / "mnist-full" / "fig99-leak.png").symlink_to(secret)
+    try:
+        client = _client(registry, models, REPORTS_DIR=str(reports))
+        assert client.get("/reports/mnist-full/fig99-leak.png").status_code == 404
+        assert client.get("/reports/mnist-full/fig00-accuracy.png").status_code == 200
+    finally:
+        (reports / "mnist-full" / "fig99-leak.png").unlink()
+
+
+def test_only_allowed_host_names_are_answered(registry, models):
+    client = _client(registry, models)
+    # a page on evil.example whose name now resolves to 127.0.0.1 (DNS rebinding)
+    assert client.get("/v1/models", headers={"Host": "evil.example"}).status_code == 400
+    for host in ("localhost", "127.0.0.1:8000", "[::1]:8000", "localhost:5000"):
+        assert client.get("/v1/models", headers={"Host": host}).status_code == 200, host
+    named = _client(registry, models, ALLOWED_HOSTS="cvpipe.example.org, .lab.example")
+    assert named.get("/healthz", headers={"Host": "cvpipe.example.org"}).status_code == 200
+    assert named.get("/healthz", headers={"Host": "gpu1.lab.example:80"}).status_code == 200
+    assert named.get("/healthz", headers={"Host": "localhost"}).status_code == 400
+    anyone = _client(registry, models, ALLOWED_HOSTS="*")
+    assert anyone.get("/healthz", headers={"Host": "evil.example"}).status_code == 200
+
+
 # ----------------------------------------------------------------------------- in a real browser
 
 pytestmark_browser = pytest.mark.skipif(
