@@ -34,13 +34,21 @@ log = logging.getLogger(__name__)
 
 
 class _Entry:
-    __slots__ = ("deadline", "sock", "expired", "done")
+    __slots__ = ("deadline", "sock", "expired", "done", "_lock")
 
-    def __init__(self, deadline: float, sock: socket.socket) -> None:
+    def __init__(self, deadline: float, sock: socket.socket, lock: threading.Lock) -> None:
         self.deadline = deadline
         self.sock = sock
         self.expired = False
         self.done = False
+        self._lock = lock
+
+    def finish(self) -> None:
+        """The body is in (or no longer wanted): under the watchdog's lock, so that once this
+        returns the watchdog cannot shut the socket -- whose next keep-alive request may
+        already be reading."""
+        with self._lock:
+            self.done = True
 
 
 class _Watchdog:
@@ -55,7 +63,7 @@ class _Watchdog:
         self._pid = os.getpid()
 
     def watch(self, sock: socket.socket, seconds: float) -> _Entry:
-        entry = _Entry(time.monotonic() + seconds, sock)
+        entry = _Entry(time.monotonic() + seconds, sock, self._lock)
         with self._lock:
             if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
                 self._heap, self._pid = [], os.getpid()  # forked: the parent's entries are not ours
@@ -106,7 +114,7 @@ class _DeadlineInput:
         if self._left is not None:
             self._left -= len(data)
         if not data or (self._left is not None and self._left <= 0):
-            self._entry.done = True  # all in: the watchdog lets this one go
+            self._entry.finish()  # all in: the watchdog lets this one go
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -142,7 +150,7 @@ class _DeadlineInput:
         except Exception:  # noqa: BLE001 - timed out or gone: gunicorn closes the connection
             log.debug("could not drain a request body", exc_info=True)
         finally:
-            self._entry.done = True
+            self._entry.finish()
 
 
 class _DrainAfter:
@@ -192,6 +200,6 @@ class BodyDeadline:
         try:
             result = self.app(environ, start_response)
         except BaseException:
-            entry.done = True
+            entry.finish()
             raise
         return _DrainAfter(result, body, self.max_drain)

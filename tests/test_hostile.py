@@ -295,3 +295,45 @@ def test_memory_after_the_hostile_requests(server):
     grown = rss_mib(server["proc"].pid) - server["rss_start"]
     server["times"]["rss growth MiB"] = {"status": 0, "seconds": round(grown, 1)}
     assert grown < 100, f"RSS grew by {grown:.0f} MiB"
+
+
+def test_the_body_watchdog_never_cuts_a_connection_whose_body_is_in():
+    """A request marks its body done under the watchdog's lock: after that, the watchdog cannot
+    shut the socket, whose next keep-alive request may be reading already."""
+    import time
+
+    from service import guard
+
+    class Socket:
+        def __init__(self) -> None:
+            self.entry = None
+            self.cut_after_done = False
+
+        def shutdown(self, how: int) -> None:
+            self.cut_after_done |= self.entry.done
+
+    sockets = []
+    for i in range(2000):  # bodies that finish right at their deadline
+        sock = Socket()
+        sock.entry = guard._WATCHDOG.watch(sock, 0.0003)
+        time.sleep(0.0003 if i % 2 else 0.0)
+        sock.entry.finish()
+        sockets.append(sock)
+    time.sleep(0.05)
+    assert not any(s.cut_after_done for s in sockets)
+    assert all(s.entry.done for s in sockets)
+
+
+def test_skops_is_required_at_the_trust_model_we_test_with():
+    import importlib.metadata
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from packaging.version import Version
+
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    (floor,) = [re.fullmatch(r"skops>=([\d.]+)", d.split(";")[0].strip())[1]
+                for d in project["project"]["dependencies"] if d.startswith("skops")]
+    assert Version(floor) >= Version("0.16")  # older versions load types nobody listed as trusted
+    assert Version(importlib.metadata.version("skops")) >= Version(floor)
