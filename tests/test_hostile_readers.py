@@ -255,3 +255,26 @@ def test_class_folder_names_that_look_like_digits(tmp_path):
     assert ds.classes == ("1", "²")
     synthetic.write_image_folder(tmp_path / "num", n_train=3, n_test=2, classes=("10", "9"))
     assert readers.read_image_folder(tmp_path / "num").classes == ("9", "10")
+
+
+def test_an_archive_swapped_after_its_checksum_is_refused(tmp_path, monkeypatch):
+    from cvpipe.data import dataset as dataset_mod
+    from cvpipe.data import load_dataset
+
+    for name, classes in (("a", ("cat", "dog")), ("b", ("car", "plane", "ship"))):
+        synthetic.write_image_folder(tmp_path / name, n_train=3, n_test=2, classes=classes)
+        synthetic.tar_folder(tmp_path / name, tmp_path / f"{name}.tar")
+    archive = tmp_path / "images.tar"
+    archive.write_bytes((tmp_path / "a.tar").read_bytes())
+    digests = dataset_mod.memo_digests
+
+    def checked_then_swapped(path, *args, **kwargs):
+        out = digests(path, *args, **kwargs)
+        archive.write_bytes((tmp_path / "b.tar").read_bytes())  # after the checksum, before reading
+        return out
+
+    monkeypatch.setattr(dataset_mod, "memo_digests", checked_then_swapped)
+    with pytest.raises(DataError, match="changed while it was read"):
+        load_dataset(str(archive), tmp_path / "root")
+    monkeypatch.undo()
+    assert load_dataset(str(archive), tmp_path / "root2").classes == ("car", "plane", "ship")

@@ -202,7 +202,7 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
     models_root = default_models_dir(models_root)
     prefix = model_prefix(ds, profile)
     # every name this run derives, checked before the first model trains, not after
-    name = safe_name(run_name(ds, profile), "report name")
+    report_name = safe_name(run_name(ds, profile), "report name")
     for pipeline in plan:
         safe_name(f"{prefix}{pipeline.name}", "model name")
     store = StoreSettings(root=data_root, force=force, progress=progress, client=client)
@@ -260,7 +260,7 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
     if seeds > 1:
         _repeat_with_seeds(rows, plan, ds, models_root, profile, seeds, seed_pipelines, force, store)
     results = {
-        "run": {"name": name, "profile": asdict(profile), "config_path": str(cfg.path),
+        "run": {"name": report_name, "profile": asdict(profile), "config_path": str(cfg.path),
                 "config": cfg.source_text,
                 "seed": cfg.seed, "val_fraction": cfg.val_fraction,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -379,14 +379,16 @@ def load_cifar10(source: str | os.PathLike[str] | None = None,
 
 def _decode(src: Source, options: dict, out_dir: Path) -> readers.DecodedDataset:
     size = tuple(options["size"]) if options["size"] else None
+    sha256 = src.checksum.get("sha256")  # an archive: read what was checked
     if src.format == "image-folder":
         return readers.read_image_folder(
             src.path, size=size, fit=options["fit"], limit_per_class=options["limit_per_class"],
-            test_fraction=options["test_fraction"], seed=options["seed"], out_dir=out_dir)
+            test_fraction=options["test_fraction"], seed=options["seed"], out_dir=out_dir,
+            sha256=sha256)
     entry = src.entry
     decoded = readers.read_official(
         src.path, src.format, labels=entry.labels if entry else "fine",
-        classes=entry.classes if entry and entry.format == "idx" else None)
+        classes=entry.classes if entry and entry.format == "idx" else None, sha256=sha256)
     limit = options["limit_per_class"]
     for split in readers.SPLITS:
         y = decoded.labels[split]

@@ -17,8 +17,10 @@ grayscale image folders are kept).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+import hashlib
 import io
 import logging
 import math
@@ -152,7 +154,8 @@ def _idx_to_arrays(files: dict[str, bytes], classes: tuple[str, ...] | None) -> 
     return DecodedDataset(images, labels, tuple(classes))
 
 
-def _official_files(path: Path, accept: Callable[[str], str | None]) -> dict[str, bytes]:
+def _official_files(path: Path, accept: Callable[[str], str | None], sha256: str | None = None
+                    ) -> dict[str, bytes]:
     """The files of an official release, by the key ``accept`` gives their base name (None:
     not wanted), from a folder (searched recursively) or a tar archive (never extracted)."""
     files: dict[str, bytes] = {}
@@ -163,7 +166,7 @@ def _official_files(path: Path, accept: Callable[[str], str | None]) -> dict[str
                 files[key] = _read_file(p)
         return files
     budget = _Budget(path)
-    with _open_tar(path) as tar:
+    with _open_tar(path, sha256) as tar:
         for member in _iter_members(tar, path):
             key = accept(PurePosixPath(member.name).name) if member.isfile() else None
             if key is not None and key not in files:
@@ -172,22 +175,23 @@ def _official_files(path: Path, accept: Callable[[str], str | None]) -> dict[str
 
 
 def read_official(path: Path, fmt: str, *, labels: str = "fine",
-                  classes: tuple[str, ...] | None = None) -> DecodedDataset:
+                  classes: tuple[str, ...] | None = None, sha256: str | None = None) -> DecodedDataset:
     """Read an official release (``fmt`` "cifar10", "cifar100" or "idx") from its archive or
     folder; ``labels`` picks CIFAR-100's "fine" or "coarse" labels, ``classes`` names IDX
-    labels (default "0", "1", ...)."""
+    labels (default "0", "1", ...); ``sha256``: the digest an archive was checked against,
+    checked again on the bytes read."""
     if fmt == "cifar10":
         wanted = {*(n for names in _OFFICIAL_BATCHES.values() for n in names), "batches.meta"}
-        return _batches_to_arrays(_official_files(path, lambda n: n if n in wanted else None))
+        return _batches_to_arrays(_official_files(path, lambda n: n if n in wanted else None, sha256))
     if fmt == "cifar100":
         if labels not in ("fine", "coarse"):
             raise DataError(f"CIFAR-100 labels are 'fine' or 'coarse', not {labels!r}")
         return _cifar100_to_arrays(
-            _official_files(path, lambda n: n if n in ("train", "test", "meta") else None), labels)
+            _official_files(path, lambda n: n if n in ("train", "test", "meta") else None, sha256), labels)
     if fmt == "idx":
         stems = {s for pair in IDX_FILES.values() for s in pair}
         return _idx_to_arrays(_official_files(path, lambda n: _idx_stem(n) if _idx_stem(n) in stems
-                                              else None), classes)
+                                              else None, sha256), classes)
     raise DataError(f"unknown official format {fmt!r}")
 
 
@@ -252,8 +256,9 @@ class _ImageSource:
     """The image files of a folder or a tar archive: listed once (headers peeked), then read
     again in order while decoding, so no more than a batch of encoded files is in memory."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, sha256: str | None = None) -> None:
         self.path = path
+        self.sha256 = sha256  # an archive's checked digest: every pass reads what it covers
         self.is_dir = path.is_dir()
         self.root = find_image_root(path) if self.is_dir else path
 
@@ -265,7 +270,7 @@ class _ImageSource:
                     yield f.relative_to(self.root).parts, str(f), functools.partial(_read_file, f)
             return
         budget = _Budget(self.path)
-        with _open_tar(self.path) as tar:
+        with _open_tar(self.path, self.sha256) as tar:
             for member in _iter_members(tar, self.path):
                 parts = PurePosixPath(member.name).parts
                 if member.isfile() and is_image_name(parts[-1]):
@@ -278,7 +283,7 @@ class _ImageSource:
         if self.is_dir:
             return
         budget = _Budget(self.path)
-        with _open_tar(self.path) as tar:
+        with _open_tar(self.path, self.sha256) as tar:
             for member in _iter_members(tar, self.path):
                 if member.isfile() and is_image_name(member.name):
                     budget.take(member)
@@ -392,6 +397,7 @@ def read_image_folder(
     seed: int = 0,
     workers: int | None = None,
     out_dir: Path | None = None,
+    sha256: str | None = None,
 ) -> DecodedDataset:
     """Decode an image-folder tree (folder or tar archive) into arrays.
 
@@ -416,6 +422,9 @@ def read_image_folder(
     out_dir : Path, optional
         Decode straight into ``<out_dir>/{train,test}_images.npy`` (memory-mapped), so a
         dataset larger than the memory can be prepared.
+    sha256 : str, optional
+        The digest a tar archive was checked against: each pass over it reads the archive as
+        one stream and checks that digest again, so what is decoded is what was checked.
 
     Returns
     -------
@@ -424,7 +433,7 @@ def read_image_folder(
     """
     if fit not in FIT_POLICIES:
         raise DataError(f"fit must be one of {', '.join(FIT_POLICIES)}, not {fit!r}")
-    source = _ImageSource(path)
+    source = _ImageSource(path, sha256)
     entries = source.entries()
     _check_layout(path, entries)
     classes = _class_order({e.cls for e in entries})
@@ -521,16 +530,61 @@ def _decode_all(source: _ImageSource, where: dict[str, tuple[str, int]],
 _TAR_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
 
-def _open_tar(path: Path) -> tarfile.TarFile:
+class _Hashing(io.RawIOBase):
+    """A file read once, front to back, hashing what it reads: what was parsed is what the
+    checksum covers (a file swapped after its checksum was taken is caught)."""
+
+    def __init__(self, path: Path, sha256: str) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed with the tar file that reads it
+        self._hash = hashlib.sha256()
+        self.expected = sha256
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - io's signature
+        n = self._file.readinto(buffer)
+        self._hash.update(memoryview(buffer)[:n])
+        return n
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+    def finish(self, path: Path) -> None:
+        """Read what the parser left and compare the whole file's digest."""
+        while chunk := self._file.read(1 << 20):
+            self._hash.update(chunk)
+        if self._hash.hexdigest() != self.expected:
+            raise DataError(f"{path}: changed while it was read (its sha256 is no longer the one "
+                            "checked); read it again")
+
+
+@contextlib.contextmanager
+def _open_tar(path: Path, sha256: str | None = None) -> Iterator[tarfile.TarFile]:
+    """``path`` as a tar archive; with ``sha256``, read as one stream whose digest is checked
+    when :func:`_iter_members` has walked it all."""
+    stream = _Hashing(path, sha256) if sha256 is not None else None
     try:
-        return tarfile.open(path, "r:*")
-    except _TAR_ERRORS as exc:
-        raise DataError(f"{path}: not a readable tar archive ({exc})") from exc
+        try:
+            tar = (tarfile.open(path, "r:*") if stream is None else
+                   tarfile.open(fileobj=io.BufferedReader(stream, 1 << 20), mode="r|*"))
+        except _TAR_ERRORS as exc:
+            raise DataError(f"{path}: not a readable tar archive ({exc})") from exc
+        tar._cvpipe_hashing = stream  # type: ignore[attr-defined]
+        with tar:
+            yield tar
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 def _iter_members(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
     try:
         yield from tar
+        hashing = getattr(tar, "_cvpipe_hashing", None)
+        if hashing is not None:
+            hashing.finish(path)
     except _TAR_ERRORS as exc:
         raise DataError(f"{path}: archive is truncated or corrupt ({exc})") from exc
 
