@@ -5,7 +5,7 @@ window.addEventListener("load", () => {
     url: "/openapi.json",
     dom_id: "#swagger-ui",
     deepLinking: true,
-    persistAuthorization: false  // the token is not kept in localStorage,
+    persistAuthorization: false,  // the token is not kept in localStorage
     tryItOutEnabled: true,
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
     layout: "BaseLayout",
