@@ -11,9 +11,10 @@ A body the application did not read (a 401, a 404) is read and dropped after the
 been sent, within the same deadline, so that the client gets its answer at once and the
 connection stays usable; a body declared larger than ``max_drain`` (the API's size limit) is
 never read: the API refuses it from its headers and gunicorn closes the connection after
-draining a little. For the
-internet at large, run behind a buffering reverse proxy (nginx ``proxy_request_buffering on``,
-the default): it receives whole requests before they reach a worker; see docs/nginx.conf.
+draining a little. ``cvpipe serve`` puts :mod:`service.front` before gunicorn, which reads
+whole requests in an event loop first (bodies then arrive at once, and this deadline is a
+second line); with ``--no-front``, run behind a buffering reverse proxy (nginx
+``proxy_request_buffering on``, the default): see docs/nginx.conf.
 """
 
 from __future__ import annotations

@@ -10,12 +10,16 @@ fresh multiprocess folder (``PROMETHEUS_MULTIPROC_DIR``), removed when the serve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +77,11 @@ def _url(host: str, port: int) -> str:
 
 
 def build_server(app: Any, options: dict[str, Any], threads_per_worker: int, on_exit: Any = None,
-                 switch_interval: float | None = None) -> Any:
+                 switch_interval: float | None = None, when_ready: Any = None) -> Any:
     """A gunicorn application serving ``app`` with the gunicorn ``options`` (setting -> value).
 
-    ``switch_interval`` (seconds) is set as each worker's ``sys.setswitchinterval``.
+    ``switch_interval`` (seconds) is set as each worker's ``sys.setswitchinterval``;
+    ``when_ready(server)`` runs in the master once it listens (it starts the front).
     """
     from gunicorn.app.base import BaseApplication
 
@@ -127,6 +132,8 @@ def build_server(app: Any, options: dict[str, Any], threads_per_worker: int, on_
             self.cfg.set("child_exit", child_exit)
             self.cfg.set("worker_exit", worker_exit)
             self.cfg.set("on_exit", exit_hook)
+            if when_ready is not None:
+                self.cfg.set("when_ready", when_ready)
 
         def load(self) -> Any:
             return app
@@ -174,9 +181,20 @@ def _serve(args: argparse.Namespace) -> int:
 
             values.ValueClass = values.get_value_class()
 
+    # the front (service.front) reads whole requests in an event loop and hands them to
+    # gunicorn on a Unix socket: a slow client costs a coroutine, not a worker thread
+    front_dir = None if args.no_front or args.check else tempfile.mkdtemp(prefix="cvpipe-front-")
+    front: list[subprocess.Popen] = []
+
     def cleanup() -> None:
+        for proc in front:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
         if prom_dir:
             shutil.rmtree(prom_dir, ignore_errors=True)
+        if front_dir:
+            shutil.rmtree(front_dir, ignore_errors=True)
 
     try:
         from service.app import create_app
@@ -203,8 +221,27 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"would serve {len(reg)} model(s) from {folder}: {names}")
             return 0
         threads_per_worker = max(1, _cores() // args.workers)
+        public = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
+        backend = f"{front_dir}/api.sock" if front_dir else None
+
+        def start_front(server: Any) -> None:
+            settings = app.config
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "service.front", "--host", args.host, "--port", str(args.port),
+                 "--backend", backend, "--body-timeout", str(settings["BODY_TIMEOUT"]),
+                 "--max-body", str(settings["MAX_CONTENT_LENGTH"])])
+            front.append(proc)
+            local = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(args.host, args.host)
+            deadline = time.monotonic() + 30
+            while proc.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(OSError), socket.create_connection((local, args.port), timeout=1):
+                    return  # listening
+                time.sleep(0.05)
+            log.error("the front did not start listening on %s; stopping", public)
+            os.kill(os.getpid(), signal.SIGTERM)  # the master: gunicorn stops cleanly
+
         options = {
-            "bind": f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}",
+            "bind": f"unix:{backend}" if backend else public,
             "workers": args.workers,
             "worker_class": "gthread",
             "threads": args.threads,
@@ -227,7 +264,8 @@ def _serve(args: argparse.Namespace) -> int:
         if app.config.get("API_TOKEN"):
             log.info("bearer-token authentication is on for predict and features (CVPIPE_API_TOKEN)")
         build_server(app, options, threads_per_worker, on_exit=cleanup,
-                     switch_interval=args.switch_interval / 1000 if args.switch_interval else None).run()
+                     switch_interval=args.switch_interval / 1000 if args.switch_interval else None,
+                     when_ready=start_front if backend else None).run()
     finally:
         cleanup()
     return 0
@@ -267,4 +305,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="start even when no model loads (/readyz then answers 503)")
     p.add_argument("--check", action="store_true",
                    help="load and warm up the models, say what would be served, and exit")
+    p.add_argument("--no-front", action="store_true",
+                   help="let gunicorn listen itself, without the front that reads whole requests "
+                   "before a worker sees them (behind a buffering proxy such as docs/nginx.conf)")
     p.set_defaults(func=_serve)

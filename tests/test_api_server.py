@@ -191,3 +191,55 @@ def test_serve_refuses_clearly(tmp_path, tmp_path_factory, capsys):
     assert "cannot listen" in capsys.readouterr().err
     assert main(["serve", "--models", str(models), "--check"]) == 0
     assert SVM in capsys.readouterr().out
+
+
+def test_default_server_holds_against_100_slow_clients(tmp_path_factory):
+    """Default settings, no proxy, one worker of 2 threads: 100 clients trickling bodies cost
+    the front coroutines, not worker threads; a normal predict answers within 2 s."""
+    models = api_models_dir(tmp_path_factory)
+    port = free_port()
+    proc = serve(models, port, "--workers", "1", "--threads", "2")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(proc, url)
+        blob = encode(test_images(1)[0])
+        tricklers = []
+        for _ in range(100):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.sendall(f"POST /v1/models/{SVM}/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         "Content-Type: image/png\r\nContent-Length: 10000\r\n\r\n\x89PNG".encode())
+            tricklers.append(sock)
+        stop_at = time.monotonic() + 8
+
+        def trickle(sock: socket.socket) -> None:
+            while time.monotonic() < stop_at:
+                try:
+                    sock.sendall(b"\0")
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+        with ThreadPoolExecutor(len(tricklers)) as pool:
+            for sock in tricklers:
+                pool.submit(trickle, sock)
+            time.sleep(1.0)  # every trickler is mid-body now
+            start = time.perf_counter()
+            r = requests.post(f"{url}/v1/models/{SVM}/predict", files={"images": ("a.png", blob)},
+                              timeout=30)
+            waited = time.perf_counter() - start
+            health_start = time.perf_counter()
+            health = requests.get(f"{url}/healthz", timeout=5)
+            health_waited = time.perf_counter() - health_start
+        for sock in tricklers:
+            sock.close()
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"]
+        assert waited < 2.0, f"a normal predict waited {waited:.1f} s behind 100 slow clients"
+        assert health.status_code == 200 and health_waited < 2.0
+        # a body declared over the limit is refused by the front from its headers
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(f"POST /v1/models/{SVM}/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         f"Content-Length: {1 << 40}\r\n\r\n".encode())
+            assert sock.recv(4096).startswith(b"HTTP/1.1 413")
+    finally:
+        out = stop(proc)
+    assert "Traceback" not in out, out

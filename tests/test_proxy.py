@@ -30,7 +30,7 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 def proxied(tmp_path_factory):
     models = api_models_dir(tmp_path_factory)
     api_port, proxy_port = free_port(), free_port()
-    api = serve(models, api_port, "--workers", "1", "--threads", "4")
+    api = serve(models, api_port, "--workers", "1", "--threads", "4", "--no-front")  # nginx buffers
     work = tmp_path_factory.mktemp("nginx")
     site = (ROOT / "docs" / "nginx.conf").read_text()
     assert "listen 80;" in site and "server 127.0.0.1:8000;" in site  # what we rewrite below
