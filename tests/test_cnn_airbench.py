@@ -3,6 +3,7 @@ tiny training run that resumes exactly and saves/loads like any CNN (all on the 
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,16 +181,33 @@ def test_training_learns_repeats_and_resumes_exactly(tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
-def test_airbench_model_saves_loads_and_predicts_identically(tmp_path):
+def test_airbench_model_saves_loads_and_predicts_identically(tmp_path, monkeypatch):
+    from cvpipe.models import cnn as cnn_models
+
     archive, md5, arrays = synthetic.write_official_archive(tmp_path / "cifar-10-python.tar.gz",
                                                             n_per_class=4)
     dataset = load_cifar10(archive, checksum=f"md5:{md5}", root=tmp_path / "data")
+    trained = []
+    fit = cnn_models.fit_cnn
+
+    def keep_the_trained_net(*args, **kwargs):
+        result, description = fit(*args, **kwargs)
+        trained.append(result)
+        return result, description
+
+    monkeypatch.setattr(cnn_models, "fit_cnn", keep_the_trained_net)
     meta = CNNPipeline("cnn-air", TINY.replace(epochs=2)).train(dataset, tmp_path / "cnn-air", progress=False)
     assert meta["architecture"]["arch"] == "airbench" and meta["tta"] == 2
     predictor = load_model(tmp_path / "cnn-air")
     test_x, test_y = arrays["test"]
     labels = predictor.predict(test_x)
     assert (labels == test_y).mean() == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1e-7)
+    # the loaded network's logits are the trained one's, image by image
+    (result,) = trained
+    mean = torch.tensor(result.mean).view(1, -1, 1, 1)
+    std = torch.tensor(result.std).view(1, -1, 1, 1)
+    direct = logits(result.model, test_x, mean, std, tta=2).cpu().numpy()
+    np.testing.assert_allclose(predictor.logits(test_x), direct, rtol=1e-5, atol=1e-5)
 
 
 def test_speed_probe_uses_full_batches_when_an_epoch_has_fewer_than_six():

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cvpipe.classifiers.linear_svm import LinearSVM
@@ -113,7 +114,7 @@ def test_parameters_and_size_are_checked(images):
         FeatureSpec.parse("patches", {"encoding": "sparse-coding"})
     with pytest.raises(ConfigError, match="smaller than"):
         FeatureSpec.parse("patches", {"patch_size": 40}).check((32, 32, 3))
-    with pytest.raises(Exception, match="not fitted"):
+    with pytest.raises(NotFittedError, match="not fitted"):
         PatchFeatures(**SMALL).transform(images)
 
 

@@ -26,7 +26,7 @@ from tests.conftest import _REAL_SOURCE
 from tests.test_api import encode
 from tests.test_api_server import free_port, serve, stop, wait_ready
 
-pytestmark = pytest.mark.slow
+# the tests that train or serve the shipped configuration are slow; the config checks are not
 
 PER_CLASS = 30
 CNN_SECONDS = 5
@@ -50,6 +50,7 @@ def shipped(tmp_path_factory):
     return root, results, common
 
 
+@pytest.mark.slow
 def test_every_shipped_pipeline_trains_and_is_reported(shipped):
     root, results, _ = shipped
     declared = load_compare_config().pipelines
@@ -79,6 +80,7 @@ def server(shipped):
         stop(proc)
 
 
+@pytest.mark.slow
 def test_serve_answers_for_every_model(shipped, server):
     root, results, _ = shipped
     x, _ = synthetic.make_images(1, seed=9)
@@ -123,6 +125,7 @@ def test_serve_answers_for_every_model(shipped, server):
                                    atol=1e-6 * max(1.0, float(np.abs(expected).max())))
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict_every_model(shipped, capsys, tmp_path):
     root, results, common = shipped
     x, _ = synthetic.make_images(1, seed=9)
@@ -219,9 +222,21 @@ def test_compare_check_trains_nothing(tmp_path, capsys):
     assert not (tmp_path / "models").exists()
 
 
-def test_shipped_files_are_in_the_package():
-    import cvpipe
+@pytest.mark.slow
+def test_shipped_files_are_in_the_built_package(tmp_path):
+    """The wheel a user installs holds the configs, templates and page files (the source tree
+    having them proves nothing about the package)."""
+    import subprocess
+    import sys
+    import zipfile
 
-    here = Path(cvpipe.__file__).parent
-    assert (here / "compare.toml").is_file() and (here / "pipelines.toml").is_file()
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path), str(root)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("cvpipe-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for shipped in ("cvpipe/compare.toml", "cvpipe/pipelines.toml", "cvpipe/compare/templates/report.html.j2",
+                    "cvpipe/compare/templates/report.md.j2", "service/static/index.html",
+                    "service/static/app.js", "service/static/docs.js", "service/front.py"):
+        assert shipped in names, shipped
     assert os.fspath(load_compare_config().path).endswith("compare.toml")
