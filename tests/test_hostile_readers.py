@@ -278,3 +278,18 @@ def test_an_archive_swapped_after_its_checksum_is_refused(tmp_path, monkeypatch)
         load_dataset(str(archive), tmp_path / "root")
     monkeypatch.undo()
     assert load_dataset(str(archive), tmp_path / "root2").classes == ("car", "plane", "ship")
+
+
+@pytest.mark.parametrize(("case", "data"), [
+    # an empty list put in memo slot 16,777,215: the C unpickler zero-fills a memo that large
+    ("memo slot far ahead", b"\x80\x02]r\xff\xff\xff\x00."),
+    # BINSTRING declaring 2 GB, then 3 bytes
+    ("counted string of 2 GB", b"\x80\x02T" + (2 ** 31 - 1).to_bytes(4, "little") + b"abc"),
+])
+def test_pickles_declaring_huge_sizes_are_refused_before_allocating(case, data):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(DataError, match="not a readable CIFAR batch"):
+        cifar_pickle.load_batch(data, "data_batch_1")
+    assert time.perf_counter() - start < 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50_000  # kB

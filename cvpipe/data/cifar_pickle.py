@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import math
 import pickle
+import pickletools
 from typing import Any
 
 import numpy as np
@@ -127,9 +128,25 @@ class _Unpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name}") from None
 
 
+def _check_opcodes(data: bytes) -> None:
+    """Walk the stream's opcodes before the C unpickler runs them: every declared length must
+    lie within the file, and memo slots must be numbered in order (as ``pickle.dumps`` writes
+    them) -- the C unpickler grows and zero-fills its memo up to any index it is given, so one
+    ``LONG_BINPUT 0x7fffffff`` would cost 32 GB (found by tests/test_fuzz_readers.py)."""
+    memo = 0
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            if not isinstance(arg, int) or not 0 <= arg <= memo:
+                raise pickle.UnpicklingError(f"memo slot {arg} out of order")
+            memo = max(memo, arg + 1)
+        elif opcode.name == "MEMOIZE":
+            memo += 1
+
+
 def load_batch(data: bytes, name: str) -> dict[str, Any]:
     """The dict a batch or meta file holds, keys as str, arrays as read-only uint8 arrays."""
     try:
+        _check_opcodes(data)
         raw = _Unpickler(io.BytesIO(data), encoding="latin1").load()
     except Exception as exc:  # any failure here means a corrupt, foreign or crafted file
         raise DataError(f"{name}: not a readable CIFAR batch ({exc})") from exc
