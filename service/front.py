@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -63,8 +64,9 @@ class _Refused(Exception):
 
 
 def _answer(status: int, reason: str, message: str) -> bytes:
-    body = (f'{{"error": {{"code": "{reason.lower().replace(" ", "_")}", '
-            f'"message": "{message}"}}}}\n').encode()
+    """A response in the API's own error shape (service.errors): error, message, status."""
+    body = (json.dumps({"error": reason.lower().replace(" ", "_"), "message": message,
+                        "status": status}) + "\n").encode()
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -126,6 +127,8 @@ def test_the_front_answers_what_never_reaches_the_api(front, request_bytes, paus
     out = exchange(port, request_bytes, pause_after=pause_after, wait=1.5 if pause_after else 0.0)
     assert out.split(b" ")[1] == status, out[:200]
     assert b"application/json" in out and time.monotonic() - start < 5
+    body = json.loads(out.split(b"\r\n\r\n", 1)[1])  # the API's own error shape
+    assert body["status"] == int(status) and body["error"] and body["message"]
     assert backend.requests == [] and the_front.buffered == 0
 
 
