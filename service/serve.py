@@ -25,6 +25,7 @@ from typing import Any
 
 from cvpipe.config import ENV_MODELS_DIR, models_dir
 from cvpipe.errors import ConfigError, CvpipeError
+from service.config import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -158,12 +159,13 @@ def _serve(args: argparse.Namespace) -> int:
             log.warning("--reports %s: no such folder (cvpipe compare writes ./reports); the page "
                         "will list no reports", args.reports)
     # the name it listens on is a name clients may give in their Host header
-    hosts = os.environ.get("CVPIPE_ALLOWED_HOSTS") or "localhost,127.0.0.1,::1"
+    env, _, default = SETTINGS["ALLOWED_HOSTS"]
+    hosts = os.environ.get(env) or default
     if args.host in ("0.0.0.0", "::", ""):
         log.info("listening on every address: requests must name one of the allowed hosts "
                  "(%s); set CVPIPE_ALLOWED_HOSTS to this machine's public name(s), or * for any", hosts)
     elif args.host not in hosts.split(","):
-        os.environ["CVPIPE_ALLOWED_HOSTS"] = f"{hosts},{args.host}"
+        os.environ[env] = f"{hosts},{args.host}"
     for env, value in (("CVPIPE_MAX_IMAGES", args.max_images), ("CVPIPE_TOP_K", args.top_k)):
         if value is not None:
             os.environ[env] = str(value)

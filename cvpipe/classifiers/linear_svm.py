@@ -130,11 +130,10 @@ class Outer:
             total = np.zeros((d, d), self.U.dtype)
         if isinstance(total, Outer):
             total = total.add_to(None)
-        syrk = linalg.get_blas_funcs("syrk", (self.U,))
+        U = self.U.astype(total.dtype, copy=False)  # BLAS works in the sum's own type, in place
+        syrk = linalg.get_blas_funcs("syrk", (U,))
         # Fortran views: total.T's upper triangle is total's lower one; U.T is (D, n)
-        out = syrk(1.0, self.U.T, beta=1.0, c=total.T, trans=0, lower=0, overwrite_c=1)
-        if not np.shares_memory(out, total):  # a total of another dtype or layout
-            total = total + np.tril(out.T)
+        syrk(1.0, U.T, beta=1.0, c=total.T, trans=0, lower=0, overwrite_c=1)
         return total
 
 

@@ -24,20 +24,19 @@ def public_location(location: str) -> str:
     parts = urllib.parse.urlsplit(location)
     if not parts.scheme or not parts.netloc:
         return location
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    return urllib.parse.urlunsplit((parts.scheme, _host(parts), parts.path, "", ""))
+
+
+def _host(parts: urllib.parse.SplitResult) -> str:
+    """``host[:port]`` of a URL, without user and password."""
+    return f"{parts.hostname or ''}:{parts.port}" if parts.port else parts.hostname or ""
 
 
 def download_key(url: str) -> str:
     """A folder name for what ``url`` downloads: a hash of the whole URL without its user,
     password and fragment (two URLs that end in the same file name are two downloads)."""
     parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    bare = urllib.parse.urlunsplit((parts.scheme.lower(), host.lower(), parts.path, parts.query, ""))
+    bare = urllib.parse.urlunsplit((parts.scheme.lower(), _host(parts), parts.path, parts.query, ""))
     return "url-" + hashlib.sha256(bare.encode()).hexdigest()[:16]
 
 

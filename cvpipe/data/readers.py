@@ -563,7 +563,7 @@ class _Hashing(io.RawIOBase):
 @contextlib.contextmanager
 def _open_tar(path: Path, sha256: str | None = None) -> Iterator[tarfile.TarFile]:
     """``path`` as a tar archive; with ``sha256``, read as one stream whose digest is checked
-    when :func:`_iter_members` has walked it all."""
+    once the block that reads it ends without an error (what it left unread is read then)."""
     stream = _Hashing(path, sha256) if sha256 is not None else None
     try:
         try:
@@ -571,9 +571,10 @@ def _open_tar(path: Path, sha256: str | None = None) -> Iterator[tarfile.TarFile
                    tarfile.open(fileobj=io.BufferedReader(stream, 1 << 20), mode="r|*"))
         except _TAR_ERRORS as exc:
             raise DataError(f"{path}: not a readable tar archive ({exc})") from exc
-        tar._cvpipe_hashing = stream  # type: ignore[attr-defined]
         with tar:
             yield tar
+        if stream is not None:  # read whole, without an error: was it the file checked?
+            stream.finish(path)
     finally:
         if stream is not None:
             stream.close()
@@ -582,9 +583,6 @@ def _open_tar(path: Path, sha256: str | None = None) -> Iterator[tarfile.TarFile
 def _iter_members(tar: tarfile.TarFile, path: Path) -> Iterator[tarfile.TarInfo]:
     try:
         yield from tar
-        hashing = getattr(tar, "_cvpipe_hashing", None)
-        if hashing is not None:
-            hashing.finish(path)
     except _TAR_ERRORS as exc:
         raise DataError(f"{path}: archive is truncated or corrupt ({exc})") from exc
 
