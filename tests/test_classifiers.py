@@ -23,7 +23,7 @@ from cvpipe.classifiers.linear_svm import (
     objective_value,
     targets_for,
 )
-from cvpipe.classifiers.mlp import MLPClassifier
+from cvpipe.classifiers.mlp import Dropout, MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
 from cvpipe.featurestore.dask import add_sums
 
@@ -139,6 +139,24 @@ def test_mlp_is_repeatable_with_a_seed(blobs):
     a = MLPClassifier(hidden_sizes=(32,), max_epochs=5, random_state=3).fit(X, y).predict_proba(Xt)
     b = MLPClassifier(hidden_sizes=(32,), max_epochs=5, random_state=3).fit(X, y).predict_proba(Xt)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.5])
+def test_cpu_dropout_keeps_one_minus_p_scaled_and_repeats_with_its_seed(p):
+    import torch
+
+    layer = Dropout(p).train()
+    layer.seed(np.random.default_rng(3))
+    x = torch.ones(400, 500, requires_grad=True)
+    out = layer(x)
+    kept = out.detach() != 0
+    assert abs(float(kept.float().mean()) - (1 - p)) < 0.01
+    assert torch.allclose(out.detach()[kept], torch.tensor(1 / (1 - p)))
+    out.sum().backward()  # the gradient flows through the kept values only, scaled
+    assert torch.equal(x.grad != 0, kept)
+    layer.seed(np.random.default_rng(3))
+    assert torch.equal(layer(x).detach(), out.detach())
+    assert torch.equal(layer.eval()(x), x)  # no mask when evaluating
 
 
 def test_grid_search_and_clone(blobs):

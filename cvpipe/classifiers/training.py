@@ -222,8 +222,9 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
         last = time.perf_counter()
 
         def on_fit(C: float, clf: LinearSVM) -> None:
-            nonlocal last
+            nonlocal last, shared
             secs = time.perf_counter() - last + shared
+            shared = 0.0  # with the first candidate only: the selection's sum counts it once
             params = {"classifier.C": C} if "classifier.C" in spec.grid else {}
             record(params, spec.with_params(params), pre, clf, secs)
             bar.update()
