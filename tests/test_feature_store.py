@@ -158,3 +158,19 @@ def test_classifiers_hold_a_bounded_number_of_blocks(make, monkeypatch):
     assert (est.predict(X) == y).mean() > 0.8
     # one block in use and the next read ahead, whatever the number of blocks
     assert chunks.most <= 3, chunks.most
+
+
+def test_standardised_blocks_equal_the_scalers_transform_bitwise():
+    from sklearn.preprocessing import StandardScaler
+
+    from cvpipe.classifiers.chunks import materialize
+    from cvpipe.classifiers.training import _scaled
+
+    rng = np.random.default_rng(0)
+    X = (rng.standard_normal((300, 7)) * [1, 5, 0.1, 3, 9, 1e-3, 2] + 4).astype(np.float32)
+    scaler = StandardScaler().fit(X)
+    rows = ArrayChunks(X, np.zeros(300, np.int64), rows=64)
+    Xs, _ = materialize(_scaled(rows, scaler))
+    np.testing.assert_array_equal(Xs, scaler.transform(X))
+    assert Xs.dtype == np.float32
+    np.testing.assert_array_equal(rows.X, X)  # the stored rows are not changed in place

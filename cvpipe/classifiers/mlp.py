@@ -287,14 +287,22 @@ def _batches(chunks: Chunks, batch_size: int, rng: np.random.Generator, device: 
     for X, y in read_ahead(chunks, rng if len(chunks.refs()) > 1 else None):
         Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(device)
         yt = torch.from_numpy(np.asarray(y, np.int64)).to(device)
-        perm = torch.from_numpy(rng.permutation(len(yt))).to(device)
-        Xt, yt = Xt[perm], yt[perm]
+        order = torch.from_numpy(rng.permutation(len(yt))).to(device)
+        # each batch gathers its own rows: the block is never copied whole, shuffled or joined
+        start = 0
         if carry is not None:
-            Xt, yt = torch.cat([carry[0], Xt]), torch.cat([carry[1], yt])
-        full = len(yt) - len(yt) % batch_size
-        for start in range(0, full, batch_size):
-            yield Xt[start:start + batch_size], yt[start:start + batch_size]
-        carry = (Xt[full:], yt[full:]) if full < len(yt) else None
+            take = order[:batch_size - len(carry[1])]
+            carry = torch.cat([carry[0], Xt[take]]), torch.cat([carry[1], yt[take]])
+            start = len(take)
+            if len(carry[1]) < batch_size:
+                continue
+            yield carry
+            carry = None
+        full = len(yt) - (len(yt) - start) % batch_size
+        for at in range(start, full, batch_size):
+            rows = order[at:at + batch_size]
+            yield Xt[rows], yt[rows]
+        carry = (Xt[order[full:]], yt[order[full:]]) if full < len(yt) else None
     if carry is not None and not (drop_single and len(carry[1]) == 1):
         yield carry
 

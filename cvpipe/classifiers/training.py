@@ -110,11 +110,20 @@ def _scaler_of(rows: Chunks, preprocess: dict[str, Any], runner: Runner
     return compute_stats(rows, None, with_gram=False, runner=runner).scaler()
 
 
-def _scaled(rows: Chunks, pre: BaseEstimator | None) -> Chunks:
+def _scaled(rows: Chunks, pre: StandardScaler | None) -> Chunks:
+    """``rows`` standardised a block at a time, as ``pre.transform`` does (the mean and scale
+    in float32, subtracted and divided), without its validation and copy: an MLP reads its
+    rows this way every epoch."""
     if pre is None:
         return rows
-    return Mapped(rows, lambda X, pre=pre: pre.transform(X).astype(np.float32, copy=False),
-                  rows.n_features)
+    mean, scale = pre.mean_.astype(np.float32), pre.scale_.astype(np.float32)
+
+    def standardise(X: np.ndarray) -> np.ndarray:
+        out = np.subtract(X, mean, dtype=np.float32)
+        out /= scale
+        return out
+
+    return Mapped(rows, standardise, rows.n_features)
 
 
 def _fit_candidate(spec: ClassicSpec, rows: Chunks, eval_rows: Chunks | None, runner: Runner
