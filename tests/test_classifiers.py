@@ -110,8 +110,13 @@ def test_cholesky_preconditioner_factorises_in_place_and_inverts():
     W = rng.normal(size=(40, 3))
     np.testing.assert_allclose(to_w(to_v(W)), W, atol=1e-10)
     np.testing.assert_allclose(pre.solve(0.01, W), np.linalg.solve(H, W), rtol=1e-8)
-    wider = pre.with_rows(330)  # a refit: the selection's factor is freed, the Gram matrix shared
-    assert pre._factor is None and wider.gram is pre.gram
+    assert pre.factor(0.015) is U  # a nearby curvature reuses the factor
+    assert pre.factor(0.05) is not U  # a far one gets its own, exact
+    np.testing.assert_allclose(pre.factor(0.05).T @ pre.factor(0.05),
+                               np.eye(40) + 2 * 0.05 * 300 * gram.astype(np.float64), rtol=1e-10)
+    kept = pre.factor(0.05)
+    wider = pre.with_rows(330)  # a refit: the Gram matrix shared, the factor handed on
+    assert pre._factor is None and wider.gram is pre.gram and wider.factor(0.05) is kept
 
 
 def test_classifiers_learn(blobs):
