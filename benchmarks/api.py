@@ -661,8 +661,8 @@ def main(argv: list[str] | None = None) -> int:
     local: dict[str, list[str]] = {}
     for name in [svm] + ([cnn] if cnn else []):
         m = load_model(models / name)
-        size = tuple(m.metadata.get("input_size") or (32, 32))
-        batch = np.stack([decode(png, size=size) for png in pngs])
+        batch = np.stack([decode(png, size=m.input.size, channels=m.input.channels, fit=m.input.fit)
+                          for png in pngs])
         local[name] = [m.metadata["classes"][i] for i in m.predict(batch)]
 
     max_images, max_body = args.batch, 8 * 1024 * 1024

@@ -35,6 +35,8 @@ MAX_PIXELS = 40_000_000
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 #: How an image is brought to another size (see the module docstring).
 FIT_POLICIES = ("crop", "pad", "stretch")
+#: The policy wherever none is named: datasets, the models trained on them, uploads.
+DEFAULT_FIT = "crop"
 #: Pillow modes of single-channel images (kept gray when ``channels=None``).
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 #: File name endings of those formats (image folders and lists keep only these files).
@@ -114,7 +116,7 @@ def _resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
-def resize(image: np.ndarray, size: tuple[int, int], fit: str = "stretch") -> np.ndarray:
+def resize(image: np.ndarray, size: tuple[int, int], fit: str = DEFAULT_FIT) -> np.ndarray:
     """uint8 (H, W, C) image brought to ``size`` (H, W) by the ``fit`` policy ("crop", "pad"
     or "stretch", see the module docstring); unchanged if already that size."""
     if fit not in FIT_POLICIES:
@@ -140,7 +142,7 @@ def resize(image: np.ndarray, size: tuple[int, int], fit: str = "stretch") -> np
 
 def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None,
            max_pixels: int = MAX_PIXELS, channels: int | None = 3,
-           fit: str = "stretch") -> np.ndarray:
+           fit: str = DEFAULT_FIT) -> np.ndarray:
     """Decode encoded bytes to uint8 (H, W, C), brought to ``size`` (H, W) by ``fit`` if given.
 
     ``channels`` is 3 (RGB), 1 (gray) or None (the file's own: 1 for grayscale files).
@@ -178,7 +180,7 @@ def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None
 
 
 def load_images(paths: list[str | os.PathLike[str]], size: tuple[int, int], channels: int = 3,
-                fit: str = "stretch") -> np.ndarray:
+                fit: str = DEFAULT_FIT) -> np.ndarray:
     """uint8 (N, H, W, C) batch of image files, each brought to ``size`` by ``fit``."""
     out = np.empty((len(paths), size[0], size[1], channels), dtype=np.uint8)
     for i, p in enumerate(paths):

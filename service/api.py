@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from cvpipe.models import model_card
+from cvpipe.images import DEFAULT_FIT
+from cvpipe.models import ModelInput, model_card
 from service.auth import authorised, check_token
 from service.batching import BatchTimeout
 from service.errors import ApiError
@@ -34,6 +36,13 @@ DECISION_NOTE = ("decision scores, not probabilities: this model has no probabil
 
 def registry() -> ModelRegistry:
     return current_app.extensions["cvpipe"]["registry"]
+
+
+def _decode_for(taken: ModelInput, uploads: list) -> np.ndarray:
+    """The uploads converted to what a model takes, within the server's decode limits."""
+    cfg = current_app.config
+    return decode_images(uploads, taken.size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
+                         cfg["MAX_DECODE_BYTES"], taken.channels, taken.fit)
 
 
 def _model(name: str) -> ServedModel:
@@ -99,8 +108,7 @@ def predict(name: str) -> Response:
     # to start may wait for this request rather than for the network.
     with model.batcher.incoming() as score:
         t0 = time.perf_counter()
-        images = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
-                               cfg["MAX_DECODE_BYTES"], model.channels, model.fit)
+        images = _decode_for(model.input, uploads)
         t1 = time.perf_counter()
         try:
             scores, kind = model.scores(images, score)
@@ -174,34 +182,32 @@ def features() -> Response:
         if name is not None or params is not None:
             raise ApiError(400, "invalid_option", "give either model (use its features) or "
                            "features/params, not both", {"option": "model"})
-        model = _model(model_name)
-        if not model.metadata.get("features"):
+        taken = _model(model_name).input
+        if taken.features is None:
             raise ApiError(400, "no_features", f"model {model_name!r} "
-                           f"({model_card(model.metadata)['family']}) has no hand-made features",
-                           {"model": model_name})
-        spec = parse_spec(model.metadata["features"])
-        fitted = getattr(model.predictor, "feature_extractor", None) if spec.stateful else None
-        if fitted is not None and size is not None and tuple(size) != tuple(model.input_size):
+                           f"({model_card(_model(model_name).metadata)['family']}) has no "
+                           "hand-made features", {"model": model_name})
+        spec = taken.features
+        fitted = taken.extractor if spec.stateful else None
+        if fitted is not None and size is not None and tuple(size) != taken.size:
             raise ApiError(400, "invalid_option", f"model {model_name!r} learned its features on "
-                           f"{model.input_size[0]}x{model.input_size[1]} images: leave size out",
+                           f"{taken.size[0]}x{taken.size[1]} images: leave size out",
                            {"option": "size"})
-        size = size or model.input_size
-        channels, fit = model.channels, model.fit
+        taken = dataclasses.replace(taken, size=size or taken.size)
     else:
         spec, fitted = parse_spec(name or DEFAULT_FEATURES, params), None
-        channels, fit = 3, "stretch"
-    size = size or (32, 32)
+        taken = ModelInput(size or (32, 32), 3, DEFAULT_FIT)
+    size = taken.size
     cache: ExtractorCache = current_app.extensions["cvpipe"]["extractors"]
     extractor = cache.get(spec, size, params, fitted=fitted, owner=model_name or "",
-                          channels=channels)
+                          channels=taken.channels)
     if len(uploads) * extractor.dim > MAX_FEATURE_VALUES:
         raise ApiError(413, "result_too_large", f"{len(uploads)} images x {extractor.dim} values is "
                        f"over the limit of {MAX_FEATURE_VALUES} values per response: send fewer "
                        "images or a smaller size")
     g.n_images = len(uploads)
     t0 = time.perf_counter()
-    images = decode_images(uploads, size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
-                           cfg["MAX_DECODE_BYTES"], channels, fit)
+    images = _decode_for(taken, uploads)
     t1 = time.perf_counter()
     vectors = extractor.transform(images)
     t2 = time.perf_counter()
@@ -226,16 +232,14 @@ def pictures(name: str) -> Response:
     start = g.get("start", time.perf_counter())
     check_token()
     model = _model(name)
-    cfg = current_app.config
     uploads, _ = read_images(request, 1, ())
     g.n_images = 1
     t0 = time.perf_counter()
-    image = decode_images(uploads, model.input_size, cfg["MAX_PIXELS"], cfg["MAX_REQUEST_PIXELS"],
-                          cfg["MAX_DECODE_BYTES"], model.channels, model.fit)[0]
+    image = _decode_for(model.input, uploads)[0]
     t1 = time.perf_counter()
     drawn = draw(image, model.metadata.get("features"))
-    return jsonify({"model": name, "input_size": list(model.input_size), "channels": model.channels,
-                    "fit": model.fit, "features": model.metadata.get("features"), "pictures": drawn,
+    return jsonify({"model": name, **model.input.metadata(),
+                    "features": model.metadata.get("features"), "pictures": drawn,
                     "timing_ms": {"decode": round((t1 - t0) * 1000, 3),
                                   "draw": _elapsed_ms(t1), "total": _elapsed_ms(start)}})
 

@@ -30,7 +30,7 @@ import numpy as np
 from flask import Request
 from PIL import Image
 
-from cvpipe.images import IMAGE_FORMATS, ImageError, UnsupportedFormat, decode
+from cvpipe.images import DEFAULT_FIT, IMAGE_FORMATS, ImageError, UnsupportedFormat, decode
 from service import multipart
 from service.errors import ApiError
 
@@ -228,7 +228,7 @@ def _peek(data: bytes) -> tuple[int, int, int]:
 
 def decode_images(uploads: list[Upload], size: tuple[int, int], max_pixels: int,
                   max_request_pixels: int, max_decode_bytes: int = 256 << 20, channels: int = 3,
-                  fit: str = "stretch") -> np.ndarray:
+                  fit: str = DEFAULT_FIT) -> np.ndarray:
     """uint8 (N, H, W, C) batch of the uploads, each converted to what a model takes: ``size``
     (H, W) reached by the ``fit`` policy, ``channels`` 3 (RGB) or 1 (gray).
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cvpipe.errors import CvpipeError
-from cvpipe.models import ArtifactError, Predictor, load_model, model_card
+from cvpipe.models import ArtifactError, ModelInput, Predictor, load_model, model_card
 from cvpipe.storage import recover_all
 from service.batching import MicroBatcher
 
@@ -44,13 +44,7 @@ class ServedModel:
     version : str
         ``<created, compact UTC>-<first 12 hex digits of sha256(model.json)>``: changes whenever
         the model is retrained or its description edited.
-    input_size : tuple of int
-        (H, W) every image is brought to.
     classes : list of str
-    channels : int
-        3 (RGB) or 1 (gray): what the model was trained on; uploads are converted to it.
-    fit : str
-        How an upload of another size reaches ``input_size`` ("crop", "pad", "stretch").
     score_kind : str
         "probability" or "decision", learnt from a warm-up prediction (None before it).
     """
@@ -58,10 +52,7 @@ class ServedModel:
     name: str
     predictor: Predictor
     version: str
-    input_size: tuple[int, int]
     classes: list[str]
-    channels: int = 3
-    fit: str = "stretch"
     score_kind: str | None = None
     loaded_seconds: float = 0.0
     summary: dict[str, Any] = field(default_factory=dict)
@@ -86,8 +77,13 @@ class ServedModel:
     def metadata(self) -> dict[str, Any]:
         return self.predictor.metadata
 
+    @property
+    def input(self) -> ModelInput:
+        """What the model takes: uploads are converted to its size, channels and fit policy."""
+        return self.predictor.input
+
     def scores(self, images: np.ndarray, score: Callable | None = None) -> tuple[np.ndarray, str]:
-        """(N, n_classes) scores of uint8 (N, H, W, C) images at ``input_size`` and their kind.
+        """(N, n_classes) scores of uint8 (N, H, W, C) images of ``input.shape`` and their kind.
 
         Concurrent calls are batched into one model call (:mod:`service.batching`); ``score``
         is the function :meth:`MicroBatcher.incoming` yielded for an announced request.
@@ -99,7 +95,7 @@ class ServedModel:
     def warm_up(self) -> None:
         """One prediction on a blank image: fills lazy tables and learns ``score_kind``."""
         start = time.perf_counter()
-        self.scores(np.full((1, *self.input_size, self.channels), 127, np.uint8))
+        self.scores(np.full((1, *self.input.shape), 127, np.uint8))
         self.summary["score_kind"] = self.score_kind
         log.debug("model %s warmed up in %.3f s", self.name, time.perf_counter() - start)
 
@@ -125,7 +121,8 @@ def _test_accuracy(meta: dict[str, Any]) -> float | None:
         return None
 
 
-def summarise(name: str, meta: dict[str, Any], version: str) -> dict[str, Any]:
+def summarise(name: str, meta: dict[str, Any], version: str, model_input: ModelInput
+              ) -> dict[str, Any]:
     """The public description of a model (``GET /v1/models``)."""
     metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
     return {
@@ -135,9 +132,7 @@ def summarise(name: str, meta: dict[str, Any], version: str) -> dict[str, Any]:
         "pipeline": meta.get("pipeline"),
         "card": model_card(meta),
         "classes": list(meta.get("classes", [])),
-        "input_size": list(meta.get("input_size") or [32, 32]),
-        "channels": int(meta.get("channels", 3)),
-        "fit": meta.get("fit", "stretch"),
+        **model_input.metadata(),
         "trained_on": (meta.get("dataset") or {}).get("name"),  # the name only: details need the token
         "fit_seconds": meta.get("fit_seconds"),
         "features": meta.get("features"),
@@ -190,8 +185,6 @@ class ModelRegistry:
             meta_bytes = (path / "model.json").read_bytes()
             predictor = load_model(path)
             meta = predictor.metadata
-            size = meta.get("input_size") or [32, 32]
-            input_size = (int(size[0]), int(size[1]))
             classes = [str(c) for c in meta["classes"]]
         except Exception as exc:  # noqa: BLE001 - a broken model must not stop the others
             reason = str(exc).replace(str(path), path.name).replace(str(self.models_dir) + "/", "")
@@ -200,12 +193,11 @@ class ModelRegistry:
             log.error("model %s not loaded: %s", path.name, exc, exc_info=not isinstance(exc, CvpipeError))
             return
         version = model_version(meta_bytes, meta.get("created"))
-        summary = summarise(path.name, meta, version)
+        summary = summarise(path.name, meta, version, predictor.input)
         summary["size_bytes"] = sum(path.joinpath(f).stat().st_size for f in
                                     (meta.get("files") or {}) if path.joinpath(f).is_file()
                                     ) + len(meta_bytes)
-        served = ServedModel(path.name, predictor, version, input_size, classes,
-                             channels=int(meta.get("channels", 3)), fit=meta.get("fit", "stretch"),
+        served = ServedModel(path.name, predictor, version, classes,
                              loaded_seconds=time.perf_counter() - start,
                              summary=summary)
         self.models[path.name] = served

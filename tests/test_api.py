@@ -174,10 +174,9 @@ def b64(blob: bytes) -> str:
 
 
 def local_labels(model, blobs: list[bytes]) -> list[str]:
-    meta = model.metadata  # the conversion the model records: size, channels, fit policy
-    size = tuple(meta["input_size"])
-    x = np.stack([decode(b, size=size, channels=meta.get("channels", 3),
-                         fit=meta.get("fit", "stretch")) for b in blobs])
+    taken = model.input  # the conversion the model records: size, channels, fit policy
+    x = np.stack([decode(b, size=taken.size, channels=taken.channels, fit=taken.fit)
+                  for b in blobs])
     return [model.metadata["classes"][i] for i in model.predict(x)]
 
 

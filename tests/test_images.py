@@ -78,8 +78,7 @@ def test_one_file_gives_the_same_array_through_every_path(files, tmp_path):
             (root / split / "a" / name).write_bytes(data)
     for split in ("train", "test"):  # class b: filler
         shutil.copy(root / split / "a" / "gray.png", root / split / "b" / "x.png")
-    ds = load_cifar10(root, tmp_path / "data", size=SIZE, fit="stretch",
-                      val_fraction=0.0)
+    ds = load_cifar10(root, tmp_path / "data", size=SIZE, val_fraction=0.0)  # every path's default fit
     names = sorted(files)  # the reader orders a class's files by name
     from_dataset = np.asarray(ds.images("test"))[: len(names)]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from cvpipe.data.catalog import CATALOG
 from cvpipe.data.dataset import load_dataset, parse_size
-from cvpipe.images import FIT_POLICIES
+from cvpipe.images import DEFAULT_FIT, FIT_POLICIES
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -29,7 +29,7 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> argparse._Argument
                    "(official archives are always checked against their published MD5)")
     g.add_argument("--size", metavar="HxW", help="bring every image to this size (default: the "
                    "images' own size, which must then be the same for all; N means NxN)")
-    g.add_argument("--fit", choices=FIT_POLICIES, default="crop",
+    g.add_argument("--fit", choices=FIT_POLICIES, default=DEFAULT_FIT,
                    help="how --size is reached: crop (keep the aspect ratio, cut the centre; "
                    "default), pad (keep the aspect ratio, black borders) or stretch")
     g.add_argument("--test-fraction", type=float, default=0.2,

@@ -40,7 +40,7 @@ from cvpipe.data.checksums import file_digests, memo_digests, parse_expected, ve
 from cvpipe.data.download import download, download_key, public_location
 from cvpipe.data.splits import stratified_split
 from cvpipe.errors import ChecksumError, DataError
-from cvpipe.images import FIT_POLICIES, resize
+from cvpipe.images import DEFAULT_FIT, FIT_POLICIES, resize
 from cvpipe.storage import holds, json_dumps, replace_dir
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ def load_dataset(
     checksum: str | None = None,
     limit_per_class: int | None = None,
     size: tuple[int, int] | None = None,
-    fit: str = "crop",
+    fit: str = DEFAULT_FIT,
     test_fraction: float = 0.2,
     val_fraction: float = 0.1,
     seed: int = 0,

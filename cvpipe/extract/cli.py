@@ -14,6 +14,7 @@ from cvpipe.featurestore.cli import add_engine_arguments, engine
 from cvpipe.featurestore.sources import ALLOWED_PROTOCOLS, MAX_FILE_BYTES, MAX_LIST_BYTES
 from cvpipe.featurestore.store import DEFAULT_CHUNK_ROWS, FORMATS, NPZ_MAX_BYTES
 from cvpipe.images import IMAGE_FORMATS
+from cvpipe.models.inputs import ModelInput
 
 
 def _features_arg(text: str) -> str | dict[str, Any]:
@@ -41,26 +42,18 @@ def _params_arg(text: str | None) -> dict[str, Any] | None:
     return value
 
 
-def _model_features(name: str, models: str | None
-                    ) -> tuple[dict[str, Any], Any, tuple[int, int], dict[str, Any]]:
-    """(feature config, fitted extractor or None, input size, channels and fit) of a trained
-    classic model."""
+def _model_input(name: str, models: str | None) -> ModelInput:
+    """What a trained classic model takes (its features among it)."""
     from pathlib import Path
 
     from cvpipe.config import models_dir
-    from cvpipe.features import FeatureSpec
     from cvpipe.models import load_model
 
     path = Path(name) if (Path(name) / "model.json").is_file() else models_dir(models) / name
-    model = load_model(path)
-    meta = model.metadata
-    if not meta.get("features"):
+    taken = load_model(path).input
+    if taken.features is None:
         raise ConfigError(f"model {name!r} has no hand-made features (a CNN learns its own)")
-    spec = FeatureSpec.parse(meta["features"])
-    fitted = model.feature_extractor if spec.stateful else None
-    size = tuple(int(s) for s in (meta.get("input_size") or (32, 32)))
-    convert = {"channels": int(meta.get("channels", 3)), "fit": meta.get("fit", "stretch")}
-    return meta["features"], fitted, (size[0], size[1]), convert
+    return taken
 
 
 def _extract(args: argparse.Namespace) -> int:
@@ -71,11 +64,14 @@ def _extract(args: argparse.Namespace) -> int:
     if args.model:
         if args.feature_params:
             raise ConfigError("--feature-params goes with --features, not --model")
-        features, fitted, model_size, convert = _model_features(args.model, args.models_dir)
-        if size is not None and fitted is not None and size != model_size:
-            raise ConfigError(f"the model learned its features on {model_size[0]}x{model_size[1]} "
+        taken = _model_input(args.model, args.models_dir)
+        features = taken.features
+        fitted = taken.extractor if taken.features.stateful else None
+        if size is not None and fitted is not None and size != taken.size:
+            raise ConfigError(f"the model learned its features on {taken.size[0]}x{taken.size[1]} "
                               "images: leave --size out")
-        size = size or model_size
+        size = size or taken.size
+        convert = {"channels": taken.channels, "fit": taken.fit}
     else:
         features = _features_arg(args.features)
     params = _params_arg(args.feature_params)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cvpipe.errors import ConfigError, DataError
-from cvpipe.images import IMAGE_EXTENSIONS, ImageError, decode, is_image_name
+from cvpipe.images import DEFAULT_FIT, IMAGE_EXTENSIONS, ImageError, decode, is_image_name
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class FileChunk:
     labels: np.ndarray
     size: tuple[int, int]
     channels: int = 3
-    fit: str = "stretch"
+    fit: str = DEFAULT_FIT
 
     def read(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         out = np.empty((len(self.paths), self.size[0], self.size[1], self.channels), dtype=np.uint8)
@@ -224,7 +224,7 @@ def _read_capped(url: str, limit: int, mode: str = "rb") -> Any:
 
 
 def _read_image(path: str, size: tuple[int, int], channels: int = 3,
-                fit: str = "stretch") -> np.ndarray:
+                fit: str = DEFAULT_FIT) -> np.ndarray:
     try:
         data = _read_capped(path, MAX_FILE_BYTES)
     except DataError as exc:
@@ -260,7 +260,7 @@ class FileSource:
 
     def __init__(self, paths: Sequence[str], size: tuple[int, int], labels: np.ndarray | None = None,
                  classes: list[str] | None = None, origin: str = "", listing_digest: str | None = None,
-                 channels: int = 3, fit: str = "stretch"):
+                 channels: int = 3, fit: str = DEFAULT_FIT):
         if not paths:
             raise DataError(f"no images in {origin or 'the input'}")
         self.paths = list(paths)
@@ -286,6 +286,8 @@ class FileSource:
 
     def fingerprint(self) -> dict[str, Any]:
         h = hashlib.sha256(self.labels.tobytes())
+        # RGB stretched was the only conversion before channels and fit were options: such a
+        # listing keeps the key it had then
         converted = {} if (self.channels, self.fit) == (3, "stretch") else {
             "channels": self.channels, "fit": self.fit}
         return {"kind": "files", "listing": self.listing_digest, "n": self.n,
@@ -372,7 +374,7 @@ def _is_local(fs: Any) -> bool:
 
 
 def open_input(spec: str, size: tuple[int, int], channels: int = 3,
-               fit: str = "stretch") -> FileSource:
+               fit: str = DEFAULT_FIT) -> FileSource:
     """A :class:`FileSource` from ``--input``: a folder (local or URL), else a list file; images
     brought to ``size`` and ``channels`` (a model's, with its ``fit``)."""
     import fsspec

@@ -3,7 +3,8 @@
 * :class:`Pipeline` -- what every trainable model offers (``configure``, ``check``, ``train``,
   ``card``, ``load``); :class:`ClassicPipeline` and :class:`CNNPipeline` implement it;
 * :func:`get_pipeline`, :func:`all_pipelines` -- the declared pipelines (``pipelines.toml``);
-* :func:`load_model` -- any saved model folder, verified, as a predictor;
+* :func:`load_model` -- any saved model folder, verified, as a predictor, with its
+  :class:`ModelInput` (size, channels, fit policy, features);
 * :func:`read_metadata`, :func:`write_artifact` -- the artifact format itself.
 """
 
@@ -18,6 +19,7 @@ from cvpipe.models.artifact import (
 from cvpipe.models.base import DataShape, Pipeline
 from cvpipe.models.classic import ClassicPipeline
 from cvpipe.models.cnn import CNNPipeline, checkpoint_dir_for
+from cvpipe.models.inputs import ModelInput
 from cvpipe.models.pipelines import (
     KINDS,
     all_pipelines,
@@ -34,6 +36,7 @@ __all__ = [
     "CNNPipeline",
     "ClassicPipeline",
     "DataShape",
+    "ModelInput",
     "Pipeline",
     "Predictor",
     "all_pipelines",

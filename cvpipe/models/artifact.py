@@ -35,6 +35,7 @@ import numpy as np
 
 from cvpipe import __version__
 from cvpipe.errors import ArtifactError
+from cvpipe.models.inputs import ModelInput
 from cvpipe.storage import holds, json_dumps, replace_dir, safe_name, sha256_file
 
 FORMAT = "cvpipe-model"
@@ -43,9 +44,10 @@ CARD_KEYS = ("family", "features", "classifier", "description")
 
 
 class Predictor(Protocol):
-    """What every loaded model offers; images are uint8 (N, H, W, C) at ``input_size``."""
+    """What every loaded model offers; images are uint8 (N, H, W, C) of ``input.shape``."""
 
     metadata: dict[str, Any]
+    input: ModelInput  # set by :func:`cvpipe.models.load_model`
 
     def predict(self, images: np.ndarray) -> np.ndarray: ...
 

@@ -19,6 +19,7 @@ from cvpipe.data.dataset import Dataset
 from cvpipe.data.splits import split_sizes
 from cvpipe.errors import ConfigError
 from cvpipe.featurestore.dataset import StoreSettings
+from cvpipe.images import DEFAULT_FIT
 from cvpipe.models.artifact import Predictor
 
 
@@ -143,7 +144,7 @@ class Pipeline(abc.ABC):
         return {"pipeline": self.name, "kind": self.kind, "card": self.card(),
                 "definition": self.definition(), "classes": list(dataset.classes),
                 "input_size": list(dataset.image_shape[:2]), "channels": dataset.image_shape[2],
-                "fit": dataset.manifest.get("options", {}).get("fit") or "crop",
+                "fit": dataset.manifest.get("options", {}).get("fit") or DEFAULT_FIT,
                 "dataset": dataset_record(dataset)}
 
     def __repr__(self) -> str:

@@ -117,8 +117,8 @@ def _predict(args: argparse.Namespace) -> int:
 
     model = load_model(_model_path(args.model, args.models_dir))
     meta = model.metadata
-    images = load_images(args.images, tuple(meta.get("input_size", (32, 32))),
-                         int(meta.get("channels", 3)), meta.get("fit", "stretch"))
+    taken = model.input
+    images = load_images(args.images, taken.size, taken.channels, taken.fit)
     scores, kind = model.scores(images)
     k = min(args.top_k, scores.shape[1])
     results = []

@@ -12,11 +12,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from cvpipe.classifiers.fitted import ClassicModel
 from cvpipe.errors import ArtifactError, ConfigError
 from cvpipe.models.artifact import Predictor, read_metadata
 from cvpipe.models.base import Pipeline
 from cvpipe.models.classic import ClassicPipeline
 from cvpipe.models.cnn import CNNPipeline
+from cvpipe.models.inputs import ModelInput
 from cvpipe.storage import safe_name
 
 BUILTIN_CONFIG = Path(__file__).resolve().parent.parent / "pipelines.toml"
@@ -75,10 +77,18 @@ def list_pipelines(config: str | os.PathLike[str] | None = None) -> list[tuple[s
 
 
 def load_model(model_dir: str | os.PathLike[str]) -> Predictor:
-    """Load any saved cvpipe model, verified, without unpickling anything."""
+    """Load any saved cvpipe model, verified, without unpickling anything; its ``input``
+    (:class:`~cvpipe.models.inputs.ModelInput`) says what it takes."""
     model_dir = Path(model_dir)
     meta = read_metadata(model_dir)
     kind: Any = meta.get("kind")
     if kind not in KINDS:
         raise ArtifactError(f"{model_dir}: unknown model kind {kind!r}")
-    return KINDS[kind].load(model_dir, meta)
+    predictor = KINDS[kind].load(model_dir, meta)
+    classic = isinstance(predictor, ClassicModel)  # its features are parsed and built already
+    try:
+        predictor.input = ModelInput.from_metadata(
+            meta, predictor.features if classic else None, predictor.extractor if classic else None)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{model_dir}: {exc}") from None
+    return predictor
