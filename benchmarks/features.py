@@ -181,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     import skimage
     import sklearn
 
-    from cvpipe.features import color_histogram, hog, make_features
-    from cvpipe.features._common import cpu_count, n_workers, resolve_backend
+    from cvpipe.device import cpu_count, n_workers
+    from cvpipe.features import color_histogram, hog, make_features, resolve_backend
 
     images, loaded = load_images(args.source, args.root, args.limit)
     n = len(images)

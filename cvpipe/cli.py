@@ -2,25 +2,35 @@
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)``; that
 function adds its parser and sets ``func`` (called with the parsed arguments, returning an
-exit code). Add new modules to ``COMMAND_MODULES``.
+exit code). Add new modules to :func:`command_modules`: imported by name there, so that the
+layer contracts (pyproject.toml) see the CLI's edges.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from cvpipe import __version__
 from cvpipe.errors import CvpipeError
 
-COMMAND_MODULES: tuple[str, ...] = ("cvpipe.data.cli", "cvpipe.models.cli", "cvpipe.compare.cli",
-                                     "cvpipe.extract.cli", "cvpipe.featurestore.cli",
-                                     "service.serve")
-
 log = logging.getLogger("cvpipe")
+
+
+def command_modules() -> tuple[ModuleType, ...]:
+    """The subcommands' modules, in the order ``--help`` lists them (imported when the parser
+    is built, not when cvpipe is)."""
+    from cvpipe.compare import cli as compare
+    from cvpipe.data import cli as data
+    from cvpipe.extract import cli as extract
+    from cvpipe.featurestore import cli as store
+    from cvpipe.models import cli as models
+    from service import serve
+
+    return data, models, compare, extract, store, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="more log output (-vv for debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in command_modules():
+        module.register(sub)
     return parser
 
 

@@ -1,14 +1,21 @@
-"""Choosing a torch device: CUDA when present, else CPU, always overridable."""
+"""Where work runs: a torch device (CUDA when present, else CPU, always overridable) and how
+many CPU threads a job takes."""
 
 from __future__ import annotations
 
-import torch
+import os
+from typing import TYPE_CHECKING
 
 from cvpipe.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover - torch is imported only where a device is resolved
+    import torch
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"``/None picks ``cuda`` when available, else ``cpu``; anything else is checked."""
+    import torch
+
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -16,3 +23,24 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         raise ConfigError(f"device {str(device)!r} asked for, but CUDA is not available here "
                           "(CPU build of torch or no GPU); use device cpu or auto")
     return dev
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def n_workers(n_jobs: int | None) -> int:
+    """Threads for ``n_jobs`` in joblib's convention: None or 1 = one, -1 = all cores, -2 = all
+    but one, ..."""
+    import numpy as np
+
+    if n_jobs is None or n_jobs == 0:
+        return 1
+    if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool):
+        raise ConfigError(f"n_jobs must be an integer, not {n_jobs!r}")
+    n = cpu_count()
+    return int(n_jobs) if n_jobs > 0 else max(1, n + 1 + int(n_jobs))

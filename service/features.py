@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 from cvpipe.errors import ConfigError
-from cvpipe.features import FEATURE_NAMES, FeatureSpec
-from cvpipe.features.spec import RUNTIME_PARAMS
+from cvpipe.features import FEATURE_NAMES, RUNTIME_PARAMS, FeatureSpec
 from cvpipe.storage import canonical_json, to_jsonable
 from service.errors import ApiError
 

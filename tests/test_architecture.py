@@ -25,13 +25,14 @@ def lint_imports(tree: Path, tmp_path: Path) -> subprocess.CompletedProcess:
 def test_the_layer_contracts_are_kept(tmp_path):
     result = lint_imports(ROOT, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 kept, 0 broken" in result.stdout
+    assert "3 kept, 0 broken" in result.stdout
 
 
 @pytest.mark.parametrize(("module", "line", "contract"), [
     ("cvpipe/features/spec.py", "import cvpipe.models", "layers point one way"),  # upward
     ("cvpipe/storage.py", "import service.app", "layers point one way"),  # library -> app
     ("cvpipe/classifiers/mlp.py", "import cvpipe.cnn.net", "layers point one way"),  # siblings
+    ("cvpipe/featurestore/local.py", "import cvpipe.features._common", "private module"),
 ])
 def test_an_import_against_the_layers_is_caught(tmp_path, module, line, contract):
     tree = tmp_path / "tree"
@@ -43,3 +44,12 @@ def test_an_import_against_the_layers_is_caught(tmp_path, module, line, contract
     result = lint_imports(tree, tmp_path)
     assert result.returncode != 0
     assert f"{contract}" in result.stdout and "BROKEN" in result.stdout, result.stdout
+
+
+def test_the_clis_subcommand_edges_are_in_the_import_graph():
+    import grimp
+
+    graph = grimp.build_graph("cvpipe", "service", cache_dir=None)
+    commands = {"cvpipe.data.cli", "cvpipe.models.cli", "cvpipe.compare.cli", "cvpipe.extract.cli",
+                "cvpipe.featurestore.cli", "service.serve"}
+    assert commands <= graph.find_modules_directly_imported_by("cvpipe.cli")

@@ -14,17 +14,11 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cvpipe.classifiers.chunks import ArrayChunks
 from cvpipe.classifiers.kernel_svm import RBFSVM
-from cvpipe.classifiers.linear_svm import (
-    LinearSVM,
-    Outer,
-    _Cholesky,
-    compute_stats,
-    full_gram,
-    objective_value,
-    targets_for,
-)
+from cvpipe.classifiers.linear_svm import LinearSVM, objective_value
 from cvpipe.classifiers.mlp import Dropout, MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
+from cvpipe.classifiers.preconditioners import Cholesky
+from cvpipe.classifiers.row_stats import Outer, compute_stats, full_gram, targets_for
 from cvpipe.featurestore.dask import add_sums
 
 
@@ -101,7 +95,7 @@ def test_cholesky_preconditioner_factorises_in_place_and_inverts():
     rng = np.random.default_rng(1)
     X = rng.normal(size=(300, 40)).astype(np.float32)
     gram = (X.T @ X) / 300
-    pre = _Cholesky(gram, 300)
+    pre = Cholesky(gram, 300)
     U = pre.factor(0.01)
     H = np.eye(40) + 2 * 0.01 * 300 * gram.astype(np.float64)
     assert U.flags.f_contiguous and np.allclose(np.tril(U, -1), 0)  # LAPACK's layout, no copy

@@ -13,14 +13,14 @@ from cvpipe.cnn.config import RECIPES
 from cvpipe.cnn.data import alternating_flip
 from cvpipe.cnn.infer import logits
 from cvpipe.cnn.net import AirbenchNet, NetConfig, build_net
-from cvpipe.cnn.train import (
+from cvpipe.cnn.schedule import (
     Lookahead,
-    TrainingError,
     lookahead_decay,
     lr_factor,
     make_optimizer,
     set_whiten_bias_rate,
 )
+from cvpipe.cnn.train import TrainingError
 from cvpipe.data import load_cifar10
 from cvpipe.errors import ConfigError
 from cvpipe.models import CNNPipeline, load_model

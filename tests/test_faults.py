@@ -340,7 +340,7 @@ def test_a_gzip_bomb_in_a_dataset_archive_is_refused_from_its_headers(tmp_path, 
     from cvpipe.data import readers
     from cvpipe.errors import DataError
 
-    monkeypatch.setattr(readers, "MAX_MEMBER_BYTES", 1 << 20)  # the check, at a size a test can afford
+    monkeypatch.setattr(readers.archives, "MAX_MEMBER_BYTES", 1 << 20)  # the check, at a test's size
     archive = tmp_path / "bomb.tar.gz"
     zeros = b"\0" * (8 << 20)  # 8 MiB of zeros: a few KiB compressed
     with tarfile.open(archive, "w:gz") as tar:
@@ -353,8 +353,8 @@ def test_a_gzip_bomb_in_a_dataset_archive_is_refused_from_its_headers(tmp_path, 
     with pytest.raises(DataError, match="over the limit"):
         load_cifar10(archive, tmp_path / "data")
     assert time.perf_counter() - start < 2
-    monkeypatch.setattr(readers, "MAX_MEMBER_BYTES", 16 << 20)
-    monkeypatch.setattr(readers, "MAX_ARCHIVE_BYTES", 12 << 20)  # two members of 8 MiB: too much
+    monkeypatch.setattr(readers.archives, "MAX_MEMBER_BYTES", 16 << 20)
+    monkeypatch.setattr(readers.archives, "MAX_ARCHIVE_BYTES", 12 << 20)  # two members of 8 MiB: too much
     with pytest.raises(DataError, match="exceed"):
         load_cifar10(archive, tmp_path / "data")
 

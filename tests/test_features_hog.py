@@ -13,7 +13,8 @@ from skimage.feature import hog as sk_hog
 
 from cvpipe.errors import ConfigError
 from cvpipe.features import hog, hog_cells, hog_feature_count
-from cvpipe.features._hog import BLOCK_NORMS, _tables
+from cvpipe.features._hog import BLOCK_NORMS
+from cvpipe.features._hog.tables import _tables
 
 torch = pytest.importorskip("torch")
 
@@ -161,7 +162,7 @@ def test_torch_backend_matches_numpy(device, dtype, sqrt, channels):
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_deterministic_cell_sums(device, monkeypatch):
     """The atomics-free cell sums used under torch.use_deterministic_algorithms."""
-    import cvpipe.features._hog as hog_module
+    import cvpipe.features._hog.torch_backend as hog_module
 
     monkeypatch.setattr(hog_module, "FORCE_DETERMINISTIC", True)
     rng = np.random.default_rng(8)

@@ -86,7 +86,7 @@ def test_fuzz_cifar10_batch(data):
 @given(meta=mutated(CIFAR100_META), batch=mutated(CIFAR100_BATCH))
 def test_fuzz_cifar100_release(meta, batch):
     try:
-        ds = readers._cifar100_to_arrays({"meta": meta, "train": batch, "test": CIFAR100_BATCH}, "fine")
+        ds = readers.cifar._cifar100_to_arrays({"meta": meta, "train": batch, "test": CIFAR100_BATCH}, "fine")
     except DataError:
         return
     for split in ("train", "test"):
@@ -108,7 +108,7 @@ IDX_IMAGES = _idx(np.random.default_rng(1).integers(0, 256, (4, 28, 28), dtype=n
 @given(data=st.one_of(mutated(IDX_IMAGES), mutated(gzip.compress(IDX_IMAGES))))
 def test_fuzz_idx(data):
     try:
-        array = readers._parse_idx(data, "train-images-idx3-ubyte", 3)
+        array = readers.idx._parse_idx(data, "train-images-idx3-ubyte", 3)
     except DataError:
         return
     assert array.dtype == np.uint8 and array.ndim == 3 and array.size <= readers.MAX_IDX_VALUES
@@ -167,10 +167,10 @@ def test_the_seeds_are_read(folder_tar, tmp_path):
     """The unmutated inputs read: the fuzzing starts from valid files."""
     images, labels = cifar_pickle.batch_arrays(cifar_pickle.load_batch(CIFAR10_BATCH, "b"), "b", "labels", 10)
     assert labels.tolist() == [0, 9, 4] and images.shape == (3, 32, 32, 3)
-    ds = readers._cifar100_to_arrays({"meta": CIFAR100_META, "train": CIFAR100_BATCH,
+    ds = readers.cifar._cifar100_to_arrays({"meta": CIFAR100_META, "train": CIFAR100_BATCH,
                                       "test": CIFAR100_BATCH}, "fine")
     assert ds.labels["train"].tolist() == [1, 99, 50]
-    assert readers._parse_idx(gzip.compress(IDX_IMAGES), "x.gz", 3).shape == (4, 28, 28)
+    assert readers.idx._parse_idx(gzip.compress(IDX_IMAGES), "x.gz", 3).shape == (4, 28, 28)
     (tmp_path / "images.tar").write_bytes(folder_tar)
     assert readers.read_image_folder(tmp_path / "images.tar", workers=1).classes == ("cat", "dog")
     assert [p.name for p in multipart.parse(MULTIPART, BOUNDARY, 8)] == ["images", "top_k"]

@@ -168,7 +168,7 @@ def test_crafted_archive_with_a_checksum_is_refused(tmp_path):
 
 
 def test_cifar100_batches_take_the_same_checks(tmp_path):
-    from cvpipe.data.readers import _cifar100_to_arrays
+    from cvpipe.data.readers.cifar import _cifar100_to_arrays
 
     meta = pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)],
                          "coarse_label_names": [f"s{i}" for i in range(20)]}, protocol=2)
@@ -189,7 +189,7 @@ def test_cifar100_batches_take_the_same_checks(tmp_path):
 
 
 def test_idx_gzip_bomb_is_refused_from_its_header(tmp_path):
-    from cvpipe.data.readers import _parse_idx
+    from cvpipe.data.readers.idx import _parse_idx
 
     # a header declaring 10 images of 28 x 28, then 400 MB of zeros: 400 KB compressed
     header = b"\x00\x00\x08\x03" + (10).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
@@ -216,14 +216,14 @@ def test_an_image_gone_between_listing_and_decoding_is_an_error_not_a_blank(tmp_
     from cvpipe.data import readers
 
     synthetic.write_image_folder(tmp_path / "src", n_train=3, n_test=2)
-    listed = readers._ImageSource.entries
+    listed = readers.folders._ImageSource.entries
 
     def list_then_lose_one(self):
         entries = listed(self)
         Path(entries[4].name).unlink()  # deleted after the listing pass, before decoding
         return entries
 
-    monkeypatch.setattr(readers._ImageSource, "entries", list_then_lose_one)
+    monkeypatch.setattr(readers.folders._ImageSource, "entries", list_then_lose_one)
     with pytest.raises(DataError, match="gone"):
         readers.read_image_folder(tmp_path / "src")
 

@@ -22,7 +22,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from cvpipe.classifiers.chunks import Chunks, Mapped, gather_rows, materialize
-from cvpipe.classifiers.linear_svm import LOCAL, LinearSVM, Runner, compute_stats
+from cvpipe.classifiers.linear_svm import LinearSVM
+from cvpipe.classifiers.row_stats import LOCAL, Runner, compute_stats
 
 #: Above this many training samples, approximation="auto" uses Nystroem.
 EXACT_KERNEL_MAX_SAMPLES = 10_000

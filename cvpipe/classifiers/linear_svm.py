@@ -10,14 +10,15 @@ is differentiable, so every class is solved at once by L-BFGS on dense matrix pr
 Stages, in order (:class:`LinearProblem`):
 
 1. **Statistics**, one pass over the rows, a block at a time: count, sums, and the Gram
-   matrix ``X^T X`` and ``X^T Y`` of the (shifted) rows. Nothing else needs the whole
-   matrix, so the rows can stay on disk (:mod:`cvpipe.classifiers.chunks`) and the pass can
-   run on a Dask cluster.
+   matrix ``X^T X`` and ``X^T Y`` of the (shifted) rows (:mod:`cvpipe.classifiers.row_stats`).
+   Nothing else needs the whole matrix, so the rows can stay on disk
+   (:mod:`cvpipe.classifiers.chunks`) and the pass can run on a Dask cluster.
 2. **One factorisation**: the Cholesky factor ``L`` of ``H0 = I + 2 C0 Xc^T Xc`` (``Xc``
    the centred, optionally standardised rows) -- the Hessian the objective would have if
    every margin were active. It preconditions every later fit: L-BFGS runs on
    ``v = L^T w``, where the objective's curvature is close to the identity, and converges in
-   tens of passes where the plain problem took hundreds.
+   tens of passes where the plain problem took hundreds
+   (:mod:`cvpipe.classifiers.preconditioners`).
 3. **Start** from the least-squares solution ``H0^{-1} 2 C0 Xc^T (Y - mean Y)`` (the
    squared hinge with every margin active, one triangular solve away), or from a previous
    candidate's weights (warm starts along a path of C values).
@@ -51,17 +52,25 @@ from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from scipy import linalg
 from scipy.optimize import minimize
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
-from sklearn.preprocessing import StandardScaler
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from cvpipe.classifiers.chunks import ArrayChunks, Chunks, in_memory, materialize, read_ahead
-from cvpipe.featurestore.dask import add_sums
+from cvpipe.classifiers.preconditioners import Cholesky, Spectral
+from cvpipe.classifiers.row_stats import (
+    LOCAL,
+    Runner,
+    Stats,
+    chunk_active,
+    chunk_objective,
+    chunk_scores,
+    compute_stats,
+    targets_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,193 +83,6 @@ SMALL_PROBLEM = 10_000_000
 #: solves) runs on one thread: 2x faster iterations on 45,000 x 2,000 rows, where its
 #: threads only fight NumPy's; beyond, the triangular solves and the factorisation gain more.
 SERIAL_SCIPY_FEATURES = 4096
-#: A preconditioner's factor is reused for curvatures up to this factor away from its own.
-FACTOR_REUSE = 2.0
-
-
-# --------------------------------------------------------------------------------------------
-# passes over the rows: local, or on a cluster
-
-
-class Runner:
-    """Sums a function of every block of rows: here, one block after another.
-
-    :class:`cvpipe.featurestore.dask.DaskRunner` does the same on a Dask cluster, each worker
-    summing its share of the blocks where they are stored.
-    """
-
-    name = "local"
-
-    def map_sum(self, fn: Callable[..., tuple], chunks: Chunks, *args: Any) -> tuple:
-        """``sum(fn(X, y, *args) for (X, y) in chunks)``, element by element of the tuples."""
-        total = None
-        for X, y in read_ahead(chunks):
-            part = fn(X, y, *args)
-            total = part if total is None else add_sums(total, part)
-        if total is None:
-            raise ValueError("no rows to sum over")
-        return total
-
-
-LOCAL = Runner()
-
-
-def _as_float(X: np.ndarray) -> np.ndarray:
-    return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
-
-
-def chunk_stats(X: np.ndarray, y: np.ndarray, shift: np.ndarray, targets: np.ndarray | None,
-                with_gram: bool) -> tuple:
-    """One block's contribution to :class:`Stats` (``targets``: class index -> target row, or
-    None for sums of the features alone)."""
-    U = _as_float(X) - shift.astype(X.dtype if X.dtype == np.float64 else np.float32)
-    s1 = U.sum(0, dtype=np.float64)
-    s2 = np.einsum("ij,ij->j", U, U, dtype=np.float64)
-    if targets is None:
-        return len(U), s1, s2, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0)
-    T = targets[y]
-    # float32 from float32 rows (half the memory; the Gram matrix only preconditions and starts)
-    gram = Outer(U) if with_gram else np.zeros((0, 0))
-    xty = (U.T @ T.astype(U.dtype)).astype(np.float64) if with_gram else np.zeros((0, 0))
-    return len(U), s1, s2, gram, xty, T.sum(0, dtype=np.float64)
-
-
-class Outer:
-    """``U^T U`` of one block of rows, not yet formed: :meth:`add_to` adds it into a running
-    sum in place with BLAS ``syrk`` (the lower triangle only: half the products of ``U.T @ U``
-    and no D x D temporary). :func:`full_gram` completes the sum's upper triangle."""
-
-    def __init__(self, U: np.ndarray):
-        self.U = U
-
-    def add_to(self, total: np.ndarray | None) -> np.ndarray:
-        d = self.U.shape[1]
-        if total is None:
-            total = np.zeros((d, d), self.U.dtype)
-        if isinstance(total, Outer):
-            total = total.add_to(None)
-        U = self.U.astype(total.dtype, copy=False)  # BLAS works in the sum's own type, in place
-        syrk = linalg.get_blas_funcs("syrk", (U,))
-        # Fortran views: total.T's upper triangle is total's lower one; U.T is (D, n)
-        syrk(1.0, U.T, beta=1.0, c=total.T, trans=0, lower=0, overwrite_c=1)
-        return total
-
-
-def full_gram(gram: np.ndarray | Outer) -> np.ndarray:
-    """The symmetric matrix of a sum of :class:`Outer` blocks (lower triangle summed),
-    completed in place a block of rows at a time."""
-    if isinstance(gram, Outer):
-        gram = gram.add_to(None)
-    d, rows = len(gram), 1024
-    for a in range(0, d, rows):
-        b = min(a + rows, d)
-        diagonal = gram[a:b, a:b]
-        diagonal[np.triu_indices(b - a, 1)] = diagonal.T[np.triu_indices(b - a, 1)]
-        gram[a:b, b:] = gram[b:, a:b].T
-    return gram
-
-
-def chunk_objective(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
-                    targets: np.ndarray, device: Any = None) -> tuple:
-    """One block's squared-hinge loss (without C and the regulariser) and its gradients
-    ``(loss, X^T g, sum g)`` for scores ``X Wr + c`` (``g``: d loss / d scores)."""
-    T = targets[y]
-    if device is not None:
-        import torch
-
-        Xd = torch.from_numpy(np.ascontiguousarray(_as_float(X))).to(device)
-        Td = torch.from_numpy(T).to(device)
-        scores = (Xd @ torch.from_numpy(Wr).to(device, Xd.dtype)).double() + torch.from_numpy(c).to(device)
-        active = (1.0 - Td * scores).clamp_min(0.0)
-        g = -2.0 * Td * active
-        xtg = (Xd.T @ g.to(Xd.dtype)).double()
-        return float((active * active).sum()), xtg.cpu().numpy(), g.sum(0).cpu().numpy()
-    X = _as_float(X)
-    active = np.maximum(1.0 - T * (X @ Wr.astype(X.dtype) + c), 0.0)
-    g = -2.0 * T * active
-    xtg = (X.T @ g.astype(X.dtype)).astype(np.float64)
-    return float(np.sum(active * active, dtype=np.float64)), xtg, g.sum(0, dtype=np.float64)
-
-
-def chunk_active(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
-                 targets: np.ndarray) -> tuple:
-    """(margins below 1, margins) of one block for scores ``X Wr + c``."""
-    T = targets[y]
-    margins = T * (_as_float(X) @ Wr.astype(_as_float(X).dtype) + c)
-    return int((margins < 1).sum()), margins.size
-
-
-def chunk_scores(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return _as_float(X) @ Wr.astype(_as_float(X).dtype) + c
-
-
-# --------------------------------------------------------------------------------------------
-# statistics and the problem
-
-
-@dataclass
-class Stats:
-    """Sums over a set of rows, taken around ``shift`` (any point near the data: it only keeps
-    the sums well conditioned)."""
-
-    n: int
-    shift: np.ndarray  # (D,)
-    s1: np.ndarray  # (D,) sum of (x - shift)
-    s2: np.ndarray  # (D,) sum of (x - shift)^2
-    gram: np.ndarray | None  # (D, D) sum of (x - shift)(x - shift)^T, or None
-    xty: np.ndarray | None  # (D, k) sum of (x - shift) t^T
-    tsum: np.ndarray  # (k,) sum of t
-
-    @property
-    def mean(self) -> np.ndarray:
-        return self.shift + self.s1 / max(self.n, 1)
-
-    @property
-    def var(self) -> np.ndarray:
-        m = self.s1 / max(self.n, 1)
-        return np.maximum(self.s2 / max(self.n, 1) - m * m, 0.0)
-
-    def merged(self, other: Stats) -> Stats:
-        """The statistics of both sets of rows (their Gram matrices are not kept)."""
-        delta = other.shift - self.shift
-        s1 = self.s1 + other.s1 + other.n * delta
-        s2 = self.s2 + other.s2 + 2 * delta * other.s1 + other.n * delta * delta
-        tsum = self.tsum + other.tsum if len(self.tsum) == len(other.tsum) else self.tsum
-        return Stats(self.n + other.n, self.shift, s1, s2, None, None, tsum)
-
-    def scaler(self) -> StandardScaler:
-        """A fitted :class:`~sklearn.preprocessing.StandardScaler` of these rows (what
-        ``StandardScaler().fit(X)`` gives, from the sums)."""
-        scaler = StandardScaler()
-        var = self.var
-        scaler.mean_ = self.mean
-        scaler.var_ = var
-        scale = np.sqrt(var)
-        scale[scale < 10 * np.finfo(np.float64).eps] = 1.0
-        scaler.scale_ = scale
-        scaler.n_samples_seen_ = self.n
-        scaler.n_features_in_ = len(var)
-        return scaler
-
-
-def targets_for(n_classes: int) -> np.ndarray:
-    """Class index -> row of +-1 targets: one column per class, or one for two classes."""
-    if n_classes == 2:
-        return np.array([[-1.0], [1.0]])
-    return 2.0 * np.eye(n_classes) - 1.0
-
-
-def compute_stats(chunks: Chunks, targets: np.ndarray | None, *, with_gram: bool,
-                  runner: Runner = LOCAL, shift: np.ndarray | None = None) -> Stats:
-    """:class:`Stats` of every row of ``chunks`` (labels: class indices into ``targets``; with
-    ``targets`` None, the sums of the features alone)."""
-    if shift is None:
-        refs = chunks.refs()
-        first, _ = refs[0].read() if refs else (np.zeros((0, chunks.n_features)), None)
-        shift = first.mean(0, dtype=np.float64) if len(first) else np.zeros(chunks.n_features)
-    n, s1, s2, gram, xty, tsum = runner.map_sum(chunk_stats, chunks, shift, targets, with_gram)
-    gram = full_gram(gram) if with_gram else None
-    return Stats(int(n), shift, s1, s2, gram, xty if with_gram else None, tsum)
 
 
 @dataclass
@@ -282,7 +104,7 @@ class LinearProblem:
     stats: Stats
     runner: Runner = field(default=LOCAL)
     device: Any = None
-    preconditioner: Any = None  # _Cholesky or _Spectral, or None
+    preconditioner: Any = None  # Cholesky or Spectral, or None
     xty: np.ndarray | None = None  # (D, k) Xc^T (T - mean T), for the least-squares start
     tbar: np.ndarray | None = None  # (k,) mean target
 
@@ -327,12 +149,12 @@ class LinearProblem:
             B = (stats.xty - np.outer(delta, stats.tsum)) / scale[:, None]  # Xc^T T
             B -= np.outer(stats.s1 - stats.n * delta, problem.tbar) / scale[:, None]
             stats.gram = stats.xty = None
-            problem.preconditioner, problem.xty = _Cholesky(G, stats.n), B
+            problem.preconditioner, problem.xty = Cholesky(G, stats.n), B
         elif dual:
             X, y = materialize(chunks)
             Xc = ((X - mean) / scale).astype(np.float32)  # float32: it only preconditions
             problem.xty = (Xc.T @ (targets[y] - problem.tbar).astype(np.float32)).astype(np.float64)
-            problem.preconditioner = _Spectral.of(Xc)
+            problem.preconditioner = Spectral.of(Xc)
         return problem
 
     def with_rows(self, more: Chunks, standardize: bool) -> LinearProblem:
@@ -445,81 +267,6 @@ def _scipy_blas() -> ThreadpoolController | None:
 
 def _identity(M: np.ndarray) -> np.ndarray:
     return M
-
-
-class _Cholesky:
-    """``H0 = I + 2 C0 n G`` (``G = Xc^T Xc / n``, D x D): L-BFGS runs on ``v = L^T w`` with
-    ``L`` its Cholesky factor. One factor is kept (D x D floats) and serves every ``C0 n``
-    within a factor :data:`FACTOR_REUSE` of the one it was computed for: it only
-    preconditions, and a factorisation costs 6 s at D = 11,200 on 2 cores (a grid of three
-    C values and the refit computed four)."""
-
-    def __init__(self, gram: np.ndarray, n: int,
-                 factor: tuple[float, np.ndarray] | None = None):
-        self.gram, self.n = gram, n
-        self._factor = factor  # (2 C0 n, U)
-
-    def factor(self, C0: float) -> np.ndarray:
-        """``U = L^T``, upper triangular and Fortran-ordered (LAPACK's own layout: no copy)."""
-        weight = 2 * float(C0) * self.n
-        if self._factor is None or not (1 / FACTOR_REUSE <= self._factor[0] / weight <= FACTOR_REUSE):
-            self._factor = None  # free the old factor first
-            H = self.gram.astype(np.float64)  # a float32 Gram matrix, a float64 factor
-            H *= weight
-            H[np.diag_indices_from(H)] += 1.0
-            # H is symmetric, so H.T (a Fortran-ordered view) is H: factorised in place, where
-            # a C-ordered matrix would be copied first (1 GB at D = 11,200)
-            U = linalg.cholesky(H.T, lower=False, overwrite_a=True, check_finite=False)
-            self._factor = (weight, U)
-        return self._factor[1]
-
-    def at(self, C0: float) -> tuple[Callable, Callable, Callable]:
-        """(v -> w, w -> v, gradient in w -> gradient in v) for ``H0`` at ``C0``."""
-        U = self.factor(C0)
-        return (lambda V: linalg.solve_triangular(U, V, lower=False, check_finite=False),
-                lambda W: U @ W,
-                lambda G: linalg.solve_triangular(U, G, trans="T", lower=False, check_finite=False))
-
-    def solve(self, C0: float, B: np.ndarray) -> np.ndarray:
-        return linalg.cho_solve((self.factor(C0), False), B, check_finite=False)
-
-    def with_rows(self, n: int) -> _Cholesky:
-        """The preconditioner of ``n`` rows from the same Gram matrix, handed this one's factor
-        (a refit replaces the selection's problem: two factors would double the memory)."""
-        factor, self._factor = self._factor, None
-        return _Cholesky(self.gram, n, factor)
-
-
-class _Spectral:
-    """``H0 = I + 2 C0 Xc^T Xc`` from the thin eigen-decomposition of ``Xc`` (fewer rows than
-    features): ``Xc^T Xc = V diag(s2) V^T``, so ``H0^(-1/2) = I + V (f - 1) V^T`` with
-    ``f = (1 + 2 C0 s2)^(-1/2)``; every ``C0`` costs nothing more."""
-
-    def __init__(self, basis: np.ndarray, s2: np.ndarray):
-        self.basis, self.s2 = basis, s2
-
-    @classmethod
-    def of(cls, Xc: np.ndarray) -> _Spectral:
-        s2, U = np.linalg.eigh((Xc @ Xc.T).astype(np.float64))
-        keep = s2 > s2.max(initial=0.0) * 1e-8
-        s2, U = s2[keep], U[:, keep]
-        basis = Xc.T @ (U / np.sqrt(s2)).astype(Xc.dtype)  # float32: it only preconditions
-        return cls(np.ascontiguousarray(basis), s2)
-
-    def _apply(self, M: np.ndarray, f: np.ndarray) -> np.ndarray:
-        B = self.basis
-        return M + B @ ((f - 1.0)[:, None] * (B.T @ M.astype(B.dtype))).astype(B.dtype)
-
-    def at(self, C0: float) -> tuple[Callable, Callable, Callable]:
-        f = 1.0 / np.sqrt(1.0 + 2 * C0 * self.s2)
-        return (lambda V: self._apply(V, f), lambda W: self._apply(W, 1.0 / f),
-                lambda G: self._apply(G, f))
-
-    def solve(self, C0: float, B: np.ndarray) -> np.ndarray:
-        return self._apply(B, 1.0 / (1.0 + 2 * C0 * self.s2))
-
-    def with_rows(self, n: int) -> _Spectral:
-        return self
 
 
 @dataclass(frozen=True)

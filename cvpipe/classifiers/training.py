@@ -36,15 +36,9 @@ from tqdm.auto import tqdm
 
 from cvpipe.classifiers.chunks import Chunks, Concat, Mapped, materialize, read_ahead
 from cvpipe.classifiers.fitted import ClassicModel, decision_scores
-from cvpipe.classifiers.linear_svm import (
-    LOCAL,
-    LinearProblem,
-    LinearSVM,
-    Runner,
-    compute_stats,
-    fit_path,
-)
+from cvpipe.classifiers.linear_svm import LinearProblem, LinearSVM, fit_path
 from cvpipe.classifiers.mlp import MLPClassifier
+from cvpipe.classifiers.row_stats import LOCAL, Runner, compute_stats
 from cvpipe.classifiers.specs import ClassicSpec, build_classifier, build_preprocess
 from cvpipe.data.dataset import Dataset
 from cvpipe.featurestore.dataset import (

@@ -90,11 +90,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _summary(args: argparse.Namespace) -> int:
-    from cvpipe.compare.summary import HEADERS, _table, collect, verdict, write_summary
+    from cvpipe.compare.summary import HEADERS, collect, table, verdict, write_summary
 
     lines = collect(args.reports_dir, all_runs=args.all_runs)
     page = write_summary(lines, args.reports_dir)
-    for line, row in zip(lines, _table(lines), strict=True):
+    for line, row in zip(lines, table(lines), strict=True):
         print(f"{row[0]:<28}{row[1]:>8}  {row[2]:<9}best {row[4]:<30} test {row[6]:>6} | CNN "
               f"{row[8]:>6}  {row[9]:>6} points ({row[10]})")
         print(f"    {verdict(line)}")

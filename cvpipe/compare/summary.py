@@ -163,7 +163,8 @@ def _pct(m: dict[str, Any] | None, key: str) -> str:
     return "n/a" if not m or m.get(key) is None else f"{100 * m[key]:.1f}%"
 
 
-def _table(lines: list[dict[str, Any]]) -> list[list[str]]:
+def table(lines: list[dict[str, Any]]) -> list[list[str]]:
+    """The summary's rows (one a dataset, the cells of :data:`HEADERS`) as text."""
     out = []
     for line in lines:
         b, c = line["best_classic"], line["cnn"]
@@ -185,18 +186,18 @@ def write_summary(lines: list[dict[str, Any]], reports_dir: str | Path) -> Path:
     """Write ``<reports_dir>/summary/``; returns the path of its ``index.html``."""
     out = Path(reports_dir) / SUMMARY_DIR
     picture = chart(lines)
-    table = _table(lines)
+    rows = table(lines)
     verdicts = [f"{line['title']}: {verdict(line)}" for line in lines]
     md = ["# On which tasks are hand-made features enough?", "",
           "Best hand-made pipeline (chosen on validation accuracy) against the CNN, per dataset, "
           "ordered by number of classes. Test accuracy scored once per model.", "",
           "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    md += ["| " + " | ".join(row) + " |" for row in table]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
     md += ["", *[f"- {v}" for v in verdicts], "", "![summary chart](summary.png)", ""]
     cells = "".join("<tr>" + "".join(
         f"<td><a href=\"../{html.escape(row[-1])}/report.html\">{html.escape(row[-1])}</a></td>"
         if i == len(row) - 1 else f"<td>{html.escape(v)}</td>" for i, v in enumerate(row))
-        + "</tr>\n" for row in table)
+        + "</tr>\n" for row in rows)
     data_uri = "data:image/png;base64," + base64.b64encode(picture).decode()
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">

@@ -15,6 +15,7 @@ builds the transformer; :func:`make_features` is its shortcut.
 Pictures: :func:`hog_glyphs`, :func:`plot_hog`, :func:`plot_color_histogram`.
 """
 
+from cvpipe.features._common import resolve_backend
 from cvpipe.features._hog import BLOCK_NORMS, HOGParams, hog, hog_cells, hog_feature_count
 from cvpipe.features.color import (
     SPACES,
@@ -26,6 +27,7 @@ from cvpipe.features.color import (
 from cvpipe.features.patches import PatchFeatures
 from cvpipe.features.spec import (
     FEATURE_NAMES,
+    RUNTIME_PARAMS,
     FeatureComponent,
     FeatureSpec,
     extractor_state,
@@ -41,8 +43,10 @@ from cvpipe.features.transformers import (
 from cvpipe.features.visualize import hog_glyphs, plot_color_histogram, plot_hog
 
 __all__ = [
+    "resolve_backend",
     "BLOCK_NORMS",
     "FEATURE_NAMES",
+    "RUNTIME_PARAMS",
     "SPACES",
     "ColorHistParams",
     "ColorHistogramTransformer",

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cvpipe.device import n_workers
 from cvpipe.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,6 +90,12 @@ class BoundedCache:
             self._size = 0
 
 
+#: The features' one cache of tables kept between calls (HOG's gradient tables and block
+#: indices, colour bin tables and conversion tables, their copies on a device): 128 MiB at
+#: most, whatever parameters are asked for.
+TABLES = BoundedCache(128 << 20)
+
+
 def is_tensor(x: Any) -> bool:
     """True for a ``torch.Tensor``, without importing torch when it is not loaded."""
     mod = type(x).__module__
@@ -98,25 +104,6 @@ def is_tensor(x: Any) -> bool:
     import torch
 
     return isinstance(x, torch.Tensor)
-
-
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def n_workers(n_jobs: int | None) -> int:
-    """Threads for ``n_jobs`` in joblib's convention: None or 1 = one, -1 = all cores, -2 = all
-    but one, ..."""
-    if n_jobs is None or n_jobs == 0:
-        return 1
-    if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool):
-        raise ConfigError(f"n_jobs must be an integer, not {n_jobs!r}")
-    n = cpu_count()
-    return int(n_jobs) if n_jobs > 0 else max(1, n + 1 + int(n_jobs))
 
 
 def check_device(device: Any, backend: str | None) -> None:

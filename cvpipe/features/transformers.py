@@ -22,8 +22,9 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.pipeline import FeatureUnion
 from sklearn.utils.validation import check_array, validate_data
 
+from cvpipe.device import n_workers
 from cvpipe.errors import ConfigError
-from cvpipe.features._common import check_device, is_tensor, n_workers
+from cvpipe.features._common import check_device, is_tensor
 from cvpipe.features._hog import HOGParams, hog
 from cvpipe.features.color import ColorHistParams, color_histogram
 

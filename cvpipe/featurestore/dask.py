@@ -328,7 +328,7 @@ class DaskRunner:
     """Sums a function of every block of rows on a Dask cluster: each task reads a run of
     blocks where the workers see the stores (a shared filesystem or fsspec URLs) and sums its
     share; the client adds the tasks' sums in a fixed order, so the result does not depend on
-    which worker finished first (:class:`cvpipe.classifiers.linear_svm.Runner` does the same
+    which worker finished first (:class:`cvpipe.classifiers.row_stats.Runner` does the same
     on this machine).
 
     Parameters

@@ -112,7 +112,7 @@ def run_local(plan: ExtractPlan, *, n_jobs: int | None = -1, progress: bool = Fa
     described."""
     from tqdm.auto import tqdm
 
-    from cvpipe.features._common import cpu_count, n_workers
+    from cvpipe.device import cpu_count, n_workers
 
     threads = n_workers(n_jobs)
     # Writing (compression, I/O) overlaps the features only where a core is free for it: on

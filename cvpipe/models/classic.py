@@ -12,8 +12,8 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from cvpipe.classifiers.fitted import ClassicModel
-from cvpipe.classifiers.linear_svm import LOCAL
 from cvpipe.classifiers.persist import load_parts, save_parts
+from cvpipe.classifiers.row_stats import LOCAL
 from cvpipe.classifiers.specs import CLASSIFIERS, ClassicSpec
 from cvpipe.classifiers.training import fit_classic
 from cvpipe.data.dataset import Dataset
