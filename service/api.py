@@ -182,11 +182,12 @@ def features() -> Response:
         if name is not None or params is not None:
             raise ApiError(400, "invalid_option", "give either model (use its features) or "
                            "features/params, not both", {"option": "model"})
-        taken = _model(model_name).input
+        served = _model(model_name)
+        taken = served.input
         if taken.features is None:
             raise ApiError(400, "no_features", f"model {model_name!r} "
-                           f"({model_card(_model(model_name).metadata)['family']}) has no "
-                           "hand-made features", {"model": model_name})
+                           f"({model_card(served.metadata)['family']}) has no hand-made features",
+                           {"model": model_name})
         spec = taken.features
         fitted = taken.extractor if spec.stateful else None
         if fitted is not None and size is not None and tuple(size) != taken.size:
