@@ -21,6 +21,7 @@ a spec: it is chosen when building.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Mapping, MutableMapping
@@ -278,6 +279,10 @@ class FeatureSpec:
 
     def key(self) -> str:
         """Stable 16-hex-digit key of what is computed (effective parameters; not the label)."""
+        return self._key
+
+    @functools.cached_property
+    def _key(self) -> str:  # computed once: the API asks for it on every request
         return hashlib.sha256(canonical_json(self.effective_params()).encode()).hexdigest()[:16]
 
     def n_features(self, image_shape: tuple[int, ...]) -> int:
