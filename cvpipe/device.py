@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from cvpipe.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported only where a device is resolved
@@ -36,8 +38,6 @@ def cpu_count() -> int:
 def n_workers(n_jobs: int | None) -> int:
     """Threads for ``n_jobs`` in joblib's convention: None or 1 = one, -1 = all cores, -2 = all
     but one, ..."""
-    import numpy as np
-
     if n_jobs is None or n_jobs == 0:
         return 1
     if not isinstance(n_jobs, (int, np.integer)) or isinstance(n_jobs, bool):

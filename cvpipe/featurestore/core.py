@@ -118,7 +118,7 @@ class ExtractResult:
 
 def plan_extraction(
     source: ImageSource,
-    features: str | dict[str, Any],
+    features: str | dict[str, Any] | FeatureSpec,
     *,
     params: dict[str, Any] | None = None,
     out: str | os.PathLike[str] | None = None,

@@ -158,7 +158,7 @@ def task_groups(todo: list[int], nthreads: int, chunks_per_task: int | None = No
 
 def extract_dask(
     source: ImageSource,
-    features: str | dict[str, Any],
+    features: str | dict[str, Any] | FeatureSpec,
     *,
     client: Any = None,
     scheduler: str | None = None,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from cvpipe.features import FeatureSpec
 from cvpipe.featurestore.core import (
     ExtractPlan,
     ExtractResult,
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def extract(
     source: ImageSource,
-    features: str | dict[str, Any],
+    features: str | dict[str, Any] | FeatureSpec,
     *,
     params: dict[str, Any] | None = None,
     out: str | os.PathLike[str] | None = None,
