@@ -11,7 +11,10 @@ it from this process with keep-alive ``http.client`` connections, one thread per
    base64, malformed JSON, wrong content type, empty body, unknown model, too many images,
    body over the limit, decompression bomb), from ``--clients`` clients: every good answer
    must carry the class the model predicts locally for that image, every bad one a 4xx JSON
-   error; the workers' resident memory is read from ``/proc`` before, during and after.
+   error; the workers' resident memory is read from ``/proc`` before, during and after;
+5. latency: ``--latency`` (300) one-image requests, one at a time, to ``predict`` and to
+   ``/v1/features?model=`` for the classic model and each ``--latency-model``: p50/p90/p99
+   (``--latency-only`` runs just this).
 
 Targets (issue 7), HOG+colour linear SVM on a 2-core machine: >= 300 requests/s with p99
 < 50 ms at 16 clients; >= 3,000 images/s for a 256-image batch.
@@ -48,6 +51,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 from typing import Any
@@ -459,6 +463,27 @@ def bench_model(port: int, server: Server, model: str, pngs: list[bytes],
     return {"single_image": single, "batch": batches}
 
 
+def latency_test(port: int, model: str, pngs: list[bytes], n: int) -> dict[str, Any]:
+    """One client, one image per request, one request at a time: the latency of a lone call to
+    ``predict`` and to ``/v1/features?model=`` (the path a model's parameters take per request)."""
+    client = Client(port)
+    out: dict[str, Any] = {"requests": n}
+    paths = {"predict": f"/v1/models/{model}/predict", "features": f"/v1/features?model={urllib.parse.quote(model)}"}
+    for kind, path in paths.items():
+        times = []
+        for i in range(n + 20):  # the first 20 warm the connection and the caches
+            body, ctype = multipart([(f"{i}.png", pngs[i % len(pngs)])])
+            start = time.perf_counter()
+            status, data = client.send("POST", path, body, {"Content-Type": ctype})
+            elapsed = time.perf_counter() - start
+            if status != 200:
+                raise RuntimeError(f"{path}: HTTP {status}: {data[:300]!r}")
+            if i >= 20:
+                times.append(elapsed)
+        out[kind] = percentiles(times)
+    return out
+
+
 # ---------------------------------------------------------------------------- soak
 
 def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
@@ -623,6 +648,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra argument for cvpipe serve (repeat for several)")
     p.add_argument("--soak", type=int, default=10_000, help="soak requests (0 skips the soak)")
     p.add_argument("--images", type=int, default=500, help="distinct test images")
+    p.add_argument("--latency", type=int, default=300,
+                   help="sequential one-image requests per path in the latency test (0 skips it)")
+    p.add_argument("--latency-model", action="append", default=[], metavar="NAME",
+                   help="also measure this model's one-image latency (a name in --models or a "
+                   "folder; repeat for several)")
+    p.add_argument("--latency-only", action="store_true",
+                   help="run only the latency test (no load, batch or soak test)")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -650,8 +682,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         svm = svm_dir.name
         os.symlink(svm_dir.resolve(), serve_dir / svm)
+    extra = []
+    for spec in args.latency_model:
+        folder = resolve(spec, None)
+        if folder is not None and folder.name not in (svm, *extra):
+            os.symlink(folder.resolve(), serve_dir / folder.name)
+            extra.append(folder.name)
     cnn = None
-    if cnn_dir is not None:
+    if cnn_dir is not None and not args.latency_only:
         cnn = cnn_dir.name
         os.symlink(cnn_dir.resolve(), serve_dir / cnn)
     models = serve_dir
@@ -691,7 +729,13 @@ def main(argv: list[str] | None = None) -> int:
             "targets": TARGETS,
             "models": {},
         }
-        for name in [svm] + ([cnn] if cnn else []):
+        if args.latency:
+            result["latency"] = {}
+            for name in [svm, *extra]:
+                log.info("%s: one-image latency, %d requests per path", name, args.latency)
+                result["latency"][name] = latency_test(port, name, pngs, args.latency)
+                log.info("%s: %s", name, result["latency"][name])
+        for name in [] if args.latency_only else [svm] + ([cnn] if cnn else []):
             meta = read_metadata(models / name, verify=False)
             entry = {"kind": meta.get("kind"), "features": meta.get("features"),
                      "classifier": (meta.get("classifier") or {}).get("type")
@@ -714,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             result["models"][name] = entry
         if not cnn:
             result["cnn"] = f"no CNN model in {args.models} (or --cnn none): not measured"
-        if args.soak:
+        if args.soak and not args.latency_only:
             log.info("soak: %d mixed requests", args.soak)
             meter = CpuMeter(server)
             result["soak"] = {"model": svm, **soak(port, svm, pngs, local[svm], args.soak, args.clients,
