@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from cvpipe.errors import ConfigError
-from cvpipe.features import FEATURE_NAMES, RUNTIME_PARAMS, FeatureSpec
+from cvpipe.features import FEATURE_NAMES, RUNTIME_PARAMS, FeatureSpec, fit_to_shape
 from cvpipe.storage import canonical_json, to_jsonable
 from service.errors import ApiError
 
@@ -59,7 +59,9 @@ class Extractor:
         except ConfigError as exc:
             raise ApiError(400, "invalid_features", f"{exc} (images resized to {size[0]}x{size[1]})",
                            {"option": "features"}) from None
-        self.transformer = fitted if fitted is not None else spec.build()
+        # fitted to the one shape it serves: its parameters are checked here, not per request
+        self.transformer = fitted if fitted is not None else fit_to_shape(spec.build(),
+                                                                         (*size, channels))
         effective = dict(zip(spec.step_names(), (c["params"] for c in spec.effective_params()),
                              strict=True))
         self.config = {"name": spec.name, "params": to_jsonable(params or {}),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,14 +19,6 @@ from cvpipe.storage import recover_all
 from service.batching import MicroBatcher
 
 log = logging.getLogger(__name__)
-
-
-def _sklearn_fast() -> contextlib.AbstractContextManager:
-    """scikit-learn's ``config_context(assume_finite=True)`` if scikit-learn is loaded."""
-    sklearn = sys.modules.get("sklearn")
-    if sklearn is None:
-        return contextlib.nullcontext()
-    return sklearn.config_context(assume_finite=True)
 
 
 @dataclass
@@ -62,11 +52,7 @@ class ServedModel:
         self.batcher = MicroBatcher(self._call)
 
     def _call(self, images: np.ndarray) -> tuple[np.ndarray, str]:
-        # The API hands models uint8 images it decoded itself, so scikit-learn's finiteness
-        # checks of every intermediate array (a fifth of a small call's time) are skipped; the
-        # scores are checked once instead.
-        with _sklearn_fast():
-            scores, kind = self.predictor.scores(images)
+        scores, kind = self.predictor.scores(images)
         scores = np.asarray(scores)
         if scores.shape != (len(images), len(self.classes)) or not np.isfinite(scores).all():
             raise ArtifactError(f"model {self.name} returned invalid scores "

@@ -152,8 +152,8 @@ def test_batching_threads_and_norms(images):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"space": "yuv"}, "unknown colour space"),
-        ({"bins": 0}, "positive"),
+        ({"space": "yuv"}, "'space' parameter"),
+        ({"bins": 0}, "'bins' parameter"),
         ({"bins": (8, 0, 4)}, "positive"),
         ({"bins": (8, 4)}, "3 value"),
         ({"grid": (24, 1)}, "more cells"),

@@ -168,7 +168,7 @@ def test_out_parameter(data):
         ("hog", {"color__bins": 4}, "not part of"),
         ("hog+color", {"hog__bins": 4}, "has no parameter"),
         ("hog", {"orientations": -1}, "orientations"),
-        ("color", {"space": "cmyk"}, "colour space"),
+        ("color", {"space": "cmyk"}, "'space' parameter"),
         ("hog", {"device": "tpu"}, "device"),
     ],
 )
@@ -239,3 +239,66 @@ def test_plots_render(tmp_path, data):
         assert (tmp_path / name).stat().st_size > 2000
     with pytest.raises(ConfigError):
         plot_hog(x)  # a batch, not one image
+
+
+def test_parameters_are_validated_once_per_fit(data, monkeypatch):
+    """fit keeps the validated parameter object; transform hands it down unchecked, and
+    set_params makes the next call check the new value."""
+    import cvpipe.features._hog.params as hog_params
+    import cvpipe.features.transformers as transformers
+
+    x, _ = data
+    est = HOGTransformer(device="cpu").fit(x)
+    assert est.params_ == hog_params.HOGParams()
+    calls = []
+    real = transformers.HOGParams.from_checked
+    monkeypatch.setattr(transformers.HOGParams, "from_checked",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = est.transform(x)
+    est.transform(x)
+    assert calls == []  # fitted: the parameters were checked in fit, not per call
+    est.set_params(orientations=12)
+    assert "params_" not in est.__dict__
+    assert est.transform(x).shape == (40, first.shape[1] // 9 * 12) and calls == [1]
+    with pytest.raises(ConfigError, match="'orientations' parameter"):
+        est.set_params(orientations=0).transform(x)  # a changed value is checked before use
+
+
+def test_a_union_checks_its_images_once(data, monkeypatch):
+    import cvpipe.features.transformers as transformers
+
+    x, _ = data
+    union = make_features("hog+color", device="cpu").fit(x)
+    seen = []
+    real = transformers.check_images
+    monkeypatch.setattr(transformers, "check_images", lambda *a, **k: seen.append(1) or real(*a, **k))
+    got = union.transform(x)
+    assert len(seen) == 1
+    np.testing.assert_array_equal(got, np.hstack([hog(x, backend="numpy"),
+                                                  color_histogram(x, backend="numpy")]))
+
+
+def test_non_finite_float_images_are_refused(data):
+    x = data[0].astype(np.float32) / 255
+    x[3, 4, 5, 1] = np.nan
+    for est in (HOGTransformer(device="cpu"), ColorHistogramTransformer(device="cpu"),
+                PixelTransformer()):
+        with pytest.raises(ConfigError, match="NaN or inf"):
+            est.fit_transform(x)
+    with pytest.raises(ConfigError, match="NaN or inf"):
+        hog(x, backend="numpy")
+
+
+def test_fit_to_shape_fixes_the_input_shape_without_images(data):
+    from cvpipe.features import FeatureSpec, fit_to_shape
+
+    x, _ = data
+    spec = FeatureSpec.parse("hog+color")
+    ready = fit_to_shape(spec.build(device="cpu"), x.shape[1:])
+    np.testing.assert_array_equal(ready.transform(x), spec.build(device="cpu").transform(x))
+    with pytest.raises(ValueError, match="expecting 1728 features"):
+        ready.transform(x[:, :16, :16])
+    with pytest.raises(ValueError, match="differ from the shape"):
+        ready.transform(x.reshape(40, 12, 48, 3))
+    with pytest.raises(ConfigError, match="learned features"):
+        fit_to_shape(FeatureSpec.parse("patches").build(), x.shape[1:])

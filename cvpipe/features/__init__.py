@@ -31,6 +31,7 @@ from cvpipe.features.spec import (
     FeatureComponent,
     FeatureSpec,
     extractor_state,
+    fit_to_shape,
     make_features,
     restore_extractor,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "hog_feature_count",
     "hog_glyphs",
     "extractor_state",
+    "fit_to_shape",
     "make_features",
     "restore_extractor",
     "plot_color_histogram",

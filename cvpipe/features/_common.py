@@ -19,9 +19,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.utils._param_validation import (
+    InvalidParameterError,
+    StrOptions,
+    validate_parameter_constraints,
+)
 
 from cvpipe.device import n_workers
 from cvpipe.errors import ConfigError
@@ -166,6 +172,26 @@ def resolve_backend(images: Any, device: Any, backend: str | None) -> tuple[str,
     return "torch", dev
 
 
+#: Constraints of the parameters every image transformer takes: where and how to compute, and
+#: the shape that unflattens 2-D rows (the device is checked by :func:`check_device`).
+RUNTIME_CONSTRAINTS: dict[str, list[Any]] = {
+    "image_shape": [None, "array-like"],
+    "device": "no_validation",
+    "backend": [None, StrOptions(set(BACKENDS))],
+    "n_jobs": [None, Integral],
+}
+
+
+def check_constraints(constraints: dict[str, list[Any]], values: dict[str, Any], caller: str) -> None:
+    """Check ``values`` against scikit-learn style ``constraints`` (the same declarations the
+    transformers' ``_parameter_constraints`` hold); :class:`ConfigError` names the first
+    invalid one."""
+    try:
+        validate_parameter_constraints(constraints, values, caller_name=caller)
+    except InvalidParameterError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def as_pair(value: Any, name: str, minimum: int = 1) -> tuple[int, int]:
     """``(a, b)`` of positive ints from an int or a 2-sequence."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -184,6 +210,9 @@ def as_pair(value: Any, name: str, minimum: int = 1) -> tuple[int, int]:
 
 def check_images(images: Any, *, channels: int | None, name: str = "images") -> Any:
     """Check a batch of images and return it as an array (or tensor) of shape (N, H, W, C).
+
+    The one check of a batch on each call path: the feature functions call it on what they are
+    given, the transformers on what they are given, and neither checks twice.
 
     Parameters
     ----------
@@ -205,6 +234,8 @@ def check_images(images: Any, *, channels: int | None, name: str = "images") -> 
             raise ConfigError(f"{name} must be a numeric array, not dtype {images.dtype}")
         if np.iscomplexobj(images):
             raise ConfigError(f"{name} must be real-valued, not dtype {images.dtype}")
+        if images.dtype.kind == "f" and not np.isfinite(images).all():
+            raise ConfigError(f"{name} must be finite: they hold NaN or inf values")
     elif images.is_complex():
         raise ConfigError(f"{name} must be real-valued, not dtype {images.dtype}")
     if images.ndim == 3:

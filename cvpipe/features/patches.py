@@ -55,6 +55,7 @@ from sklearn.utils.validation import check_is_fitted
 from cvpipe.device import n_workers
 from cvpipe.errors import ConfigError
 from cvpipe.features._common import (
+    RUNTIME_CONSTRAINTS,
     is_tensor,
     resolve_backend,
     run_chunked,
@@ -153,11 +154,8 @@ class PatchFeatures(_ImageTransformer):
         "n_patches": [Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "random_state": [Interval(Integral, 0, None, closed="left")],
-        "image_shape": [None, "array-like"],
-        "device": [None, str, object],
-        "backend": [None, str],
-        "n_jobs": [None, Integral],
         "flip_invariant": ["boolean"],
+        **RUNTIME_CONSTRAINTS,
     }
 
     def __init__(self, patch_size: int = 6, stride: int = 1, n_centroids: int = 1600,
@@ -186,11 +184,7 @@ class PatchFeatures(_ImageTransformer):
 
     # ------------------------------------------------------------------ parameters and size
 
-    def _validated_params(self) -> dict[str, Any]:
-        try:
-            self._validate_params()
-        except ValueError as exc:  # InvalidParameterError: say it the way the others do
-            raise ConfigError(str(exc)) from None
+    def _make_params(self) -> dict[str, Any]:
         if self.flip_invariant and int(self.n_centroids) % 2:
             raise ConfigError(f"flip_invariant features need an even n_centroids (K/2 centroids "
                               f"and their mirror images), not {self.n_centroids}")
@@ -229,13 +223,12 @@ class PatchFeatures(_ImageTransformer):
         -------
         self
         """
-        super().fit(X)
-        images = self._as_images(X, reset=False)
+        return super().fit(X, y)
+
+    def _fit_images(self, images: Any, params: dict[str, Any]) -> None:
+        """Stages 1-4 on the checked (N, H, W, C) training images."""
         if is_tensor(images):
             images = images.detach().cpu().numpy()
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[..., None]
         rng = np.random.default_rng(self.random_state)
         patches = self._sample(images, rng)
         _normalise(patches, float(self.norm_eps))
@@ -256,7 +249,6 @@ class PatchFeatures(_ImageTransformer):
         self.whitening_ = whitening.astype(np.float32)
         self.centroids_, self.inertia_, self.n_iter_ = self._kmeans(patches, rng, mirror)
         self._augment()
-        return self
 
     def _sample(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Stage 1: ``n_patches`` random patches (float32, one a row)."""
@@ -333,9 +325,6 @@ class PatchFeatures(_ImageTransformer):
         d = self._n_out(tuple(images.shape[1:]), params)
         if out is None:
             out = np.empty((n, d), np.float32)
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[..., None]
         # A chunk's codes (patches x K float32) are walked several times: keep them in cache.
         chunk = max(1, CHUNK_CODES // (oh * ow * int(self.n_centroids)))
 
@@ -459,6 +448,7 @@ class PatchFeatures(_ImageTransformer):
         self.image_shape_ = tuple(int(s) for s in image_shape)
         self.n_features_in_ = int(np.prod(image_shape))
         self._n_features_out = self._n_out(self.image_shape_, params)
+        self.params_ = params
         return self
 
     def __sklearn_tags__(self):

@@ -327,8 +327,8 @@ class FeatureSpec:
         """
         runtime = {"n_jobs": n_jobs, "device": device, "backend": backend, "image_shape": image_shape}
         steps = [c.transformer(**runtime) for c in self.components]
-        for est in steps:
-            est._check_common()
+        for est in steps:  # the run-time options' errors here, where they are given
+            est._validated_params()
         if len(steps) == 1:
             return steps[0]
         return ImageFeatureUnion(list(zip(self.step_names(), steps, strict=True)))
@@ -412,6 +412,16 @@ def _steps(extractor: Any, spec: FeatureSpec) -> list[tuple[str, Any]]:
     if len(spec.components) == 1:
         return [(spec.step_names()[0], extractor)]
     return list(extractor.transformer_list)
+
+
+def fit_to_shape(extractor: Any, image_shape: tuple[int, ...]) -> Any:
+    """Fit a stateless extractor (built by :meth:`FeatureSpec.build`) to images of one shape
+    ``(H, W, C)`` without any image: its parameters are checked once, here, and a batch of
+    another shape is refused. Returns the extractor."""
+    parts = [t for _, t in getattr(extractor, "transformer_list", [("", extractor)])]
+    if any(isinstance(t, PatchFeatures) for t in parts):
+        raise ConfigError("learned features are fitted on training images, not to a shape")
+    return extractor.fit(np.zeros((1, *image_shape), np.uint8))
 
 
 def make_features(name: str, **params: Any) -> _ImageTransformer | ImageFeatureUnion:

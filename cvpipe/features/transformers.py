@@ -20,13 +20,21 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.pipeline import FeatureUnion
-from sklearn.utils.validation import check_array, validate_data
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.validation import validate_data
 
 from cvpipe.device import n_workers
 from cvpipe.errors import ConfigError
-from cvpipe.features._common import check_device, is_tensor
-from cvpipe.features._hog import HOGParams, hog
-from cvpipe.features.color import ColorHistParams, color_histogram
+from cvpipe.features._common import (
+    RUNTIME_CONSTRAINTS,
+    check_device,
+    check_images,
+    is_tensor,
+)
+from cvpipe.features._hog import CONSTRAINTS as HOG_CONSTRAINTS
+from cvpipe.features._hog import HOGParams, hog_checked
+from cvpipe.features.color import CONSTRAINTS as COLOR_CONSTRAINTS
+from cvpipe.features.color import ColorHistParams, histogram_checked
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +53,30 @@ def _image_shape(value: Any) -> tuple[int, ...] | None:
     return shape
 
 
-class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
-    """Input handling shared by the image transformers (not a public class)."""
+def _as_hwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``(H, W, C)`` of one image's shape: (H, W) is one channel."""
+    return (*shape, 1) if len(shape) == 2 else shape
 
-    def _validated_params(self) -> Any:  # pragma: no cover - abstract
+
+class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Input handling shared by the image transformers (not a public class).
+
+    Parameters are checked once per fit: :meth:`fit` checks every value against
+    ``_parameter_constraints`` (each feature declares its own next to its parameter object,
+    the run-time ones are shared), builds the validated parameter object and keeps it as
+    ``params_``, which :meth:`transform` then hands down to the computation unchecked. An
+    unfitted transformer (scikit-learn's ``requires_fit=False``) checks them on every call;
+    :meth:`set_params` drops ``params_`` so a changed value is checked before it is used.
+
+    The input is checked once per call too: image batches by
+    :func:`~cvpipe.features._common.check_images`, flattened rows by scikit-learn's
+    ``validate_data``; the computation takes the checked batch as it is.
+    """
+
+    _parameter_constraints: dict = dict(RUNTIME_CONSTRAINTS)
+
+    def _make_params(self) -> Any:  # pragma: no cover - abstract
+        """The validated parameter object, from values that met the constraints."""
         raise NotImplementedError
 
     def _extract(self, images: Any, params: Any, out: Any = None) -> Any:  # pragma: no cover
@@ -57,39 +85,57 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
     def _n_out(self, image_shape: tuple[int, ...], params: Any) -> int:  # pragma: no cover
         raise NotImplementedError
 
-    def _check_common(self) -> None:
+    def _validate_params(self) -> None:
+        try:
+            super()._validate_params()
+        except InvalidParameterError as exc:  # the error every cvpipe parameter raises
+            raise ConfigError(str(exc)) from None
+
+    def _validated_params(self) -> Any:
+        """Check every parameter (its declared constraint, then how the values fit together)
+        and return the validated parameter object."""
+        self._validate_params()
         _image_shape(self.image_shape)
         check_device(self.device, self.backend)
         n_workers(self.n_jobs)
+        return self._make_params()
 
-    def _as_images(self, X: Any, reset: bool) -> Any:
-        """(N, H, W[, C]) images from image batches or flattened rows; records or checks the
-        shape seen by ``fit``."""
-        shape = _image_shape(self.image_shape)
+    def _params(self) -> Any:
+        """The parameter object: the one ``fit`` validated, else validated now."""
+        params = self.__dict__.get("params_")
+        return params if params is not None else self._validated_params()
+
+    def set_params(self, **params: Any) -> _ImageTransformer:
+        self.__dict__.pop("params_", None)
+        return super().set_params(**params)
+
+    def _check_input(self, X: Any, reset: bool) -> tuple[Any, tuple[int, ...]]:
+        """The call's one input check: ``((N, H, W, C) images, shape of one image as given)``
+        from image batches or flattened rows."""
+        if not is_tensor(X) and not hasattr(X, "ndim"):
+            X = np.asarray(X)
+        if X.ndim >= 3:
+            return check_images(X, channels=None, name="X"), tuple(int(s) for s in X.shape[1:])
         if is_tensor(X):
-            images = X if X.ndim >= 3 else self._unflatten(X, shape)
-        else:
-            if hasattr(X, "ndim") and X.ndim >= 3:
-                images = check_array(
-                    X, allow_nd=True, dtype="numeric", ensure_all_finite=True,
-                    input_name="X",
-                )
-            else:
-                rows = validate_data(
-                    self, X, reset=reset, dtype="numeric", ensure_all_finite=True
-                )
-                images = self._unflatten(rows, shape)
-        n_feat = int(np.prod(images.shape[1:]))
-        if shape is not None and images.ndim - 1 == len(shape):
-            for got, want in zip(images.shape[1:], shape, strict=True):
+            images = self._unflatten(X)
+            return check_images(images, channels=None, name="X"), tuple(images.shape[1:])
+        rows = validate_data(self, X, reset=reset, dtype="numeric", ensure_all_finite=True)
+        images = self._unflatten(rows)
+        return (images if images.ndim == 4 else images[..., None]), tuple(images.shape[1:])
+
+    def _conform(self, shape: tuple[int, ...], reset: bool) -> None:
+        """Record (``fit``) or compare (``transform``) the shape of one input image."""
+        wanted = _image_shape(self.image_shape)
+        if wanted is not None and len(shape) == len(wanted):
+            for got, want in zip(shape, wanted, strict=True):
                 if want != -1 and got != want:
                     raise ValueError(
-                        f"images of shape {tuple(images.shape[1:])} do not match "
-                        f"image_shape={self.image_shape}"
+                        f"images of shape {shape} do not match image_shape={self.image_shape}"
                     )
+        n_feat = int(np.prod(shape))
         if reset:
             self.n_features_in_ = n_feat
-            self.image_shape_ = tuple(int(s) for s in images.shape[1:])
+            self.image_shape_ = shape
         elif hasattr(self, "n_features_in_"):
             if n_feat != self.n_features_in_:
                 raise ValueError(
@@ -97,14 +143,20 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
                     f"{self.n_features_in_} features as input (images of shape "
                     f"{self.image_shape_})."
                 )
-            if tuple(images.shape[1:]) != self.image_shape_:
+            if _as_hwc(shape) != _as_hwc(tuple(self.image_shape_)):
                 raise ValueError(
-                    f"images of shape {tuple(images.shape[1:])} differ from the shape "
-                    f"{self.image_shape_} seen in fit"
+                    f"images of shape {shape} differ from the shape {self.image_shape_} seen in fit"
                 )
+
+    def _as_images(self, X: Any, reset: bool) -> Any:
+        """(N, H, W, C) images from image batches or flattened rows, checked once; records
+        or compares the shape seen by ``fit``."""
+        images, shape = self._check_input(X, reset)
+        self._conform(shape, reset)
         return images
 
-    def _unflatten(self, rows: Any, shape: tuple[int, ...] | None) -> Any:
+    def _unflatten(self, rows: Any) -> Any:
+        shape = _image_shape(self.image_shape)
         if shape is None:
             raise ValueError(
                 f"{type(self).__name__} got 2-D input of shape {tuple(rows.shape)}: pass "
@@ -132,11 +184,16 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         -------
         self
         """
+        self.__dict__.pop("params_", None)
         params = self._validated_params()
-        self._check_common()
         images = self._as_images(X, reset=True)
         self._n_features_out = self._n_out(tuple(images.shape[1:]), params)
+        self._fit_images(images, params)
+        self.params_ = params
         return self
+
+    def _fit_images(self, images: Any, params: Any) -> None:
+        """Learn from the checked (N, H, W, C) training images: nothing, unless overridden."""
 
     def transform(self, X: Any) -> np.ndarray:
         """Features of each image.
@@ -150,20 +207,11 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
         -------
         (N, D) ndarray of float32
         """
-        params = self._validated_params()
-        self._check_common()
-        images = self._as_images(X, reset=False)
-        out = self._extract(images, params)
+        params = self._params()
+        out = self._extract(self._as_images(X, reset=False), params)
         if is_tensor(out):
             out = out.detach().cpu().numpy()
         return np.asarray(out, dtype=np.float32)
-
-    def _prepare_transform(self, X: Any) -> tuple[Any, Any, int]:
-        """(images, params, output width) for :class:`ImageFeatureUnion`."""
-        params = self._validated_params()
-        self._check_common()
-        images = self._as_images(X, reset=False)
-        return images, params, self._n_out(tuple(images.shape[1:]), params)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -200,6 +248,8 @@ class HOGTransformer(_ImageTransformer):
     (4, 324)
     """
 
+    _parameter_constraints: dict = {**HOG_CONSTRAINTS, **RUNTIME_CONSTRAINTS}
+
     def __init__(
         self,
         orientations: int = 9,
@@ -224,8 +274,8 @@ class HOGTransformer(_ImageTransformer):
         self.backend = backend
         self.n_jobs = n_jobs
 
-    def _validated_params(self) -> HOGParams:
-        return HOGParams.make(
+    def _make_params(self) -> HOGParams:
+        return HOGParams.from_checked(
             self.orientations,
             self.pixels_per_cell,
             self.cells_per_block,
@@ -238,19 +288,8 @@ class HOGTransformer(_ImageTransformer):
         return params.layout(image_shape[0], image_shape[1])[4]
 
     def _extract(self, images: Any, params: HOGParams, out: Any = None) -> Any:
-        return hog(
-            images,
-            params.orientations,
-            params.pixels_per_cell,
-            params.cells_per_block,
-            params.block_norm,
-            params.transform_sqrt,
-            params.channel_axis,
-            device=self.device,
-            backend=self.backend,
-            n_jobs=self.n_jobs,
-            out=out,
-        )
+        return hog_checked(images, params, device=self.device, backend=self.backend,
+                           n_jobs=self.n_jobs, out=out)
 
 
 class ColorHistogramTransformer(_ImageTransformer):
@@ -277,6 +316,8 @@ class ColorHistogramTransformer(_ImageTransformer):
         Shape of one image seen by ``fit``.
     """
 
+    _parameter_constraints: dict = {**COLOR_CONSTRAINTS, **RUNTIME_CONSTRAINTS}
+
     def __init__(
         self,
         space: str = "hsv",
@@ -301,8 +342,8 @@ class ColorHistogramTransformer(_ImageTransformer):
         self.backend = backend
         self.n_jobs = n_jobs
 
-    def _validated_params(self) -> ColorHistParams:
-        return ColorHistParams.make(
+    def _make_params(self) -> ColorHistParams:
+        return ColorHistParams.from_checked(
             self.space, self.bins, self.joint, self.grid, self.norm, self.ranges
         )
 
@@ -313,20 +354,9 @@ class ColorHistogramTransformer(_ImageTransformer):
 
     def _extract(self, images: Any, params: ColorHistParams, out: Any = None) -> Any:
         # gray images: an intensity histogram (ColorHistParams.for_channels)
-        params = params.for_channels(int(images.shape[-1]) if images.ndim == 4 else 1)
-        return color_histogram(
-            images,
-            params.space,
-            params.bins,
-            params.joint,
-            params.grid,
-            params.norm,
-            params.ranges,
-            device=self.device,
-            backend=self.backend,
-            n_jobs=self.n_jobs,
-            out=out,
-        )
+        return histogram_checked(images, params.for_channels(int(images.shape[-1])),
+                                 device=self.device, backend=self.backend, n_jobs=self.n_jobs,
+                                 out=out)
 
 
 class PixelTransformer(_ImageTransformer):
@@ -342,6 +372,8 @@ class PixelTransformer(_ImageTransformer):
         Accepted for a uniform interface; flattening runs on the host.
     """
 
+    _parameter_constraints: dict = {"scale": ["boolean"], **RUNTIME_CONSTRAINTS}
+
     def __init__(
         self,
         scale: bool = True,
@@ -356,9 +388,7 @@ class PixelTransformer(_ImageTransformer):
         self.backend = backend
         self.n_jobs = n_jobs
 
-    def _validated_params(self) -> bool:
-        if not isinstance(self.scale, (bool, np.bool_)):
-            raise ConfigError(f"scale must be True or False, not {self.scale!r}")
+    def _make_params(self) -> bool:
         return bool(self.scale)
 
     def _n_out(self, image_shape: tuple[int, ...], params: bool) -> int:
@@ -389,6 +419,7 @@ class ImageFeatureUnion(FeatureUnion):
         return (
             bool(parts)
             and all(isinstance(t, _ImageTransformer) for t in parts)
+            and len({repr(t.image_shape) for t in parts}) == 1  # one unflattening for all
             and not self.transformer_weights
             and config.get("transform", "default") == "default"
         )
@@ -398,11 +429,15 @@ class ImageFeatureUnion(FeatureUnion):
         if params or not self._fusable():
             return super().transform(X, **params)
         parts = [t for _, t in self.transformer_list if t not in ("drop", None)]
-        prepared = [t._prepare_transform(X) for t in parts]
-        n = len(prepared[0][0])
-        out = np.empty((n, sum(w for _, _, w in prepared)), dtype=np.float32)
+        images, shape = parts[0]._check_input(X, reset=False)  # once for every component
+        prepared = []
+        for t in parts:
+            t._conform(shape, reset=False)
+            params = t._params()
+            prepared.append((params, t._n_out(tuple(images.shape[1:]), params)))
+        out = np.empty((len(images), sum(w for _, w in prepared)), dtype=np.float32)
         start = 0
-        for t, (images, p, width) in zip(parts, prepared, strict=True):
+        for t, (p, width) in zip(parts, prepared, strict=True):
             view = out[:, start : start + width]
             if is_tensor(images):  # computed where the tensor lives, then copied here
                 res = t._extract(images, p)

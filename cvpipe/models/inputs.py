@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cvpipe.errors import ArtifactError, ConfigError
-from cvpipe.features import FeatureSpec
+from cvpipe.features import FeatureSpec, fit_to_shape
 from cvpipe.images import DEFAULT_FIT, FIT_POLICIES
 
 #: The largest image side a model may declare.
@@ -76,7 +76,12 @@ class ModelInput:
                 raise ArtifactError(f"model.json: features {features.name!r} learn from images; "
                                     "their fitted extractor is missing")
             extractor = features.build()
-        return cls((int(size[0]), int(size[1])), int(channels), str(fit), features, extractor)
+        taken = cls((int(size[0]), int(size[1])), int(channels), str(fit), features, extractor)
+        if features is not None and not features.stateful:
+            # Fitted to the one image shape the model takes: its parameters are checked here,
+            # once, not on every request, and a wrongly shaped batch is refused.
+            fit_to_shape(extractor, taken.shape)
+        return taken
 
     def metadata(self) -> dict[str, Any]:
         """The ``model.json`` fields of the image conversion."""

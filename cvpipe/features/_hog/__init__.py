@@ -23,9 +23,10 @@ Reference: N. Dalal and B. Triggs, "Histograms of Oriented Gradients for Human D
 CVPR 2005, :doi:`10.1109/CVPR.2005.177`.
 """
 
-from cvpipe.features._hog.compute import hog, hog_cells
+from cvpipe.features._hog.compute import hog, hog_cells, hog_checked
 from cvpipe.features._hog.params import (
     BLOCK_NORMS,
+    CONSTRAINTS,
     EPS,
     GRAY_WEIGHTS,
     MAX_ORIENTATIONS,
@@ -33,5 +34,5 @@ from cvpipe.features._hog.params import (
     hog_feature_count,
 )
 
-__all__ = ["BLOCK_NORMS", "EPS", "GRAY_WEIGHTS", "MAX_ORIENTATIONS", "HOGParams", "hog", "hog_cells",
-           "hog_feature_count"]
+__all__ = ["BLOCK_NORMS", "CONSTRAINTS", "EPS", "GRAY_WEIGHTS", "MAX_ORIENTATIONS", "HOGParams", "hog",
+           "hog_cells", "hog_checked", "hog_feature_count"]

@@ -123,7 +123,28 @@ def hog(
     p = HOGParams.make(
         orientations, pixels_per_cell, cells_per_block, block_norm, transform_sqrt, channel_axis
     )
-    return _hog_dispatch(images, p, device, backend, n_jobs, chunk_size, cells_only=False,
+    return hog_checked(check_images(images, channels=None), p, device=device, backend=backend,
+                       n_jobs=n_jobs, chunk_size=chunk_size, out=out)
+
+
+def hog_checked(images: Any, params: HOGParams, *, device: Any = None, backend: str | None = None,
+                n_jobs: int | None = -1, chunk_size: int | None = None,
+                out: np.ndarray | None = None) -> Any:
+    """:func:`hog` of a batch that :func:`~cvpipe.features._common.check_images` returned,
+    with validated parameters: what the transformers call, so nothing is checked twice.
+
+    Parameters
+    ----------
+    images : (N, H, W, C) ndarray or torch.Tensor
+    params : HOGParams
+    device, backend, n_jobs, chunk_size, out
+        As in :func:`hog`.
+
+    Returns
+    -------
+    features : (N, D) ndarray or torch.Tensor of float32
+    """
+    return _hog_dispatch(images, params, device, backend, n_jobs, chunk_size, cells_only=False,
                          out=out)
 
 
@@ -144,13 +165,13 @@ def hog_cells(
         Mean gradient magnitude voted into each orientation bin of each cell.
     """
     p = HOGParams.make(orientations, pixels_per_cell, (1, 1), "L2", transform_sqrt, channel_axis)
-    return _hog_dispatch(images, p, "cpu", "numpy", n_jobs, None, cells_only=True)
+    return _hog_dispatch(check_images(images, channels=None), p, "cpu", "numpy", n_jobs, None,
+                         cells_only=True)
 
 
-def _prepare(images: Any, p: HOGParams) -> tuple[Any, str]:
-    """Checked (N, H, W, C) batch and its processing mode: "lut" (exact 8-bit tables) or
-    "float"."""
-    x = check_images(images, channels=None)
+def _prepare(x: Any, p: HOGParams) -> tuple[Any, str]:
+    """The checked (N, H, W, C) batch as the algorithm takes it (grayscale converted) and its
+    processing mode: "lut" (exact 8-bit tables) or "float"."""
     tensor = is_tensor(x)
     channels = x.shape[-1]
     if p.channel_axis is None and channels != 1:

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
-import numpy as np
+from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from cvpipe.errors import ConfigError
-from cvpipe.features._common import (
-    as_pair,
-)
+from cvpipe.features._common import as_pair, check_constraints
 
 BLOCK_NORMS = ("L1", "L1-sqrt", "L2", "L2-Hys")
 #: The small constant of scikit-image's block normalisation.
@@ -22,6 +21,17 @@ GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
 
 #: Most orientation bins (half a degree each): beyond, bins hold single gradients.
 MAX_ORIENTATIONS = 360
+
+#: What each HOG parameter may be, declared once: :meth:`HOGParams.make` and
+#: :class:`~cvpipe.features.HOGTransformer` both check against it.
+CONSTRAINTS: dict[str, list[Any]] = {
+    "orientations": [Interval(Integral, 1, MAX_ORIENTATIONS, closed="both")],
+    "pixels_per_cell": [Interval(Integral, 1, None, closed="left"), "array-like"],
+    "cells_per_block": [Interval(Integral, 1, None, closed="left"), "array-like"],
+    "block_norm": [StrOptions(set(BLOCK_NORMS))],
+    "transform_sqrt": ["boolean"],
+    "channel_axis": [None, Options(Integral, {-1, 2})],
+}
 
 @dataclass(frozen=True)
 class HOGParams:
@@ -44,31 +54,26 @@ class HOGParams:
         transform_sqrt: Any = False,
         channel_axis: Any = -1,
     ) -> HOGParams:
-        """Check and normalise raw parameter values; raise :class:`ConfigError` if invalid."""
-        if (
-            isinstance(orientations, bool)
-            or not isinstance(orientations, (int, np.integer))
-            or not 1 <= orientations <= MAX_ORIENTATIONS
-        ):
+        """Check raw values against :data:`CONSTRAINTS` and normalise them; raise
+        :class:`ConfigError` if one is invalid."""
+        values = {"orientations": orientations, "pixels_per_cell": pixels_per_cell,
+                  "cells_per_block": cells_per_block, "block_norm": block_norm,
+                  "transform_sqrt": transform_sqrt, "channel_axis": channel_axis}
+        check_constraints(CONSTRAINTS, values, "hog")
+        return cls.from_checked(**values)
+
+    @classmethod
+    def from_checked(cls, orientations: Any, pixels_per_cell: Any, cells_per_block: Any,
+                     block_norm: Any, transform_sqrt: Any, channel_axis: Any) -> HOGParams:
+        """The parameters from values that meet :data:`CONSTRAINTS`: cell and block sizes as
+        pairs, plain Python types."""
+        if isinstance(orientations, bool):  # an Integral to scikit-learn, not a count here
             raise ConfigError(f"orientations must be an integer from 1 to {MAX_ORIENTATIONS}, "
                               f"not {orientations!r}")
-        ppc = as_pair(pixels_per_cell, "pixels_per_cell")
-        cpb = as_pair(cells_per_block, "cells_per_block")
-        if block_norm not in BLOCK_NORMS:
-            raise ConfigError(
-                f"unknown block_norm {block_norm!r}; choose from {', '.join(BLOCK_NORMS)}"
-            )
-        if not isinstance(transform_sqrt, (bool, np.bool_)):
-            raise ConfigError(f"transform_sqrt must be True or False, not {transform_sqrt!r}")
-        if channel_axis is not None and channel_axis not in (-1, 2):
-            raise ConfigError(
-                f"channel_axis must be -1 (channels last) or None (grayscale), "
-                f"not {channel_axis!r}"
-            )
         return cls(
             int(orientations),
-            ppc,
-            cpb,
+            as_pair(pixels_per_cell, "pixels_per_cell"),
+            as_pair(cells_per_block, "cells_per_block"),
             str(block_norm),
             bool(transform_sqrt),
             None if channel_axis is None else -1,

@@ -21,9 +21,10 @@ Float images are taken to lie in [0, 1] and are quantised to 8 bits first
 (``round(255 * clip(x, 0, 1))``, like OpenCV's saturating conversion).
 """
 
-from cvpipe.features.color.compute import color_histogram, convert_color
+from cvpipe.features.color.compute import color_histogram, convert_color, histogram_checked
 from cvpipe.features.color.params import (
     CHANNEL_NAMES,
+    CONSTRAINTS,
     DEFAULT_RANGES,
     MAX_BINS,
     MAX_GRID,
@@ -33,5 +34,6 @@ from cvpipe.features.color.params import (
     color_histogram_size,
 )
 
-__all__ = ["CHANNEL_NAMES", "DEFAULT_RANGES", "MAX_BINS", "MAX_GRID", "NORMS", "SPACES",
-           "ColorHistParams", "color_histogram", "color_histogram_size", "convert_color"]
+__all__ = ["CHANNEL_NAMES", "CONSTRAINTS", "DEFAULT_RANGES", "MAX_BINS", "MAX_GRID", "NORMS", "SPACES",
+           "ColorHistParams", "color_histogram", "color_histogram_size", "convert_color",
+           "histogram_checked"]

@@ -23,8 +23,8 @@ from cvpipe.features.color.torch_backend import _convert_torch, _hist_torch
 log = logging.getLogger(__name__)
 
 
-def _check_input(images: Any, space: str) -> Any:
-    x = check_images(images, channels=None)
+def _check_channels(x: Any, space: str) -> Any:
+    """The checked (N, H, W, C) batch ``x`` if ``space`` can describe its channels."""
     c = x.shape[-1]
     if space == "gray":
         if c not in (1, 3):
@@ -61,7 +61,7 @@ def convert_color(
     """
     p = ColorHistParams.make(space, bins=1)
     kind, dev = resolve_backend(images, device, backend)
-    x = _to_uint8(_check_input(images, p.space))
+    x = _to_uint8(_check_channels(check_images(images, channels=None), p.space))
     if kind == "numpy":
         arr = x.detach().cpu().numpy() if is_tensor(x) else np.asarray(x)
         out = _convert_np(arr, p.space)
@@ -128,11 +128,33 @@ def color_histogram(
         a malformed batch.
     """
     p = ColorHistParams.make(space, bins, joint, grid, norm, ranges)
+    return histogram_checked(check_images(images, channels=None), p, device=device,
+                             backend=backend, n_jobs=n_jobs, chunk_size=chunk_size, out=out)
+
+
+def histogram_checked(images: Any, params: ColorHistParams, *, device: Any = None,
+                      backend: str | None = None, n_jobs: int | None = -1,
+                      chunk_size: int | None = None, out: np.ndarray | None = None) -> Any:
+    """:func:`color_histogram` of a batch that
+    :func:`~cvpipe.features._common.check_images` returned, with validated parameters: what
+    the transformers call, so nothing is checked twice.
+
+    Parameters
+    ----------
+    images : (N, H, W, C) ndarray or torch.Tensor
+    params : ColorHistParams
+    device, backend, n_jobs, chunk_size, out
+        As in :func:`color_histogram`.
+
+    Returns
+    -------
+    features : (N, D) ndarray or torch.Tensor of float32
+    """
     kind, dev = resolve_backend(images, device, backend)
-    x = _check_input(images, p.space)
+    x = _check_channels(images, params.space)
     n, h, w, _ = (int(s) for s in x.shape)
-    p.check_size(h, w)
-    check_out(out, n, p.n_features(), is_tensor(images))
+    params.check_size(h, w)
+    check_out(out, n, params.n_features(), is_tensor(images))
     if chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
         or chunk_size < 1
@@ -141,9 +163,9 @@ def color_histogram(
     log.debug("colour histogram of %d images %dx%d: backend %s", n, h, w, kind)
     if kind == "numpy":
         arr = x.detach().cpu().numpy() if is_tensor(x) else x
-        res = _hist_numpy(arr, p, n_jobs, chunk_size, out)
+        res = _hist_numpy(arr, params, n_jobs, chunk_size, out)
         return torch_module().from_numpy(res).to(images.device) if is_tensor(images) else res
-    out_t = _hist_torch(to_device_tensor(x, dev), p, chunk_size)
+    out_t = _hist_torch(to_device_tensor(x, dev), params, chunk_size)
     if is_tensor(images):
         return out_t
     if out is not None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import numpy as np
+from sklearn.utils._param_validation import Hidden, Interval, StrOptions
 
 from cvpipe.errors import ConfigError
-from cvpipe.features._common import as_pair, is_tensor, torch_module
+from cvpipe.features._common import as_pair, check_constraints, is_tensor, torch_module
 
 SPACES = ("rgb", "hsv", "lab", "gray")
 NORMS = ("l1", "l2", None)
@@ -27,6 +29,18 @@ CHANNEL_NAMES = {
 }
 MAX_BINS = 1 << 24  # bins of one cell histogram
 MAX_GRID = 64  # cells a side of the spatial grid
+
+#: What each colour-histogram parameter may be, declared once: :meth:`ColorHistParams.make`
+#: and :class:`~cvpipe.features.ColorHistogramTransformer` both check against it (names are
+#: case-insensitive: "HSV" is "hsv").
+CONSTRAINTS: dict[str, list[Any]] = {
+    "space": [StrOptions(set(SPACES)), Hidden(StrOptions({s.upper() for s in SPACES}))],
+    "bins": [Interval(Integral, 1, 256, closed="both"), "array-like"],
+    "joint": ["boolean"],
+    "grid": [Interval(Integral, 1, MAX_GRID, closed="both"), "array-like"],
+    "norm": [StrOptions({"l1", "l2"}), None, Hidden(StrOptions({"L1", "L2", "none"}))],
+    "ranges": [None, "array-like"],
+}
 
 
 @dataclass(frozen=True)
@@ -50,17 +64,24 @@ class ColorHistParams:
         norm: Any = "l1",
         ranges: Any = None,
     ) -> ColorHistParams:
-        """Check and normalise raw parameter values; raise :class:`ConfigError` if invalid."""
-        if not isinstance(space, str) or space.lower() not in SPACES:
-            raise ConfigError(f"unknown colour space {space!r}; choose from {', '.join(SPACES)}")
+        """Check raw values against :data:`CONSTRAINTS` and normalise them; raise
+        :class:`ConfigError` if one is invalid."""
+        values = {"space": space, "bins": bins, "joint": joint, "grid": grid, "norm": norm,
+                  "ranges": ranges}
+        check_constraints(CONSTRAINTS, values, "color_histogram")
+        return cls.from_checked(**values)
+
+    @classmethod
+    def from_checked(cls, space: Any, bins: Any, joint: Any, grid: Any, norm: Any,
+                     ranges: Any) -> ColorHistParams:
+        """The parameters from values that meet :data:`CONSTRAINTS`: names lower-cased, one
+        bin count and one range per channel, plain Python types; raise :class:`ConfigError`
+        where the values do not fit together."""
         space = space.lower()
         nch = len(DEFAULT_RANGES[space])
         if isinstance(bins, (int, np.integer)) and not isinstance(bins, bool):
             bins = (bins,) * nch
-        try:
-            bins = tuple(bins)
-        except TypeError:
-            raise ConfigError(f"bins must be an int or one int per channel, not {bins!r}") from None
+        bins = tuple(bins)
         if len(bins) != nch:
             raise ConfigError(
                 f"bins {bins!r}: the {space} space has {nch} channel(s), so give {nch} value(s)"
@@ -71,18 +92,10 @@ class ColorHistParams:
             if b > 256:
                 raise ConfigError(f"bins {bins!r}: at most 256 per channel (8-bit channels have "
                                   "256 values)")
-        bins = tuple(int(b) for b in bins)
-        if not isinstance(joint, (bool, np.bool_)):
-            raise ConfigError(f"joint must be True or False, not {joint!r}")
         grid = as_pair(grid, "grid")
         if max(grid) > MAX_GRID:
             raise ConfigError(f"grid {grid!r}: at most {MAX_GRID} cells a side")
-        if isinstance(norm, str):
-            norm = norm.lower()
-            if norm == "none":
-                norm = None
-        if norm not in NORMS:
-            raise ConfigError(f"unknown norm {norm!r}; choose from 'l1', 'l2' or None")
+        norm = None if norm is None or norm.lower() == "none" else norm.lower()
         if ranges is None:
             ranges = DEFAULT_RANGES[space]
         try:
@@ -95,7 +108,7 @@ class ColorHistParams:
             raise ConfigError(
                 f"ranges must be {nch} (low, high) pair(s) with low < high, not {ranges!r}"
             )
-        return cls(space, bins, bool(joint), grid, norm, ranges)
+        return cls(space, tuple(int(b) for b in bins), bool(joint), grid, norm, ranges)
 
     def __post_init__(self) -> None:
         if self.n_bins > MAX_BINS:
