@@ -11,7 +11,8 @@ from cvpipe.cli import build_parser
 from cvpipe.cnn import CNNConfig, NetConfig, ResNet
 from cvpipe.cnn.checkpoint import load_checkpoint, save_checkpoint
 from cvpipe.cnn.data import augment, channel_stats, random_cutout, random_flip, random_translate, to_device
-from cvpipe.cnn.train import _plan, _plateau_step, lr_factor, make_optimizer
+from cvpipe.cnn.schedule import lr_factor, make_optimizer
+from cvpipe.cnn.train import _plan, _plateau_step
 from cvpipe.device import resolve_device
 from cvpipe.errors import ConfigError
 from cvpipe.models import CNNPipeline

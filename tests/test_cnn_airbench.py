@@ -211,7 +211,7 @@ def test_airbench_model_saves_loads_and_predicts_identically(tmp_path, monkeypat
 
 
 def test_speed_probe_uses_full_batches_when_an_epoch_has_fewer_than_six():
-    from cvpipe.cnn.train import _probe_batches
+    from cvpipe.cnn.run import _probe_batches
 
     def batches(epoch, steps):  # two batches of 4 per epoch, tagged with their epoch
         for _ in range(steps):

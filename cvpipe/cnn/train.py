@@ -15,14 +15,13 @@ settings and seed: resuming an interrupted run repeats it exactly on a CPU.
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import hashlib
-import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +38,12 @@ from cvpipe.cnn.checkpoint import (
     save_checkpoint,
 )
 from cvpipe.cnn.config import CNNConfig
-from cvpipe.cnn.data import alternating_flip, augment, channel_stats, normalise, to_device
-from cvpipe.cnn.infer import autocast, logits, loss_and_accuracy
-from cvpipe.cnn.net import AirbenchNet, build_net
+from cvpipe.cnn.infer import logits, loss_and_accuracy
+from cvpipe.cnn.run import Run, measure_speed, setup_run, sync
 from cvpipe.cnn.schedule import (
     Lookahead,
     lookahead_decay,
     lr_factor,
-    make_optimizer,
     set_whiten_bias_rate,
 )
 from cvpipe.data.splits import stratified_split
@@ -77,9 +74,94 @@ class TrainResult:
     plan: dict[str, Any] = field(default_factory=dict)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass
+class TrainState:
+    """Where a run stands between epochs: with the weights, the optimiser and the RNGs, what a
+    checkpoint holds (``last.json``'s ``state``, these fields as JSON) to resume the run."""
+
+    signature: dict[str, Any]  # settings and data a resumed run must match
+    plan: dict[str, Any]
+    total_steps: int | None  # None: as many as the time budget allows
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_accuracy: float = -1.0
+    plateau: dict[str, float] = field(default_factory=lambda: {"scale": 1.0, "best": math.inf, "bad": 0})
+    stopped: str = "completed"  # or "early_stopping"
+    train_seconds: float = 0.0
+    finished: bool = False
+
+    @classmethod
+    def from_checkpoint(cls, state: dict[str, Any], where: Path) -> TrainState:
+        names = {f.name for f in fields(cls)}
+        if not isinstance(state, dict) or set(state) != names:
+            raise CheckpointError(f"{where}: last.json holds no training state of this version; "
+                                  f"delete {where} or drop resume")
+        return cls(**state)
+
+
+@dataclass
+class Clock:
+    """The schedule's progress. With a budget it follows the clock: the share of the budget
+    spent (less the last validation), or of the step limit if that is further on, so a machine
+    that slows down or speeds up mid-run still ends its learning-rate decay with the budget."""
+
+    start: float
+    window: float | None  # seconds of training in the budget; None: no budget
+    total_steps: int | None
+
+    def progress(self, step: int) -> float:
+        p = (step + 1) / self.total_steps if self.total_steps else 0.0
+        if self.window:
+            p = max(p, self.elapsed() / self.window)
+        return min(p, 1.0)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def out_of_time(self) -> bool:
+        return self.window is not None and self.elapsed() >= self.window
+
+
+def train_epoch(run: Run, state: TrainState, clock: Clock, net: nn.Module,
+                lookahead: Lookahead | None) -> tuple[dict[str, float], bool]:
+    """One epoch: its batches until the epoch, the plan or the budget ends, then validation.
+    Advances ``state.epoch`` and ``state.step``; returns the epoch's record and whether the
+    schedule has ended."""
+    cfg, step = run.cfg, state.step
+    steps = run.steps_per_epoch if state.total_steps is None else min(run.steps_per_epoch,
+                                                                      state.total_steps - step)
+    set_whiten_bias_rate(run.optimizer, state.epoch, cfg)
+    run.model.train()
+    loss_sum = torch.zeros((), device=run.device)
+    correct = torch.zeros((), device=run.device, dtype=torch.long)
+    seen, p = 0, 0.0
+    for x, y in run.batches(state.epoch, steps):
+        p = clock.progress(step)
+        lr = cfg.lr * state.plateau["scale"] * lr_factor(cfg.schedule, p, cfg.warmup)
+        batch_loss, batch_correct = run.train_step(net, run.optimizer, x, y, lr)
+        loss_sum += batch_loss
+        correct += batch_correct
+        seen += len(y)
+        step += 1
+        if lookahead is not None and step % 5 == 0:
+            lookahead.update(run.model, lookahead_decay(p))
+        if p >= 1:
+            break
+    last = p >= 1 or (state.total_steps is not None and step >= state.total_steps) or clock.out_of_time()
+    if lookahead is not None:  # the model holds the average after every epoch (and checkpoint)
+        lookahead.update(run.model, 1.0 if last else lookahead_decay(p))
+    train_loss = loss_sum.item() / seen
+    if not math.isfinite(train_loss):
+        raise TrainingError(f"training diverged at epoch {state.epoch + 1} (loss {train_loss}); "
+                            "lower the learning rate or set grad_clip")
+    val_loss, val_accuracy = run.validate(run.model)
+    sync(run.device)
+    state.epoch, state.step = state.epoch + 1, step
+    return {"epoch": state.epoch, "step": step, "lr": lr, "train_loss": train_loss,
+            "train_accuracy": correct.item() / seen, "val_loss": val_loss,
+            "val_accuracy": val_accuracy, "seconds": clock.elapsed()}, last
 
 
 def train_cnn(
@@ -120,176 +202,71 @@ def train_cnn(
     if len(np.unique(train[1])) < 2:
         raise TrainingError(f"the training images hold {len(np.unique(train[1]))} class; at least 2 are "
                             "needed (is the split sorted by class and cut short?)")
-    torch.manual_seed(cfg.seed)
-
-    # Data: the whole split on the device as uint8; normalisation from the training split.
-    mean_list, std_list = channel_stats(train[0])
-    mean = torch.tensor(mean_list, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(std_list, device=device).view(1, -1, 1, 1)
-    x_train, y_train = to_device(train[0], device), torch.as_tensor(train[1], device=device)
-    x_val, y_val = to_device(val[0], device), torch.as_tensor(val[1], device=device)
-    batch_size = min(cfg.batch_size, len(x_train))
-    steps_per_epoch = len(x_train) // batch_size
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-    in_channels = int(train[0].shape[-1])
-    model = build_net(cfg.net_config(n_classes, in_channels)).to(device)
-    if isinstance(model, AirbenchNet):  # its first layer is fixed from the training images
-        if min(x_train.shape[2:]) < 9:
-            raise CvpipeError(f"the airbench net needs images of at least 9x9, not "
-                              f"{tuple(x_train.shape[2:])}")
-        model.init_whitening(normalise(x_train[:5000], mean, std))
-    model = model.to(memory_format=memory_format)
-    optimizer = make_optimizer(model, cfg)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-    # Alternating flips: one random bit per image for the whole run, inverted in odd epochs.
-    flip_bits = torch.rand(len(x_train), device=device,
-                           generator=torch.Generator(device=device).manual_seed(cfg.seed)) < 0.5
-
-    def batches(epoch: int, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``steps`` augmented batches of a shuffle that depends only on seed and epoch."""
-        g = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(x_train), generator=g, device=device)
-        alternate = cfg.flip and cfg.alternate_flip
-        for i in range(steps):
-            idx = order[i * batch_size:(i + 1) * batch_size]
-            x = augment(normalise(x_train[idx], mean, std), g, cfg.translate, cfg.flip and not alternate,
-                        cfg.cutout)
-            if alternate:
-                x = alternating_flip(x, flip_bits[idx], epoch)
-            yield x.contiguous(memory_format=memory_format), y_train[idx]
-
-    def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-                   lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        for group in opt.param_groups:
-            group["lr"] = lr * group["lr_scale"]
-        with autocast(device, cfg.amp):
-            out = net(x)
-        loss = criterion(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        return loss.detach() * len(y), (out.argmax(1) == y).sum()
-
-    def validate(net: nn.Module) -> tuple[float, float]:
-        """Per-epoch validation, without TTA (half the cost; the final scores use TTA if set)."""
-        z = logits(net, x_val, mean, std, batch_size=cfg.eval_batch_size, amp=cfg.amp,
-                   channels_last=cfg.channels_last)
-        return loss_and_accuracy(z, y_val)
-
-    forward = torch.compile(model) if cfg.compile else model
-    signature = _signature(cfg, train, val, n_classes)
-    state: dict[str, Any] | None = None
-    best_weights: dict[str, torch.Tensor] | None = None
-    if checkpoint_dir is not None and cfg.resume:
-        restored = load_checkpoint(Path(checkpoint_dir), model, optimizer)
-        if restored is not None:
-            state, best_weights = restored
-            if state["signature"] != signature:
-                raise CheckpointError(
-                    f"{checkpoint_dir}: checkpoint made with other settings or data "
-                    f"({_diff(state['signature'], signature)}); drop resume or use the same settings")
-            log.info("resuming after epoch %d of %s", state["epoch"], checkpoint_dir)
-    if state is None:
-        if checkpoint_dir is not None:
-            clear_checkpoints(Path(checkpoint_dir))
-        started = time.perf_counter()
-        plan = _plan(cfg, steps_per_epoch, len(x_val), lambda: _measure_speed(
-            model, cfg, lambda net, opt, x, y: train_step(net, opt, x, y, cfg.lr * 0.01),
-            _probe_batches(batches, steps_per_epoch), validate, device))
-        state = {
-            "signature": signature, "epoch": 0, "step": 0, "total_steps": plan["total_steps"],
-            "plan": plan, "history": [], "best_epoch": 0, "best_accuracy": -1.0,
-            "plateau": {"scale": 1.0, "best": math.inf, "bad": 0}, "stopped": "completed",
-            "train_seconds": time.perf_counter() - started, "finished": False,
-        }
-
-    total_steps = state["total_steps"]  # None: as many as the time budget allows
-    start = time.perf_counter() - state["train_seconds"]
-    # With a budget the schedule follows the clock: progress is the share of the budget spent
-    # (less the last validation), or of the step limit if that is further on. A machine that
-    # slows down or speeds up mid-run still ends its learning-rate decay when the budget ends.
-    window = cfg.time_budget - state["plan"].get("val_seconds", 0.0) if cfg.time_budget else None
-
-    def schedule_progress(step: int) -> float:
-        p = (step + 1) / total_steps if total_steps else 0.0
-        if window:
-            p = max(p, (time.perf_counter() - start) / window)
-        return min(p, 1.0)
-
-    # After every epoch the model holds the average (see below), so a checkpoint restores it too.
-    lookahead = Lookahead(model) if cfg.lookahead else None
-    bar = tqdm(total=math.ceil(state["plan"]["epochs"]), initial=state["epoch"], desc="epochs",
+    run = setup_run(train, val, cfg, n_classes, device)
+    net = torch.compile(run.model) if cfg.compile else run.model
+    state, best_weights = _start(run, _signature(cfg, train, val, n_classes), checkpoint_dir)
+    window = cfg.time_budget - state.plan.get("val_seconds", 0.0) if cfg.time_budget else None
+    clock = Clock(time.perf_counter() - state.train_seconds, window, state.total_steps)
+    lookahead = Lookahead(run.model) if cfg.lookahead else None
+    bar = tqdm(total=math.ceil(state.plan["epochs"]), initial=state.epoch, desc="epochs",
                unit="epoch", disable=None if progress else True)
-    while not state["finished"]:
-        epoch, step = state["epoch"], state["step"]
-        steps = steps_per_epoch if total_steps is None else min(steps_per_epoch, total_steps - step)
-        set_whiten_bias_rate(optimizer, epoch, cfg)
-        model.train()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen, p = 0, 0.0
-        for x, y in batches(epoch, steps):
-            p = schedule_progress(step)
-            lr = cfg.lr * state["plateau"]["scale"] * lr_factor(cfg.schedule, p, cfg.warmup)
-            batch_loss, batch_correct = train_step(forward, optimizer, x, y, lr)
-            loss_sum += batch_loss
-            correct += batch_correct
-            seen += len(y)
-            step += 1
-            if lookahead is not None and step % 5 == 0:
-                lookahead.update(model, lookahead_decay(p))
-            if p >= 1:
-                break
-        last = p >= 1 or (total_steps is not None and step >= total_steps) or (
-            window is not None and time.perf_counter() - start >= window)
-        if lookahead is not None:
-            lookahead.update(model, 1.0 if last else lookahead_decay(p))
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise TrainingError(f"training diverged at epoch {epoch + 1} (loss {train_loss}); "
-                                "lower the learning rate or set grad_clip")
-        val_loss, val_accuracy = validate(model)
-        _sync(device)
-        record = {"epoch": epoch + 1, "step": step, "lr": lr, "train_loss": train_loss,
-                  "train_accuracy": correct.item() / seen, "val_loss": val_loss,
-                  "val_accuracy": val_accuracy, "seconds": time.perf_counter() - start}
-        state["history"].append(record)
-        state["epoch"], state["step"] = epoch + 1, step
-        improved = val_accuracy > state["best_accuracy"]
+    while not state.finished:
+        record, last = train_epoch(run, state, clock, net, lookahead)
+        state.history.append(record)
+        improved = record["val_accuracy"] > state.best_accuracy
         if improved:
-            state["best_epoch"], state["best_accuracy"] = epoch + 1, val_accuracy
-            best_weights = model_tensors(model)
+            state.best_epoch, state.best_accuracy = state.epoch, record["val_accuracy"]
+            best_weights = model_tensors(run.model)
         if cfg.schedule == "plateau":
-            _plateau_step(state["plateau"], val_loss, cfg)
-        if cfg.patience and epoch + 1 - state["best_epoch"] >= cfg.patience:
-            state["stopped"] = "early_stopping"
+            _plateau_step(state.plateau, record["val_loss"], cfg)
+        if cfg.patience and state.epoch - state.best_epoch >= cfg.patience:
+            state.stopped = "early_stopping"
             log.info("early stopping: no better validation accuracy for %d epochs", cfg.patience)
-        out_of_time = window is not None and time.perf_counter() - start >= window
-        ended = last or out_of_time
-        state["finished"] = ended or state["stopped"] != "completed"
-        state["train_seconds"] = time.perf_counter() - start
+        state.finished = last or clock.out_of_time() or state.stopped != "completed"
+        state.train_seconds = clock.elapsed()
         if checkpoint_dir is not None:
-            save_checkpoint(Path(checkpoint_dir), epoch + 1, model, optimizer, state,
-                            best=best_weights if improved else None)
+            save_checkpoint(Path(checkpoint_dir), state.epoch, run.model, run.optimizer,
+                            dataclasses.asdict(state), best=best_weights if improved else None)
         bar.update(1)
-        bar.set_postfix(loss=f"{train_loss:.3f}", val_acc=f"{val_accuracy:.4f}")
-        log.debug("epoch %d: %s", epoch + 1, record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{record['val_accuracy']:.4f}")
+        log.debug("epoch %d: %s", state.epoch, record)
         if on_epoch_end is not None:
             on_epoch_end(record)
     bar.close()
 
     if best_weights is not None:
-        model.load_state_dict(best_weights)
-    model.eval()
+        run.model.load_state_dict(best_weights)
+    run.model.eval()
     return TrainResult(
-        model=model, config=cfg, device=device, mean=mean_list, std=std_list, history=state["history"],
-        best_epoch=state["best_epoch"], total_steps=state["step"], steps_per_epoch=steps_per_epoch,
-        stopped=state["stopped"], train_seconds=state["train_seconds"], plan=state["plan"],
+        model=run.model, config=cfg, device=device, mean=run.stats[0], std=run.stats[1],
+        history=state.history, best_epoch=state.best_epoch, total_steps=state.step,
+        steps_per_epoch=run.steps_per_epoch, stopped=state.stopped,
+        train_seconds=state.train_seconds, plan=state.plan,
     )
+
+
+def _start(run: Run, signature: dict[str, Any], checkpoint_dir: str | Path | None
+           ) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    """The state to start from: the checkpoint's with ``resume`` (its settings and data must
+    match), else a new plan (which measures the speed when there is a time budget)."""
+    cfg = run.cfg
+    if checkpoint_dir is not None and cfg.resume:
+        restored = load_checkpoint(Path(checkpoint_dir), run.model, run.optimizer)
+        if restored is not None:
+            state = TrainState.from_checkpoint(restored[0], Path(checkpoint_dir))
+            if state.signature != signature:
+                raise CheckpointError(
+                    f"{checkpoint_dir}: checkpoint made with other settings or data "
+                    f"({_diff(state.signature, signature)}); drop resume or use the same settings")
+            log.info("resuming after epoch %d of %s", state.epoch, checkpoint_dir)
+            return state, restored[1]
+    if checkpoint_dir is not None:
+        clear_checkpoints(Path(checkpoint_dir))
+    started = time.perf_counter()
+    plan = _plan(cfg, run.steps_per_epoch, len(run.val[0]), lambda: measure_speed(run))
+    state = TrainState(signature, plan, plan["total_steps"])
+    state.train_seconds = time.perf_counter() - started
+    return state, None
 
 
 def _plateau_step(plateau: dict[str, float], val_loss: float, cfg: CNNConfig) -> None:
@@ -302,33 +279,6 @@ def _plateau_step(plateau: dict[str, float], val_loss: float, cfg: CNNConfig) ->
         plateau["scale"] *= cfg.plateau_factor
         plateau["bad"] = 0
         log.info("validation loss stalled: learning rate x %.3g", plateau["scale"])
-
-
-def _probe_batches(batches: Callable[[int, int], Iterator], steps_per_epoch: int) -> Iterator:
-    """Six full batches for the speed probe, from as many throw-away epochs as that takes (a
-    split of fewer than six batches, e.g. 2,700 images in 1024s, would otherwise yield empty ones)."""
-    epochs = (batches(-1 - e, steps_per_epoch) for e in itertools.count())
-    return itertools.islice(itertools.chain.from_iterable(epochs), 6)
-
-
-def _measure_speed(model: nn.Module, cfg: CNNConfig, step: Callable, batches: Iterator,
-                   validate: Callable[[nn.Module], Any], device: torch.device) -> tuple[float, float]:
-    """Seconds per training step and per validation pass, on a throw-away copy of ``model``."""
-    probe = copy.deepcopy(model)
-    opt = make_optimizer(probe, cfg)
-    net = torch.compile(probe) if cfg.compile else probe
-    times = []
-    for x, y in batches:
-        _sync(device)
-        t = time.perf_counter()
-        step(net, opt, x, y)
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    step_seconds = float(np.median(times[2:]))  # the first steps warm up allocators and kernels
-    t = time.perf_counter()
-    validate(probe)
-    _sync(device)
-    return step_seconds, time.perf_counter() - t
 
 
 def _plan(cfg: CNNConfig, steps_per_epoch: int, n_val: int,
