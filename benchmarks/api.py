@@ -468,7 +468,8 @@ def latency_test(port: int, model: str, pngs: list[bytes], n: int) -> dict[str, 
     ``predict`` and to ``/v1/features?model=`` (the path a model's parameters take per request)."""
     client = Client(port)
     out: dict[str, Any] = {"requests": n}
-    paths = {"predict": f"/v1/models/{model}/predict", "features": f"/v1/features?model={urllib.parse.quote(model)}"}
+    paths = {"predict": f"/v1/models/{model}/predict",
+             "features": f"/v1/features?model={urllib.parse.quote(model)}"}
     for kind, path in paths.items():
         times = []
         for i in range(n + 20):  # the first 20 warm the connection and the caches
