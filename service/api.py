@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
 from typing import Any
 
@@ -15,21 +14,15 @@ from cvpipe.models import ModelInput, model_card
 from service.auth import authorised, check_token
 from service.batching import BatchTimeout
 from service.errors import ApiError
-from service.features import ExtractorCache, feature_names, parse_spec
-from service.inputs import decode_images, int_option, json_option, option, read_images
+from service.features import ExtractorCache, parse_spec
+from service.inputs import decode_images, option, read_images
 from service.registry import ModelRegistry, ServedModel
+from service.schemas import OPTIONS
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
-#: Largest top_k a request may ask for (a model with fewer classes returns them all).
-MAX_TOP_K = 1000
-#: Image sides (pixels) /v1/features accepts for ``size``.
-MIN_SIDE, MAX_SIDE = 8, 512
 #: Most feature values (images x dimension) one /v1/features response may hold.
 MAX_FEATURE_VALUES = 4_000_000
-#: ``size`` as text: "32" (square), "32x48" or "32,48" (height, width).
-SIZE_PATTERN = re.compile(r"([0-9]{1,4})(?:[x,]([0-9]{1,4}))?")
-DEFAULT_FEATURES = "hog+color"
 DECISION_NOTE = ("decision scores, not probabilities: this model has no probability estimates; "
                  "higher means more likely, and scores are not comparable across models")
 
@@ -102,7 +95,7 @@ def predict(name: str) -> Response:
     model = _model(name)
     cfg = current_app.config
     uploads, options = read_images(request, cfg["MAX_IMAGES"], ("top_k",))
-    k = int_option(options, "top_k", cfg["TOP_K"], 1, MAX_TOP_K)
+    k = option(options, "top_k", OPTIONS["top_k"].parse, cfg["TOP_K"])
     g.n_images = len(uploads)
     # Announced once the body is in (only CPU work left before scoring), so that a call about
     # to start may wait for this request rather than for the network.
@@ -144,29 +137,6 @@ def predict(name: str) -> Response:
     return jsonify(body)
 
 
-def _parse_size(value: Any) -> tuple[int, int]:
-    if isinstance(value, str):
-        m = SIZE_PATTERN.fullmatch(value)
-        value = [int(m[1]), int(m[2] or m[1])] if m else None
-    if (not isinstance(value, list) or len(value) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            or not all(MIN_SIDE <= v <= MAX_SIDE for v in value)):
-        raise ApiError(400, "invalid_option", f"size must be [height, width] (or 'HxW') with sides "
-                       f"from {MIN_SIDE} to {MAX_SIDE}", {"option": "size"})
-    return value[0], value[1]
-
-
-def _parse_name(kind: str, known: list[str] | None = None) -> Any:
-    def parse(value: Any) -> str:
-        if not isinstance(value, str) or (known is not None and value not in known):
-            expected = f"one of {', '.join(known)}" if known else "a name"
-            raise ApiError(400, "invalid_option", f"{kind} must be {expected}, not {value!r}",
-                           {"option": kind})
-        return value
-
-    return parse
-
-
 @bp.post("/features")
 def features() -> Response:
     """HOG / colour-histogram vectors of the uploaded images, with the configuration used."""
@@ -174,10 +144,9 @@ def features() -> Response:
     check_token()
     cfg = current_app.config
     uploads, options = read_images(request, cfg["MAX_IMAGES"], ("features", "params", "size", "model"))
-    name = option(options, "features", _parse_name("features", feature_names()))
-    params = json_option(options, "params", lambda v: isinstance(v, dict), "a JSON object")
-    size = option(options, "size", _parse_size)
-    model_name = option(options, "model", _parse_name("model"))
+    name, params, size, model_name = (option(options, n, OPTIONS[n].parse)
+                                      for n in ("features", "params", "size", "model"))
+    size = tuple(size) if size is not None else None
     if model_name is not None:
         if name is not None or params is not None:
             raise ApiError(400, "invalid_option", "give either model (use its features) or "
@@ -196,7 +165,7 @@ def features() -> Response:
                            {"option": "size"})
         taken = dataclasses.replace(taken, size=size or taken.size)
     else:
-        spec, fitted = parse_spec(name or DEFAULT_FEATURES, params), None
+        spec, fitted = parse_spec(name or OPTIONS["features"].value["default"], params), None
         taken = ModelInput(size or (32, 32), 3, DEFAULT_FIT)
     size = taken.size
     cache: ExtractorCache = current_app.extensions["cvpipe"]["extractors"]

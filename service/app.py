@@ -16,7 +16,9 @@ from service.errors import ApiError, register_error_handlers
 from service.features import ExtractorCache
 from service.guard import BodyDeadline
 from service.metrics import ApiMetrics
+from service.openapi import response_schema
 from service.registry import ModelRegistry
+from service.schemas import check_response
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,18 @@ def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry 
                             status=resp.status_code, seconds=time.perf_counter() - start,
                             error=g.get("error_code"), images=g.get("n_images", 0))
         return resp
+
+    if app.testing or app.config.get("CHECK_RESPONSES"):
+        @app.after_request
+        def _check(resp: Response) -> Response:
+            # every JSON answer of a documented operation matches its documented schema: the
+            # handlers and the OpenAPI document share service.schemas, this keeps them honest
+            if request.url_rule is not None and resp.is_json:
+                schema = response_schema(health.document(), request.url_rule.rule, request.method,
+                                         resp.status_code)
+                if schema is not None:
+                    check_response(schema, resp.get_json())
+            return resp
 
     # A body must arrive within BODY_TIMEOUT seconds under gunicorn (service.guard).
     app.wsgi_app = BodyDeadline(app.wsgi_app, settings["BODY_TIMEOUT"],  # type: ignore[method-assign]

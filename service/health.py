@@ -36,7 +36,12 @@ def metrics() -> Response:
 @bp.get("/openapi.json")
 def openapi() -> Response:
     """The OpenAPI 3 description of this server (its models, limits and authentication)."""
+    return jsonify(document())
+
+
+def document() -> dict:
+    """This server's OpenAPI document, built once."""
     ext = current_app.extensions["cvpipe"]
     if "openapi" not in ext:
         ext["openapi"] = build_openapi(current_app.config, list(ext["registry"].models))
-    return jsonify(ext["openapi"])
+    return ext["openapi"]

@@ -20,7 +20,6 @@ import base64
 import binascii
 import io
 import json
-import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,7 +40,6 @@ RAW_TYPES = ("application/octet-stream",)
 #: The multipart field (and JSON key) holding the images.
 IMAGES_FIELD = "images"
 
-_DIGITS = re.compile(r"[0-9]{1,9}")
 _USAGE = ("send images as multipart/form-data files in the field 'images', as JSON "
           '{"images": ["<base64>", ...]}, or as one raw image body (Content-Type image/*)')
 
@@ -278,25 +276,11 @@ def decode_images(uploads: list[Upload], size: tuple[int, int], max_pixels: int,
     return out
 
 
-def int_option(options: Options, name: str, default: int, low: int, high: int) -> int:
-    """An integer option in ``[low, high]`` (a JSON integer or a string of digits), else 400."""
-
-    def parse(value: Any) -> int:
-        if isinstance(value, str) and _DIGITS.fullmatch(value):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ApiError(400, "invalid_option", f"{name} must be an integer from {low} to {high}, "
-                           f"not {value!r}", {"option": name})
-        return value
-
-    return option(options, name, parse, default)
-
-
 #: Deepest nesting of arrays and objects a JSON body or option may have.
 MAX_JSON_DEPTH = 32
 
 
-def _too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """True when ``value`` nests arrays/objects more than ``limit`` deep (checked iteratively)."""
     stack = [(value, 1)]
     while stack:
@@ -319,28 +303,8 @@ def loads(raw: str | bytes, what: str) -> Any:
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed_json", f"{what} is not valid JSON: {exc}.") from None
     else:
-        deep = _too_deep(value)
+        deep = too_deep(value)
     if deep:
         raise ApiError(400, "malformed_json", f"{what} nests arrays or objects more than "
                        f"{MAX_JSON_DEPTH} deep.")
     return value
-
-
-def json_option(options: Options, name: str, check: Callable[[Any], bool], expected: str) -> Any:
-    """An option that is JSON: as such in a JSON body, a JSON string in a form or query string."""
-
-    def parse(value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except (ValueError, RecursionError):
-                raise ApiError(400, "invalid_option", f"{name} must be {expected} (as JSON text in a "
-                               "form field or query parameter)", {"option": name}) from None
-        if _too_deep(value):
-            raise ApiError(400, "invalid_option", f"{name} nests more than {MAX_JSON_DEPTH} deep",
-                           {"option": name})
-        if not check(value):
-            raise ApiError(400, "invalid_option", f"{name} must be {expected}", {"option": name})
-        return value
-
-    return option(options, name, parse)

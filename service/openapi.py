@@ -1,19 +1,21 @@
-"""The OpenAPI 3 document of the API, written by hand and filled in with this server's settings.
+"""The OpenAPI 3 document of the API, assembled from :mod:`service.schemas` (the options the
+handlers parse and the bodies they answer with) and filled in with this server's settings.
 
 The document describes the running server: its models (the ``name`` path parameter lists
 them), its limits (``maxItems`` of ``images`` is ``MAX_IMAGES``) and whether the predict and
-features endpoints need a bearer token.
+features endpoints need a bearer token. What is written here is the prose: summaries,
+descriptions and which status codes each operation answers with.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from cvpipe import __version__
 from cvpipe.images import IMAGE_FORMATS
-from service.api import MAX_SIDE, MAX_TOP_K, MIN_SIDE
-from service.features import feature_names
+from service.schemas import OPTIONS, SCHEMAS
 
 
 def _example_png() -> str:
@@ -44,209 +46,6 @@ def _error(description: str) -> dict[str, Any]:
 
 def _json(description: str, schema: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(schema)}}}
-
-
-_NUMBER_OR_NULL = {"type": "number", "nullable": True}
-_STRING_OR_NULL = {"type": "string", "nullable": True}
-
-SCHEMAS: dict[str, Any] = {
-    "Error": {
-        "type": "object",
-        "required": ["error", "message", "status"],
-        "properties": {
-            "error": {"type": "string", "description": "Stable error code, e.g. bad_image, "
-                      "unknown_model, too_many_images, unsupported_media_type.",
-                      "example": "bad_image"},
-            "message": {"type": "string", "description": "What went wrong, for people."},
-            "status": {"type": "integer", "description": "The HTTP status again."},
-            "details": {"type": "object", "description": "Context, e.g. the index of the bad image.",
-                        "additionalProperties": True},
-        },
-    },
-    "ScoredClass": {
-        "type": "object",
-        "required": ["label", "class_index", "score"],
-        "properties": {
-            "label": {"type": "string", "example": "cat"},
-            "class_index": {"type": "integer", "minimum": 0},
-            "score": {"type": "number", "description": "Probability (0..1) or decision score, as "
-                      "score_kind says."},
-        },
-    },
-    "Prediction": {
-        "type": "object",
-        "required": ["index", "name", "label", "class_index", "score", "top_k"],
-        "properties": {
-            "index": {"type": "integer", "minimum": 0, "description": "Position in the request."},
-            "name": {"type": "string", "description": "File name, images[i] (JSON) or body."},
-            "label": {"type": "string", "description": "The predicted class."},
-            "class_index": {"type": "integer", "minimum": 0},
-            "score": {"type": "number"},
-            "top_k": {"type": "array", "items": _ref("ScoredClass"),
-                      "description": "The best classes, best first."},
-        },
-    },
-    "ModelRef": {
-        "type": "object",
-        "required": ["name", "version", "kind"],
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "string", "description": "<created UTC>-<sha256 of model.json, 12 hex>",
-                        "example": "20250101T120000Z-0123456789ab"},
-            "kind": _STRING_OR_NULL,
-        },
-    },
-    "PredictResponse": {
-        "type": "object",
-        "required": ["model", "score_kind", "top_k", "predictions", "timing_ms"],
-        "properties": {
-            "model": _ref("ModelRef"),
-            "score_kind": {"type": "string", "enum": ["probability", "decision"],
-                           "description": "probability: calibrated class probabilities; decision: "
-                           "the model has none, scores are classifier margins."},
-            "score_note": {"type": "string", "description": "Present for decision scores."},
-            "top_k": {"type": "integer", "minimum": 1},
-            "predictions": {"type": "array", "items": _ref("Prediction")},
-            "timing_ms": {
-                "type": "object", "required": ["decode", "inference", "total"],
-                "properties": {"decode": {"type": "number"}, "inference": {"type": "number"},
-                               "total": {"type": "number", "description": "Server time of the request."}},
-            },
-        },
-    },
-    "FeatureConfig": {
-        "type": "object",
-        "required": ["name", "params", "components", "effective", "key"],
-        "properties": {
-            "name": {"type": "string", "example": "hog+color"},
-            "params": {"type": "object", "additionalProperties": True,
-                       "description": "The parameters as requested ({} with model=)."},
-            "components": {"type": "array", "items": {
-                "type": "object", "required": ["name", "params"],
-                "properties": {"name": {"type": "string", "enum": ["hog", "color", "pixels"]},
-                               "params": {"type": "object", "additionalProperties": True}}},
-                "description": "The feature set: its extractors in output order, with the parameters "
-                               "given for each (a model's feature set may repeat a kind)."},
-            "effective": {"type": "object", "additionalProperties": {"type": "object"},
-                          "description": "Every parameter of every component, defaults included, "
-                          "by component (hog, color; hog_0, hog_1, ... when a kind repeats), "
-                          "e.g. {\"hog\": {\"orientations\": 9, ...}, \"color\": {...}}."},
-            "key": {"type": "string", "pattern": "^[0-9a-f]{16}$",
-                    "description": "Stable key of the feature set (its effective parameters)."},
-        },
-    },
-    "FeaturesResponse": {
-        "type": "object",
-        "required": ["features", "model", "input_size", "dim", "results", "timing_ms"],
-        "properties": {
-            "features": _ref("FeatureConfig"),
-            "model": {**_STRING_OR_NULL, "description": "The model whose features were used, if any."},
-            "input_size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2,
-                           "description": "[height, width] the images were resized to."},
-            "dim": {"type": "integer", "minimum": 0},
-            "results": {"type": "array", "items": {
-                "type": "object", "required": ["index", "name", "vector"],
-                "properties": {"index": {"type": "integer"}, "name": {"type": "string"},
-                               "vector": {"type": "array", "items": {"type": "number"}}}}},
-            "timing_ms": {
-                "type": "object", "required": ["decode", "extract", "total"],
-                "properties": {"decode": {"type": "number"}, "extract": {"type": "number"},
-                               "total": {"type": "number"}},
-            },
-        },
-    },
-    "ModelSummary": {
-        "type": "object",
-        "required": ["name", "version", "kind", "classes", "input_size", "features", "classifier",
-                     "test_accuracy", "created"],
-        "properties": {
-            "name": {"type": "string"},
-            "version": {"type": "string"},
-            "kind": {**_STRING_OR_NULL, "description": "classic (features + classifier) or cnn."},
-            "pipeline": _STRING_OR_NULL,
-            "card": {"type": "object", "description": "What the model is, for people.",
-                     "properties": {"family": _STRING_OR_NULL, "features": _STRING_OR_NULL,
-                                    "classifier": _STRING_OR_NULL, "description": _STRING_OR_NULL}},
-            "classes": {"type": "array", "items": {"type": "string"}},
-            "input_size": {"type": "array", "items": {"type": "integer"}},
-            "channels": {"type": "integer", "enum": [1, 3],
-                         "description": "3: RGB; 1: gray (uploads are converted)."},
-            "fit": {"type": "string", "enum": ["crop", "pad", "stretch"],
-                    "description": "How an upload of another size reaches input_size."},
-            "trained_on": {**_STRING_OR_NULL, "description": "The dataset's name."},
-            "fit_seconds": {**_NUMBER_OR_NULL, "description": "Time of the final fit."},
-            "size_bytes": {"type": "integer", "description": "Bytes of the model's files."},
-            "features": {"type": "object", "nullable": True, "additionalProperties": True,
-                         "description": "Feature configuration; null for a CNN."},
-            "classifier": {"type": "object", "additionalProperties": True},
-            "test_accuracy": _NUMBER_OR_NULL,
-            "accuracy": {"type": "object", "additionalProperties": _NUMBER_OR_NULL,
-                         "description": "Accuracy per split (train, val, test)."},
-            "created": _STRING_OR_NULL,
-            "score_kind": {"type": "string", "nullable": True, "enum": ["probability", "decision", None]},
-        },
-    },
-    "ModelDetail": {
-        "allOf": [_ref("ModelSummary"), {
-            "type": "object",
-            "properties": {
-                "metrics": {"type": "object", "nullable": True, "additionalProperties": True},
-                "versions": {"type": "object", "nullable": True, "additionalProperties": True,
-                             "description": "Only with the token when authentication is on."},
-                "selection": {"type": "object", "nullable": True, "additionalProperties": True,
-                              "description": "Only with the token when authentication is on."},
-                "dataset": {"type": "object", "nullable": True, "additionalProperties": True,
-                            "description": "Only with the token when authentication is on; URLs "
-                            "carry no credentials."},
-            },
-        }],
-    },
-    "ModelList": {
-        "type": "object",
-        "required": ["models", "unavailable"],
-        "properties": {
-            "models": {"type": "array", "items": _ref("ModelSummary")},
-            "unavailable": {"type": "array", "description": "Models that failed to load (the reason "
-                            "only with the token when authentication is on).", "items": {
-                "type": "object", "required": ["name"],
-                "properties": {"name": {"type": "string"}, "reason": {"type": "string"}}}},
-        },
-    },
-    "PicturesResponse": {
-        "type": "object",
-        "required": ["model", "input_size", "channels", "pictures", "timing_ms"],
-        "properties": {
-            "model": {"type": "string"},
-            "input_size": {"type": "array", "items": {"type": "integer"}},
-            "channels": {"type": "integer"},
-            "fit": {"type": "string"},
-            "features": {"type": "object", "nullable": True, "additionalProperties": True},
-            "pictures": {
-                "type": "object", "required": ["input", "hog", "histogram"],
-                "description": "PNG data URIs: the image as the model receives it (enlarged "
-                "without smoothing), its HOG glyphs and its colour (gray: intensity) histogram.",
-                "properties": {k: {"type": "string", "pattern": "^data:image/png;base64,"}
-                               for k in ("input", "hog", "histogram")}},
-            "timing_ms": {"type": "object", "additionalProperties": {"type": "number"}},
-        },
-    },
-    "ReportList": {
-        "type": "object", "required": ["reports"],
-        "properties": {"reports": {"type": "array", "items": {
-            "type": "object", "required": ["name", "url", "title"],
-            "properties": {"name": {"type": "string"}, "url": {"type": "string"},
-                           "title": {"type": "string"}, "dataset": _STRING_OR_NULL,
-                           "created": _STRING_OR_NULL}}}},
-    },
-    "Health": {"type": "object", "required": ["status"],
-               "properties": {"status": {"type": "string", "enum": ["ok"]}}},
-    "Ready": {
-        "type": "object", "required": ["status", "models", "unavailable"],
-        "properties": {"status": {"type": "string", "enum": ["ready", "not_ready"]},
-                       "models": {"type": "array", "items": {"type": "string"}},
-                       "unavailable": {"type": "array", "items": {"type": "string"}}},
-    },
-}
 
 
 def _image_bodies(max_images: int, options: dict[str, Any], form_options: dict[str, Any]
@@ -297,29 +96,27 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
     """
     max_images = int(settings["MAX_IMAGES"])
     auth = bool(settings.get("API_TOKEN"))
-    names = feature_names()
     security = [{"bearerAuth": []}] if auth else []
     name_schema: dict[str, Any] = {"type": "string"}
     if models:
         name_schema["enum"] = list(models)
     model_param = {"name": "name", "in": "path", "required": True, "schema": name_schema,
                    "description": "A served model (GET /v1/models lists them)."}
-    top_k_schema = {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K, "default": settings["TOP_K"],
-                    "description": "Classes per image, best first (at most the model's classes)."}
-    size_text = {"type": "string", "pattern": r"^[0-9]{1,4}([x,][0-9]{1,4})?$",
-                 "description": f"Resize to HxW before extracting (sides {MIN_SIDE}..{MAX_SIDE}); "
-                 "'32' means 32x32. Default: the model's input size, else 32x32.", "example": "32x32"}
-    size_json = {"type": "array", "minItems": 2, "maxItems": 2,
-                 "items": {"type": "integer", "minimum": MIN_SIDE, "maximum": MAX_SIDE},
-                 "description": "[height, width] to resize to before extracting."}
-    features_name = {"type": "string", "enum": names, "default": "hog+color",
-                     "description": "Which features."}
-    params_text = {"type": "string", "description": "Feature parameters as JSON object text, e.g. "
-                   '{"orientations": 12}.'}
-    params_json = {"type": "object", "additionalProperties": True,
-                   "description": "Feature parameters (see cvpipe.features), e.g. {\"orientations\": 12}."}
-    model_field = {"type": "string", "description": "Use this model's feature configuration and "
-                   "input size instead of features/params."}
+    defaults = {"top_k": settings["TOP_K"]}
+
+    def as_json(name: str) -> dict[str, Any]:  # in a JSON body
+        value = OPTIONS[name].value
+        return {**value, "default": defaults[name]} if name in defaults else value
+
+    def as_text(name: str) -> dict[str, Any]:  # in a query string or a form field
+        return OPTIONS[name].text or as_json(name)
+
+    def query(*names: str) -> list[dict[str, Any]]:
+        return [{"name": n, "in": "query", "required": False, "schema": as_text(n)} for n in names]
+
+    def bodies(n_images: int, *names: str) -> dict[str, Any]:
+        return _image_bodies(n_images, {n: as_json(n) for n in names}, {n: as_text(n) for n in names})
+
     limits = (f"Limits: {max_images} images per request, {settings['MAX_CONTENT_LENGTH']} bytes per "
               f"body, {settings['MAX_PIXELS']} pixels per image.")
     common_errors = {
@@ -330,6 +127,7 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
         "415": _error("Content-Type is not multipart/form-data, application/json, image/* or "
                       "application/octet-stream, or an image is in a format outside "
                       f"{', '.join(IMAGE_FORMATS)} (unsupported_image_format)."),
+        "500": _error("Internal error: a generic message; the details are in the server's log."),
     }
     paths: dict[str, Any] = {
         "/v1/models": {"get": {
@@ -349,10 +147,8 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
             "description": "Top-k classes per image with probabilities, or decision scores where the "
                            "model has no probabilities (score_kind says which), with the model's name "
                            f"and version and the time taken. {limits}",
-            "parameters": [model_param, {"name": "top_k", "in": "query", "required": False,
-                                         "schema": top_k_schema}],
-            "requestBody": _image_bodies(max_images, {"top_k": top_k_schema},
-                                         {"top_k": top_k_schema}),
+            "parameters": [model_param, *query("top_k")],
+            "requestBody": bodies(max_images, "top_k"),
             "security": security,
             "responses": {"200": _json("Predictions, in the order of the images.", "PredictResponse"),
                           **common_errors, "404": _error("No such model."),
@@ -366,7 +162,7 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
                            "colour histogram (with the model's HOG and colour parameters where "
                            f"it has them), as PNG data URIs. {limits}",
             "parameters": [model_param],
-            "requestBody": _image_bodies(1, {}, {}),
+            "requestBody": bodies(1),
             "security": security,
             "responses": {"200": _json("The pictures.", "PicturesResponse"), **common_errors,
                           "404": _error("No such model.")},
@@ -380,18 +176,11 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
         }},
         "/v1/features": {"post": {
             "operationId": "features", "tags": ["features"], "summary": "Extract feature vectors",
-            "description": "HOG / colour-histogram vectors of the images, with the feature "
-                           f"configuration echoed. {limits}",
-            "parameters": [
-                {"name": "features", "in": "query", "schema": features_name},
-                {"name": "params", "in": "query", "schema": params_text},
-                {"name": "size", "in": "query", "schema": size_text},
-                {"name": "model", "in": "query", "schema": model_field},
-            ],
-            "requestBody": _image_bodies(
-                max_images,
-                {"features": features_name, "params": params_json, "size": size_json, "model": model_field},
-                {"features": features_name, "params": params_text, "size": size_text, "model": model_field}),
+            "description": "Hand-made feature vectors of the images (HOG, colour histograms, "
+                           "pixels; with model=, that model's features, learned patch features "
+                           f"included), with the feature configuration echoed. {limits}",
+            "parameters": query("features", "params", "size", "model"),
+            "requestBody": bodies(max_images, "features", "params", "size", "model"),
             "security": security,
             "responses": {"200": _json("One vector per image.", "FeaturesResponse"), **common_errors,
                           "404": _error("The model named by 'model' is not served.")},
@@ -441,3 +230,22 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
             "bearerAuth": {"type": "http", "scheme": "bearer",
                            "description": "The token the server was started with (CVPIPE_API_TOKEN)."}}
     return doc
+
+
+def response_schema(document: dict[str, Any], rule: str, method: str, status: int
+                    ) -> dict[str, Any] | None:
+    """The documented JSON schema of an answer: ``rule`` a Flask URL rule
+    (``/v1/models/<name>/predict``), None when the path or its JSON body is not documented.
+    An error an operation does not list (the server-wide guards': host not allowed, body over
+    the limit) is the Error schema every error has; ``AssertionError`` for another unlisted
+    status."""
+    path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", rule)
+    operation = document["paths"].get(path, {}).get(method.lower())
+    if operation is None:
+        return None
+    answer = operation["responses"].get(str(status))
+    if answer is None and status >= 400:
+        return _ref("Error")
+    if answer is None:
+        raise AssertionError(f"{method} {path} answered {status}, which its document does not list")
+    return answer.get("content", {}).get("application/json", {}).get("schema")

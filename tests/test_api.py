@@ -818,3 +818,47 @@ def test_a_hung_model_is_a_503_not_a_hung_request(registry, models_dir, monkeypa
     finally:
         release.set()
         model.batcher.timeout = 30.0
+
+
+def test_options_are_read_by_their_documented_schemas():
+    """service.schemas is the one source: the handlers parse an option with the schema the
+    OpenAPI document shows for it, in both of its spellings."""
+    from service.config import load_settings
+    from service.errors import ApiError
+    from service.openapi import build_openapi
+    from service.schemas import OPTIONS
+
+    size, top_k, params = OPTIONS["size"], OPTIONS["top_k"], OPTIONS["params"]
+    assert size.parse("32x48") == [32, 48] and size.parse("24") == [24, 24]
+    assert size.parse([16, 64]) == [16, 64] and top_k.parse("5") == 5 and top_k.parse(7) == 7
+    assert params.parse('{"orientations": 12}') == {"orientations": 12}
+    for option, bad, why in [(size, "7", "minimum"), (size, [32], "too short"),
+                             (size, "32x", "does not match"), (top_k, True, "not of type"),
+                             (top_k, "0", "minimum"), (params, "[1, 2]", "not of type"),
+                             (params, "{oops", "not JSON"), (params, "[" * 40 + "]" * 40, "deep")]:
+        with pytest.raises(ApiError, match=why) as info:
+            option.parse(bad)
+        assert info.value.status == 400 and info.value.code == "invalid_option"
+    doc = build_openapi(load_settings({"API_TOKEN": None}), [])
+    features = doc["paths"]["/v1/features"]["post"]
+    query = {p["name"]: p["schema"] for p in features["parameters"]}
+    assert query["size"] == size.text and query["params"] == params.text
+    body = features["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert body["size"] == size.value and body["params"] == params.value
+
+
+def test_answers_are_checked_against_their_documented_schemas(client):
+    """A test app checks every JSON answer of a documented operation against the document."""
+    from service.schemas import check_response
+
+    resp = client.post(f"/v1/models/{SVM}/predict", data=encode(test_images(1)[0]),
+                       content_type="image/png")
+    assert resp.status_code == 200  # checked by the app's hook on the way out
+    body = resp.get_json()
+    schema = {"$ref": "#/components/schemas/PredictResponse"}
+    check_response(schema, body)
+    broken = {**body, "predictions": [{**body["predictions"][0], "score": "high"}]}
+    with pytest.raises(AssertionError, match="predictions/0/score"):
+        check_response(schema, broken)
+    with pytest.raises(AssertionError, match="'timing_ms' is a required property"):
+        check_response(schema, {k: v for k, v in body.items() if k != "timing_ms"})
