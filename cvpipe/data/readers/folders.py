@@ -26,7 +26,7 @@ from cvpipe.data.readers.archives import (
 from cvpipe.data.readers.decoded import CIFAR10_CLASSES, SPLITS, DecodedDataset
 from cvpipe.data.splits import stratified_split
 from cvpipe.errors import DataError
-from cvpipe.images import FIT_POLICIES, GRAY_MODES, ImageError, decode, is_image_name
+from cvpipe.images import DEFAULT_FIT, FIT_POLICIES, GRAY_MODES, ImageError, decode, is_image_name
 
 #: Encoded files read ahead of the decoding threads (bounds the memory they take).
 _READ_AHEAD = 1024
@@ -187,7 +187,7 @@ def _target_size(path: Path, entries: list[_Entry], size: tuple[int, int] | None
 def read_image_folder(
     path: Path,
     size: tuple[int, int] | None = None,
-    fit: str = "crop",
+    fit: str = DEFAULT_FIT,
     limit_per_class: int | None = None,
     test_fraction: float = 0.2,
     seed: int = 0,
@@ -227,8 +227,6 @@ def read_image_folder(
     DecodedDataset
         uint8 (N, H, W, C) images: C is 1 when every image is grayscale, else 3.
     """
-    if fit not in FIT_POLICIES:
-        raise DataError(f"fit must be one of {', '.join(FIT_POLICIES)}, not {fit!r}")
     source = _ImageSource(path, sha256)
     entries = source.entries()
     _check_layout(path, entries)
