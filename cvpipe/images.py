@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,67 @@ def identify(data: bytes) -> str | None:
             return im.format
     except Exception:  # noqa: BLE001 - not recognised at all
         return None
+
+
+#: Bytes per pixel of the decoded array of a Pillow mode (bands x 8 bits unless listed).
+_MODE_BYTES = {"1": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
+#: PNG colour type -> (channels, gray).
+_PNG_COLOUR = {0: (1, True), 2: (3, False), 3: (1, False), 4: (2, True), 6: (4, False)}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, before any pixel is decoded."""
+
+    height: int  # after EXIF orientation
+    width: int
+    bytes_per_pixel: int  # of the array decoded in the file's own mode
+    gray: bool  # single-channel (a mode of GRAY_MODES)
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+
+def _png_header(data: bytes) -> ImageHeader | None:
+    """A PNG's header read straight from its IHDR chunk, or None when it is not a plain PNG
+    (an eXIf chunk before the pixels may rotate it: Pillow reads those)."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
+        return None
+    pos = 33  # the chunk after IHDR
+    while pos + 8 <= len(data):
+        length, kind = int.from_bytes(data[pos:pos + 4], "big"), data[pos + 4:pos + 8]
+        if kind == b"eXIf":
+            return None
+        if kind == b"IDAT":
+            break
+        pos += 12 + length
+    w, h = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    channels, gray = _PNG_COLOUR.get(data[25], (4, False))
+    return ImageHeader(h, w, channels * max(1, data[24] // 8), gray)
+
+
+def peek(data: bytes) -> ImageHeader:
+    """The header of an encoded image of one of :data:`IMAGE_FORMATS`, decoding nothing: PNG
+    read directly, others by Pillow's lazy open.
+
+    Raises
+    ------
+    PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError
+        Not an image of an accepted format, or a malformed header.
+    PIL.Image.DecompressionBombError
+        More pixels than Pillow's own limit.
+    """
+    header = _png_header(data)
+    if header is not None:
+        return header
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
+        w, h = im.size
+        if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated a quarter turn
+            w, h = h, w
+        return ImageHeader(h, w, _MODE_BYTES.get(im.mode) or len(im.getbands()),
+                           im.mode in GRAY_MODES)
 
 
 def is_image_name(name: str) -> bool:

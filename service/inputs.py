@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +27,7 @@ import numpy as np
 from flask import Request
 from PIL import Image
 
-from cvpipe.images import DEFAULT_FIT, IMAGE_FORMATS, ImageError, UnsupportedFormat, decode
+from cvpipe.images import DEFAULT_FIT, ImageError, UnsupportedFormat, decode, peek
 from service import multipart
 from service.errors import ApiError
 
@@ -203,27 +201,6 @@ def read_images(request: Request, max_images: int, allowed_fields: tuple[str, ..
                    f"Content-Type {mimetype!r} is not accepted: {_USAGE}.")
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-#: Bytes per pixel of the decoded array of a Pillow mode (bands x 8 bits unless listed).
-_MODE_BYTES = {"1": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I": 4, "F": 4}
-#: PNG colour type -> channels.
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-
-
-def _peek(data: bytes) -> tuple[int, int, int]:
-    """(width, height, bytes per decoded pixel) from the header alone: read directly for PNG,
-    else by Pillow's lazy open (nothing is decoded)."""
-    if data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR" and len(data) >= 26:
-        w, h = struct.unpack(">II", data[16:24])
-        depth, colour = data[24], data[25]
-        return w, h, _PNG_CHANNELS.get(colour, 4) * max(1, depth // 8)
-    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
-        bpp = _MODE_BYTES.get(im.mode) or len(im.getbands())
-        return im.size[0], im.size[1], bpp
-
-
 def decode_images(uploads: list[Upload], size: tuple[int, int], max_pixels: int,
                   max_request_pixels: int, max_decode_bytes: int = 256 << 20, channels: int = 3,
                   fit: str = DEFAULT_FIT) -> np.ndarray:
@@ -245,20 +222,22 @@ def decode_images(uploads: list[Upload], size: tuple[int, int], max_pixels: int,
     total, largest = 0, 0
     for i, up in enumerate(uploads):
         try:
-            w, h, bpp = _peek(up.data)
+            header = peek(up.data)
         except Image.DecompressionBombError:
             raise ApiError(413, "image_too_large", f"{up.name}: over the limit of {max_pixels} pixels",
                            {"index": i, "name": up.name}) from None
         except Exception:  # noqa: BLE001 - decode() below says what is wrong with it
             continue
-        if w * h > max_pixels:
-            raise ApiError(413, "image_too_large", f"{up.name}: {w}x{h} pixels is over the limit of "
-                           f"{max_pixels} pixels", {"index": i, "name": up.name})
-        total += w * h
+        if header.pixels > max_pixels:
+            raise ApiError(413, "image_too_large", f"{up.name}: {header.width}x{header.height} "
+                           f"pixels is over the limit of {max_pixels} pixels",
+                           {"index": i, "name": up.name})
+        total += header.pixels
         if total > max_request_pixels:
             raise ApiError(413, "request_too_large", f"the images hold more than {max_request_pixels} "
                            "pixels in all: send fewer or smaller images", {"index": i})
-        largest = max(largest, w * h * (bpp + 3))  # the decoded array and its RGB conversion
+        # the decoded array and its RGB conversion
+        largest = max(largest, header.pixels * (header.bytes_per_pixel + 3))
     need = largest + len(uploads) * size[0] * size[1] * 3
     if need > max_decode_bytes:
         raise ApiError(413, "request_too_large", f"decoding these images at {size[0]}x{size[1]} needs "

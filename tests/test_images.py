@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from cvpipe.data import load_cifar10
 from cvpipe.errors import DataError
@@ -121,3 +121,30 @@ def test_formats_outside_the_list_are_refused(tmp_path):
         (root / split / "a" / "x.png").write_bytes(ico.getvalue())  # an ICO named .png
     with pytest.raises(DataError, match="x.png"):
         load_cifar10(root, tmp_path / "data")
+
+
+def test_peek_reads_headers_as_decoding_would():
+    """One header reader for datasets and the API: sizes after EXIF orientation, gray or not,
+    the PNG fast path equal to Pillow's reading, a rotated PNG read by Pillow."""
+    from cvpipe.images import _png_header, peek
+
+    rgb = np.ascontiguousarray(_ramps()[:, :20])  # 32 x 20: a quarter turn shows
+    for mode, gray in (("RGB", False), ("L", True), ("RGBA", False), ("P", False), ("I;16", True)):
+        im = Image.fromarray(rgb).convert(mode) if mode != "I;16" else Image.fromarray(
+            rgb[..., 0].astype(np.uint16) * 257)
+        buf = io.BytesIO()
+        im.save(buf, "PNG")
+        header = peek(buf.getvalue())
+        assert (header.height, header.width, header.gray) == (*rgb.shape[:2], gray), mode
+        assert header.pixels == rgb.shape[0] * rgb.shape[1]
+    rotated = peek(_exif_jpeg(rgb))
+    assert (rotated.height, rotated.width) == decode(_exif_jpeg(rgb)).shape[:2] == rgb.shape[:2]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG", exif=exif.tobytes())
+    assert _png_header(buf.getvalue()) is None  # the eXIf chunk sends it to Pillow
+    turned = peek(buf.getvalue())
+    assert (turned.height, turned.width) == decode(buf.getvalue()).shape[:2] == rgb.shape[1::-1]
+    with pytest.raises(UnidentifiedImageError):
+        peek(b"GIF89a-not-really")

@@ -4,7 +4,6 @@ from a folder or a tar archive, decoded on every core."""
 from __future__ import annotations
 
 import functools
-import io
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from cvpipe.data.readers.archives import (
@@ -26,7 +25,7 @@ from cvpipe.data.readers.archives import (
 from cvpipe.data.readers.decoded import CIFAR10_CLASSES, SPLITS, DecodedDataset
 from cvpipe.data.splits import stratified_split
 from cvpipe.errors import DataError
-from cvpipe.images import DEFAULT_FIT, FIT_POLICIES, GRAY_MODES, ImageError, decode, is_image_name
+from cvpipe.images import DEFAULT_FIT, FIT_POLICIES, ImageError, decode, is_image_name, peek
 
 #: Encoded files read ahead of the decoding threads (bounds the memory they take).
 _READ_AHEAD = 1024
@@ -49,18 +48,6 @@ def _class_order(found: set[str]) -> tuple[str, ...]:
     if all(c.isascii() and c.isdecimal() for c in found):  # "²" is a digit, but not a number
         return tuple(sorted(found, key=int))
     return tuple(sorted(found))
-
-
-def _peek(data: bytes, name: str) -> tuple[tuple[int, int], bool]:
-    """((H, W) after EXIF orientation, is grayscale) from an image's header, decoding nothing."""
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if im.getexif().get(0x0112) in (5, 6, 7, 8):  # rotated a quarter turn
-                w, h = h, w
-            return (h, w), im.mode in GRAY_MODES
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"unreadable image {name}: {exc}") from exc
 
 
 def _where(parts: tuple[str, ...]) -> tuple[str, str] | None:
@@ -120,8 +107,11 @@ class _ImageSource:
                 data = read()
             except OSError as exc:
                 raise DataError(f"cannot read image {name}: {exc}") from exc
-            size, gray = _peek(data, name)
-            found.append(_Entry(*where, name, size, gray))
+            try:
+                header = peek(data)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                raise DataError(f"unreadable image {name}: {exc}") from exc
+            found.append(_Entry(*where, name, (header.height, header.width), header.gray))
         if any(e.split != "all" for e in found):  # train/test layout: loose files are ignored
             found = [e for e in found if e.split != "all"]
         names = [e.name for e in found]
