@@ -74,3 +74,14 @@ def test_ladder_orders_families_and_picks_on_validation():
     assert steps[3]["below"] == "hc-mlp" and steps[3]["p_value"] < 0.001
     assert steps[1]["gap"] == pytest.approx(0.77 - 0.58)
     assert stats.pareto(rows, "train_seconds") == ["c-svm", "h-svm", "hc-mlp", "cnn"]
+
+
+def test_scattering_is_the_rung_between_hog_and_the_learned_patches():
+    rows = [_row("h-svm", "classic", ["hog"], 0.50, 0.50, 0.52, 11, 0.02),
+            _row("p-svm", "classic", ["patches"], 0.78, 0.78, 0.87, 400, 5.0),
+            _row("s-svm", "classic", ["scattering"], 0.68, 0.67, 0.76, 300, 2.0),
+            _row("hs", "classic", ["hog", "scattering"], 0.69, 0.68, 0.80, 320, 2.1)]
+    correct = {r["pipeline"]: np.random.default_rng(1).random(500) < r["test_accuracy"] for r in rows}
+    steps = stats.ladder(rows, correct)
+    assert [s["family"] for s in steps] == ["HOG", "scattering", "learned patches"]
+    assert steps[1]["pipeline"] == "s-svm" and steps[2]["below"] == "s-svm"  # a mix is no rung

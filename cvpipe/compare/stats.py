@@ -23,7 +23,7 @@ Z95 = 1.959963984540054
 #: A difference is called one (a pipeline "beats" another) only below this p-value.
 ALPHA = 0.05
 #: The families, from the least to the most learned, and what places a pipeline in each.
-FAMILIES = ("raw pixels", "colour", "HOG", "HOG + colour", "learned patches", "CNN")
+FAMILIES = ("raw pixels", "colour", "HOG", "HOG + colour", "scattering", "learned patches", "CNN")
 
 
 def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -61,6 +61,8 @@ def family(row: dict[str, Any]) -> str | None:
     components = {c["name"] for c in (row.get("feature_set") or {}).get("components", [])}
     if "patches" in components:
         return "learned patches"
+    if components == {"scattering"}:
+        return "scattering"
     if components == {"hog", "color"}:
         return "HOG + colour"
     if components == {"hog"}:

@@ -9,9 +9,11 @@ OpenCV) or on a CUDA GPU (PyTorch), and return float32 ``(N, D)`` matrices:
   spatial grid, equal to ``cv2.calcHist`` of OpenCV's colour conversion.
 
 Transformers for scikit-learn: :class:`HOGTransformer`, :class:`ColorHistogramTransformer`,
-:class:`PixelTransformer`. A feature set (``"hog+color"``, or components with parameters) is
-described once by :class:`FeatureSpec`, which validates it, gives its dimension and key, and
-builds the transformer; :func:`make_features` is its shortcut.
+:class:`PixelTransformer`, :class:`ScatteringTransformer` (wavelet scattering, by kymatio) and
+:class:`PatchFeatures` (learned patch dictionaries). A feature set (``"hog+color"``, or
+components with parameters) is described once by :class:`FeatureSpec`, which validates it,
+gives its dimension and key, and builds the transformer; :func:`make_features` is its
+shortcut.
 Pictures: :func:`hog_glyphs`, :func:`plot_hog`, :func:`plot_color_histogram`.
 """
 
@@ -25,6 +27,7 @@ from cvpipe.features.color import (
     convert_color,
 )
 from cvpipe.features.patches import PatchFeatures
+from cvpipe.features.scattering import ScatteringTransformer
 from cvpipe.features.spec import (
     FEATURE_NAMES,
     RUNTIME_PARAMS,
@@ -58,6 +61,7 @@ __all__ = [
     "ImageFeatureUnion",
     "PatchFeatures",
     "PixelTransformer",
+    "ScatteringTransformer",
     "color_histogram",
     "color_histogram_size",
     "convert_color",

@@ -32,6 +32,7 @@ import numpy as np
 
 from cvpipe.errors import ConfigError
 from cvpipe.features.patches import PatchFeatures
+from cvpipe.features.scattering import ScatteringTransformer
 from cvpipe.features.transformers import (
     ColorHistogramTransformer,
     HOGTransformer,
@@ -42,12 +43,14 @@ from cvpipe.features.transformers import (
 from cvpipe.storage import canonical_json, to_jsonable
 
 #: Component names, in the order they are listed to users.
-FEATURE_NAMES = ("hog", "color", "pixels", "patches")
-_ALIASES = {"colour": "color", "hist": "color", "raw": "pixels", "learned": "patches"}
+FEATURE_NAMES = ("hog", "color", "pixels", "scattering", "patches")
+_ALIASES = {"colour": "color", "hist": "color", "raw": "pixels", "learned": "patches",
+            "scatter": "scattering"}
 _CLASSES: dict[str, type[_ImageTransformer]] = {
     "hog": HOGTransformer,
     "color": ColorHistogramTransformer,
     "pixels": PixelTransformer,
+    "scattering": ScatteringTransformer,
     "patches": PatchFeatures,
 }
 #: Transformer parameters about where and how to compute, not what: never part of a spec.
