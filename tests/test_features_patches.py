@@ -105,6 +105,9 @@ def test_torch_path_on_the_cpu_equals_the_numpy_path(images):
     soft = PatchFeatures(**SMALL, encoding="soft", alpha=0.5).fit(images)
     np.testing.assert_allclose(soft.set_params(backend="torch").transform(images),
                                soft.set_params(backend="numpy").transform(images), rtol=1e-4, atol=1e-3)
+    import torch  # a tensor given to the numpy backend is computed on the host
+
+    np.testing.assert_array_equal(soft.transform(torch.from_numpy(images)), soft.transform(images))
 
 
 def test_parameters_and_size_are_checked(images):

@@ -325,6 +325,8 @@ class PatchFeatures(_ImageTransformer):
         d = self._n_out(tuple(images.shape[1:]), params)
         if out is None:
             out = np.empty((n, d), np.float32)
+        if is_tensor(images):  # the numpy backend asked for with a tensor
+            images = images.detach().cpu().numpy()
         # A chunk's codes (patches x K float32) are walked several times: keep them in cache.
         chunk = max(1, CHUNK_CODES // (oh * ow * int(self.n_centroids)))
 
