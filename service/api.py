@@ -139,7 +139,8 @@ def predict(name: str) -> Response:
 
 @bp.post("/features")
 def features() -> Response:
-    """HOG / colour-histogram vectors of the uploaded images, with the configuration used."""
+    """Feature vectors of the uploaded images (a named feature set, or a model's own), with
+    the configuration used."""
     start = g.get("start", time.perf_counter())
     check_token()
     cfg = current_app.config

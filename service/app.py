@@ -46,6 +46,9 @@ def create_app(config: Mapping[str, Any] | None = None, registry: ModelRegistry 
     registry : ModelRegistry, optional
         Already loaded models (tests share one between apps); default: load ``MODELS_DIR``.
 
+    With Flask's ``TESTING`` (or ``CHECK_RESPONSES``) set, every JSON answer of a documented
+    operation is checked against its schema in the OpenAPI document (``AssertionError`` if not).
+
     Returns
     -------
     flask.Flask
