@@ -2,7 +2,7 @@
 
 How ``scattering-linear-svm`` in ``cvpipe/pipelines.toml`` was chosen. The scattering
 coefficients (kymatio, J = 2, L = 8, order 2) of the train and validation splits are computed
-once; each variant is then derived from them by the transformer's own stages 2-3 (log
+once; each variant is then derived from them by the transformer's own stages 2-3 (``compress_and_pool``) (log
 compression, averaging over a grid of cells), standardised, and fitted by the product's linear
 SVM on the 45,000 training images for each C; its validation accuracy is printed. The test
 split is never read. The peer figure is kymatio's own example (J = 2 and a linear classifier):
@@ -32,19 +32,10 @@ sys.path.insert(0, str(ROOT))
 from cvpipe.classifiers.linear_svm import LinearSVM  # noqa: E402
 from cvpipe.data import load_cifar10  # noqa: E402
 from cvpipe.features import make_features  # noqa: E402
-from cvpipe.features.scattering import LOG_EPS  # noqa: E402
+from cvpipe.features.scattering import compress_and_pool  # noqa: E402
 
 SWEEP = ["log:2:1e-4", "log:2:1e-3", "raw:2:1e-3", "raw:4:1e-4", "raw:4:3e-4",
          "raw:0:1e-5", "raw:0:3e-5", "raw:0:1e-4", "log:0:3e-5", "log:0:1e-4", "log:0:1e-3"]
-
-
-def stages(coefficients: np.ndarray, log: bool, pool: int | None) -> np.ndarray:
-    """Stages 2-3 of :class:`cvpipe.features.ScatteringTransformer` on (N, C, K, 8, 8)."""
-    g = np.log1p(coefficients / LOG_EPS) if log else coefficients
-    if pool:
-        step = g.shape[-1] // pool
-        g = g.reshape(*g.shape[:3], pool, step, pool, step).mean((4, 6))
-    return g.reshape(len(g), -1)
 
 
 def main(variants: list[str]) -> None:
@@ -58,7 +49,8 @@ def main(variants: list[str]) -> None:
                       "feature_seconds": round(time.perf_counter() - start, 1)}), flush=True)
     for variant in variants:
         kind, pool, C = variant.split(":")
-        train, val = (stages(c, kind == "log", int(pool) or None) for c in coeffs)
+        train, val = (compress_and_pool(c, kind == "log", int(pool) or None).reshape(len(c), -1)
+                      for c in coeffs)
         scaler = StandardScaler().fit(train)
         train, val = (scaler.transform(a).astype(np.float32) for a in (train, val))
         start = time.perf_counter()

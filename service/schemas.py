@@ -71,19 +71,27 @@ class Option:
         ``invalid_option`` :class:`ApiError` naming what is wrong if it does not fit."""
         value = raw
         if isinstance(raw, str) and self.text is not None:
-            self._check(self.text, raw)
+            self._check(self.text, self._text_validator, raw)
             try:
                 value = self.from_text(raw) if self.from_text else raw
             except ValueError as exc:
                 raise ApiError(400, "invalid_option", f"{self.name} {exc}", {"option": self.name}) from None
         elif isinstance(raw, str) and self.value.get("type") == "integer" and _DIGITS.fullmatch(raw):
             value = int(raw)
-        self._check(self.value, value)
+        self._check(self.value, self._value_validator, value)
         return value
 
-    def _check(self, schema: dict[str, Any], value: Any) -> None:
-        error = jsonschema.exceptions.best_match(
-            validator(json.dumps(schema, sort_keys=True)).iter_errors(value))
+    # compiled once, on first use (the schemas they resolve against are defined below)
+    @functools.cached_property
+    def _value_validator(self) -> jsonschema.Draft4Validator:
+        return validator(json.dumps(self.value, sort_keys=True))
+
+    @functools.cached_property
+    def _text_validator(self) -> jsonschema.Draft4Validator:
+        return validator(json.dumps(self.text, sort_keys=True))
+
+    def _check(self, schema: dict[str, Any], compiled: jsonschema.Draft4Validator, value: Any) -> None:
+        error = jsonschema.exceptions.best_match(compiled.iter_errors(value))
         if error is not None:
             message = error.message if len(error.message) <= 160 else f"{error.message[:157]}..."
             raise ApiError(400, "invalid_option", f"{self.name}: {message}. {schema['description']}",

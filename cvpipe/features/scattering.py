@@ -61,6 +61,22 @@ def n_coefficients(J: int, L: int, max_order: int) -> int:
     return 1 + J * L + (L * L * J * (J - 1) // 2 if max_order == 2 else 0)
 
 
+def compress_and_pool(coefficients: Any, log: bool, pool: int | None, xp: Any = np) -> Any:
+    """Stages 2-3 on kymatio's ``(n, C, K, rows, cols)`` output (an ndarray, ``xp=np``, or a
+    tensor, ``xp=torch``): ``log(1 + x / LOG_EPS)`` if ``log``, then the mean of each of
+    ``pool`` x ``pool`` cells, row-major, giving ``(n, C, K, pool * pool)``."""
+    if log:
+        coefficients = xp.log1p(coefficients / LOG_EPS)
+    if pool is None:
+        return coefficients
+    rows, cols = coefficients.shape[-2:]
+    r_edges = [i * rows // pool for i in range(pool + 1)]
+    c_edges = [j * cols // pool for j in range(pool + 1)]
+    cells = [coefficients[..., r_edges[i]:r_edges[i + 1], c_edges[j]:c_edges[j + 1]].mean((-2, -1))
+             for i in range(pool) for j in range(pool)]
+    return xp.stack(cells, -1)
+
+
 @functools.lru_cache(maxsize=16)
 def _scattering(J: int, L: int, max_order: int, shape: tuple[int, int], backend: str,
                 device: str) -> Any:
@@ -170,7 +186,8 @@ class ScatteringTransformer(_ImageTransformer):
                 x = np.moveaxis(images[start:stop], -1, 1).astype(np.float32)
                 if images.dtype == np.uint8:
                     x *= np.float32(1 / 255)
-                out[start:stop] = self._finish(scattering(x), params, np).reshape(stop - start, -1)
+                codes = compress_and_pool(scattering(x), params["log"], params["pool"], np)
+                out[start:stop] = codes.reshape(stop - start, -1)
             return work
 
         run_chunked(n, CHUNK, self.n_jobs, make_worker)
@@ -185,21 +202,6 @@ class ScatteringTransformer(_ImageTransformer):
             x = x_all[start:start + CHUNK].permute(0, 3, 1, 2).float()
             if x_all.dtype == torch.uint8:
                 x = x / 255.0
-            outs.append(self._finish(scattering(x.contiguous()), params, torch).reshape(len(x), -1))
+            outs.append(compress_and_pool(scattering(x.contiguous()), params["log"],
+                                          params["pool"], torch).reshape(len(x), -1))
         return torch.cat(outs) if outs else torch.zeros((0, d), device=x_all.device)
-
-    @staticmethod
-    def _finish(coefficients: Any, params: dict[str, Any], xp: Any) -> Any:
-        """Stages 2-3 on kymatio's (n, C, K, rows, cols) output."""
-        if params["log"]:
-            coefficients = xp.log1p(coefficients / LOG_EPS)
-        pool = params["pool"]
-        if pool is None:
-            return coefficients
-        n, c, k, rows, cols = coefficients.shape
-        r_edges = [i * rows // pool for i in range(pool + 1)]
-        c_edges = [j * cols // pool for j in range(pool + 1)]
-        cells = [coefficients[..., r_edges[i]:r_edges[i + 1], c_edges[j]:c_edges[j + 1]].mean((-2, -1))
-                 for i in range(pool) for j in range(pool)]
-        stacked = xp.stack(cells, -1)  # (n, C, K, pool * pool), cells row-major
-        return stacked
