@@ -12,12 +12,13 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
+from cvpipe.classifiers import linear_svm
 from cvpipe.classifiers.chunks import ArrayChunks
 from cvpipe.classifiers.kernel_svm import RBFSVM
 from cvpipe.classifiers.linear_svm import LinearSVM, objective_value
 from cvpipe.classifiers.mlp import Dropout, MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
-from cvpipe.classifiers.preconditioners import Cholesky
+from cvpipe.classifiers.preconditioners import Cholesky, Spectral
 from cvpipe.classifiers.row_stats import Outer, compute_stats, full_gram, targets_for
 from cvpipe.featurestore.dask import add_sums
 
@@ -111,6 +112,47 @@ def test_cholesky_preconditioner_factorises_in_place_and_inverts():
     kept = pre.factor(0.05)
     wider = pre.with_rows(330)  # a refit: the Gram matrix shared, the factor handed on
     assert pre._factor is None and wider.gram is pre.gram and wider.factor(0.05) is kept
+
+
+def test_sketched_preconditioner_finds_the_leading_eigenpairs_and_inverts():
+    rng = np.random.default_rng(2)
+    # 10 strong directions over a weak rest, as standardised features have: 400 rows, 120 features
+    X = rng.normal(size=(400, 10)) @ rng.normal(size=(10, 120)) * 5 + rng.normal(size=(400, 120))
+    A = X.T @ X
+    exact = np.linalg.eigvalsh(A)[::-1]
+    pre = Spectral.sketch(lambda Q: A @ Q, 120, rank=20, passes=2)
+    np.testing.assert_allclose(pre.s2[:10], exact[:10], rtol=1e-3)  # the leading ones
+    assert pre.basis.shape == (120, 20) and np.allclose(pre.basis.T @ pre.basis, np.eye(20), atol=1e-5)
+    assert 0.3 * exact[19] <= pre.rest <= exact[19] * 1.001  # the rest: about the smallest kept
+    to_w, to_v, grad_v = pre.at(0.01)
+    W = rng.normal(size=(120, 3))
+    np.testing.assert_allclose(to_w(to_v(W)), W, rtol=1e-4, atol=1e-4)
+    # on the leading directions the solve is H0's inverse
+    H = np.eye(120) + 2 * 0.01 * A
+    top = np.linalg.eigh(A)[1][:, ::-1][:, :10]
+    np.testing.assert_allclose(pre.solve(0.01, H @ top), top, atol=1e-2)
+    # and it preconditions: H0's condition number falls a thousandfold
+    M = to_v(to_w(np.eye(120)))  # identity, as a check of the pair
+    np.testing.assert_allclose(M, np.eye(120), atol=1e-4)
+    P = grad_v(grad_v(H).T).T  # L^-1 H L^-T
+    assert np.linalg.cond(H) > 10_000 and np.linalg.cond(P) < np.linalg.cond(H) / 1000
+    full = Spectral.sketch(lambda Q: A @ Q, 120, rank=500)  # rank capped at D: exact
+    assert full.rest == 0.0 and len(full.s2) == 120
+    np.testing.assert_allclose(full.s2, exact, rtol=1e-3, atol=1e-3 * exact[0])
+
+
+def test_wide_features_are_preconditioned_by_a_sketch_with_the_same_minimum(blobs, monkeypatch):
+    X, y, _, _ = blobs
+    reference = LinearSVM(C=0.05).fit(X, y)  # the Gram matrix and its Cholesky factor
+    monkeypatch.setattr(linear_svm, "MAX_GRAM_FEATURES", 10)  # 20 features are "wide"
+    monkeypatch.setattr(linear_svm, "SKETCH_RANK", 8)  # fewer pairs than features
+    chunks = ArrayChunks(X.astype(np.float32), y, rows=64)
+    problem = linear_svm.LinearProblem.prepare(chunks, standardize=False)
+    assert isinstance(problem.preconditioner, Spectral) and problem.preconditioner.rest > 0
+    np.testing.assert_allclose(problem.xty, ((X - X.mean(0)).T @ targets_for(4)[y]), rtol=1e-4, atol=1e-3)
+    sketched = LinearSVM(C=0.05).fit(X, y)
+    assert objective_value(sketched, X, y) == pytest.approx(objective_value(reference, X, y), rel=1e-5)
+    assert (sketched.predict(X) == reference.predict(X)).mean() > 0.99
 
 
 def test_classifiers_learn(blobs):

@@ -18,7 +18,10 @@ Stages, in order (:class:`LinearProblem`):
    every margin were active. It preconditions every later fit: L-BFGS runs on
    ``v = L^T w``, where the objective's curvature is close to the identity, and converges in
    tens of passes where the plain problem took hundreds
-   (:mod:`cvpipe.classifiers.preconditioners`).
+   (:mod:`cvpipe.classifiers.preconditioners`). Beyond :data:`MAX_GRAM_FEATURES` features
+   the Gram matrix is not formed: a rank-:data:`SKETCH_RANK` randomized Nystrom sketch of it,
+   two more passes over the rows, preconditions instead (D x rank floats, where the Gram
+   matrix and its factor took 12 D^2 bytes: 2.9 GB at D = 15,552).
 3. **Start** from the least-squares solution ``H0^{-1} 2 C0 Xc^T (Y - mean Y)`` (the
    squared hinge with every margin active, one triangular solve away), or from a previous
    candidate's weights (warm starts along a path of C values).
@@ -68,15 +71,23 @@ from cvpipe.classifiers.row_stats import (
     chunk_active,
     chunk_objective,
     chunk_scores,
+    chunk_sketch,
     compute_stats,
     targets_for,
 )
 
 log = logging.getLogger(__name__)
 
-#: Above this many features the D x D Gram matrix (8 D^2 bytes) is not formed: L-BFGS runs
-#: without a preconditioner.
-MAX_GRAM_FEATURES = 16384
+#: Above this many features the D x D Gram matrix (4 D^2 bytes, and 8 D^2 for its factor) is
+#: not formed: a randomized sketch of it preconditions (:meth:`Spectral.sketch`). Measured on
+#: CIFAR-10's 45,000 training rows (benchmarks/preconditioners.py), three C values: at
+#: D = 15,552 (scattering) 44 s and 3.7 GB peak against 110 s and 6.1 GB, at D = 11,200
+#: (patches) 45 s and 2.8 GB against 76 s and 3.9 GB, validation accuracy within 0.2 points.
+MAX_GRAM_FEATURES = 8192
+#: The sketch's rank (D x rank floats) and its passes over the rows (rank 1,024: no better
+#: on validation, 1.4x the time).
+SKETCH_RANK = 512
+SKETCH_PASSES = 2
 #: Problems of at most this many values (rows x features) are solved on one BLAS thread.
 SMALL_PROBLEM = 10_000_000
 #: Up to this many features SciPy's own BLAS (L-BFGS's vector steps, the preconditioner's
@@ -114,8 +125,8 @@ class LinearProblem:
         """Stage 1 for the rows of ``chunks``: the statistics, with what preconditions --
         the Gram matrix ``Xc^T Xc`` of the centred, scaled rows, or, with fewer rows than
         half the features, the eigenvectors of ``Xc Xc^T`` (the rows gathered in memory:
-        fewer values than the Gram matrix would have). No preconditioner beyond
-        :data:`MAX_GRAM_FEATURES` features."""
+        fewer values than the Gram matrix would have); beyond :data:`MAX_GRAM_FEATURES`
+        features, a sketch of the Gram matrix."""
         if runner is LOCAL:
             chunks = in_memory(chunks)
         labels = chunks.labels()
@@ -126,9 +137,9 @@ class LinearProblem:
             chunks = _Relabelled(chunks, classes)
         targets = targets_for(len(classes))
         n, d = chunks.n_rows, chunks.n_features
-        usable = precondition and d <= MAX_GRAM_FEATURES
-        dual = usable and 2 * n <= d
-        gram = usable and not dual
+        dual = precondition and 2 * n <= d and d <= MAX_GRAM_FEATURES
+        gram = precondition and not dual and d <= MAX_GRAM_FEATURES
+        sketch = precondition and not dual and not gram
         stats = compute_stats(chunks, targets, with_gram=gram, runner=runner)
         mean = stats.mean
         scale = stats.scaler().scale_ if standardize else np.ones(d)
@@ -155,6 +166,8 @@ class LinearProblem:
             Xc = ((X - mean) / scale).astype(np.float32)  # float32: it only preconditions
             problem.xty = (Xc.T @ (targets[y] - problem.tbar).astype(np.float32)).astype(np.float64)
             problem.preconditioner = Spectral.of(Xc)
+        elif sketch:
+            problem.preconditioner, problem.xty = _sketched(chunks, mean, scale, targets, runner)
         return problem
 
     def with_rows(self, more: Chunks, standardize: bool) -> LinearProblem:
@@ -251,6 +264,21 @@ class LinearProblem:
         """Decision scores of every row of ``chunks`` (raw rows, as this problem's)."""
         Wr, c = self.raw(W, b)
         return np.concatenate([chunk_scores(X, y, Wr, c) for X, y in read_ahead(chunks)])
+
+
+def _sketched(chunks: Chunks, mean: np.ndarray, scale: np.ndarray, targets: np.ndarray,
+              runner: Runner) -> tuple[Spectral, np.ndarray]:
+    """Stage 2 without the D x D matrix: a :meth:`Spectral.sketch` of ``Xc^T Xc``, and
+    ``Xc^T (T - mean T)`` (the rows centred: ``Xc^T T``), summed in the sketch's passes."""
+    xty: list[np.ndarray] = []
+
+    def sketch_pass(Q: np.ndarray) -> np.ndarray:
+        Y, B = runner.map_sum(chunk_sketch, chunks, mean, scale, Q.astype(np.float32), targets)
+        xty[:] = [B]
+        return Y
+
+    pre = Spectral.sketch(sketch_pass, chunks.n_features, SKETCH_RANK, SKETCH_PASSES)
+    return pre, xty[0]
 
 
 @functools.cache

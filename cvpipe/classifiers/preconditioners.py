@@ -4,10 +4,16 @@
 ``L`` a square root of ``H0``, where the objective's curvature is close to the identity.
 :class:`Cholesky` factorises ``H0`` from the Gram matrix (more rows than features);
 :class:`Spectral` works from the thin eigen-decomposition of the rows (fewer rows than
-features). Both give ``(v -> w, w -> v, gradient in w -> gradient in v)`` for a ``C0``
-(:meth:`at`) and solve ``H0 x = b`` (the least-squares start).
+features) or from a randomized Nystrom sketch of ``Xc^T Xc`` (too many features for a
+D x D matrix: :meth:`Spectral.sketch`). All give ``(v -> w, w -> v, gradient in w -> gradient
+in v)`` for a ``C0`` (:meth:`at`) and solve ``H0 x = b`` (the least-squares start).
 
-Reference: Nocedal & Wright, *Numerical Optimization*, 2nd ed. (2006), 5.1 (preconditioning).
+References
+----------
+Nocedal & Wright, *Numerical Optimization*, 2nd ed. (2006), 5.1 (preconditioning).
+Tropp, Yurtsever, Udell & Cevher, "Fixed-rank approximation of a positive-semidefinite matrix
+from streaming data", NeurIPS 2017 (the stable Nystrom approximation). Frangella, Tropp & Udell,
+"Randomized Nystrom preconditioning", SIAM J. Matrix Anal. Appl. 44 (2023).
 """
 
 from __future__ import annotations
@@ -65,12 +71,16 @@ class Cholesky:
 
 
 class Spectral:
-    """``H0 = I + 2 C0 Xc^T Xc`` from the thin eigen-decomposition of ``Xc`` (fewer rows than
-    features): ``Xc^T Xc = V diag(s2) V^T``, so ``H0^(-1/2) = I + V (f - 1) V^T`` with
-    ``f = (1 + 2 C0 s2)^(-1/2)``; every ``C0`` costs nothing more."""
+    """``H0 = I + 2 C0 Xc^T Xc`` from eigenpairs of ``Xc^T Xc = V diag(s2) V^T + rest``:
+    ``H0^(-1/2) = f_rest I + V diag(f - f_rest) V^T`` with ``f = (1 + 2 C0 s2)^(-1/2)``; every
+    ``C0`` costs nothing more. Exact from the rows (:meth:`of`, fewer rows than features: the
+    rest is 0), or the leading ``rank`` pairs of a sketch (:meth:`sketch`): the directions left
+    out are given the sketch's smallest eigenvalue, about the largest of theirs (Frangella et
+    al.), so that their preconditioned curvature stays near or below 1 and the least-squares
+    start does not overshoot them."""
 
-    def __init__(self, basis: np.ndarray, s2: np.ndarray):
-        self.basis, self.s2 = basis, s2
+    def __init__(self, basis: np.ndarray, s2: np.ndarray, rest: float = 0.0):
+        self.basis, self.s2, self.rest = basis, s2, float(rest)
 
     @classmethod
     def of(cls, Xc: np.ndarray) -> Spectral:
@@ -80,17 +90,45 @@ class Spectral:
         basis = Xc.T @ (U / np.sqrt(s2)).astype(Xc.dtype)  # float32: it only preconditions
         return cls(np.ascontiguousarray(basis), s2)
 
-    def _apply(self, M: np.ndarray, f: np.ndarray) -> np.ndarray:
+    @classmethod
+    def sketch(cls, sketch_pass: Callable[[np.ndarray], np.ndarray], d: int, rank: int,
+               passes: int = 2, seed: int = 0) -> Spectral:
+        """The leading ``rank`` eigenpairs of ``A = Xc^T Xc`` (D x D, never formed) from
+        ``passes`` products ``A @ Q`` (``sketch_pass``: one pass over the rows each, D x rank
+        floats of memory): a random start, ``passes - 1`` subspace iterations, then the
+        numerically stable Nystrom approximation ``(A Q)(Q^T A Q)^+ (A Q)^T`` (Tropp et al.
+        2017, algorithm 3; shifted by a tiny ``nu`` so that its Cholesky factor exists)."""
+        rank = int(min(rank, d))
+        rng = np.random.default_rng(seed)
+        Q = np.linalg.qr(rng.standard_normal((d, rank)))[0]
+        Y = sketch_pass(Q)
+        for _ in range(int(passes) - 1):  # subspace iteration: a basis nearer the leading one
+            Q = np.linalg.qr(Y)[0]
+            Y = sketch_pass(Q)
+        nu = np.sqrt(d) * np.spacing(np.float32(np.linalg.norm(Y)))  # the passes' float32 rounding
+        Y += nu * Q
+        core = Q.T @ Y
+        upper = linalg.cholesky(0.5 * (core + core.T), lower=False, check_finite=False)
+        B = linalg.solve_triangular(upper, Y.T, trans="T", lower=False, check_finite=False).T
+        basis, sigma, _ = linalg.svd(B, full_matrices=False, check_finite=False)
+        s2 = np.maximum(sigma * sigma - nu, 0.0)
+        rest = float(s2[-1]) if rank < d else 0.0
+        return cls(np.ascontiguousarray(basis, np.float32), s2, rest)
+
+    def _apply(self, M: np.ndarray, f: np.ndarray, f_rest: float) -> np.ndarray:
         B = self.basis
-        return M + B @ ((f - 1.0)[:, None] * (B.T @ M.astype(B.dtype))).astype(B.dtype)
+        return f_rest * M + B @ ((f - f_rest)[:, None] * (B.T @ M.astype(B.dtype))).astype(B.dtype)
+
+    def _scales(self, C0: float, power: float) -> tuple[np.ndarray, float]:
+        return (1.0 + 2 * C0 * self.s2) ** power, (1.0 + 2 * C0 * self.rest) ** power
 
     def at(self, C0: float) -> tuple[Callable, Callable, Callable]:
-        f = 1.0 / np.sqrt(1.0 + 2 * C0 * self.s2)
-        return (lambda V: self._apply(V, f), lambda W: self._apply(W, 1.0 / f),
-                lambda G: self._apply(G, f))
+        f, f_rest = self._scales(C0, -0.5)
+        return (lambda V: self._apply(V, f, f_rest), lambda W: self._apply(W, 1.0 / f, 1.0 / f_rest),
+                lambda G: self._apply(G, f, f_rest))
 
     def solve(self, C0: float, B: np.ndarray) -> np.ndarray:
-        return self._apply(B, 1.0 / (1.0 + 2 * C0 * self.s2))
+        return self._apply(B, *self._scales(C0, -1.0))
 
     def with_rows(self, n: int) -> Spectral:
         return self

@@ -8,6 +8,8 @@ the rows are stored:
 * :func:`chunk_stats` -- count, sums, and the Gram matrix ``X^T X`` (in place, by BLAS
   ``syrk``: :class:`Outer`) and ``X^T T`` of the shifted rows, summed into :class:`Stats`
   by :func:`compute_stats`;
+* :func:`chunk_sketch` -- ``Xc^T (Xc Q)`` and ``Xc^T T`` of the centred, scaled rows (a
+  randomized sketch of their Gram matrix, without forming it);
 * :func:`chunk_objective` -- a squared-hinge loss and its gradient for given weights;
 * :func:`chunk_active`, :func:`chunk_scores` -- margins and decision scores.
 """
@@ -102,6 +104,16 @@ def full_gram(gram: np.ndarray | Outer) -> np.ndarray:
         diagonal[np.triu_indices(b - a, 1)] = diagonal.T[np.triu_indices(b - a, 1)]
         gram[a:b, b:] = gram[b:, a:b].T
     return gram
+
+
+def chunk_sketch(X: np.ndarray, y: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+                 Q: np.ndarray, targets: np.ndarray) -> tuple:
+    """One block's ``(Xc^T (Xc Q), Xc^T T)``, ``Xc = (X - mean) / scale`` (float32 products,
+    float64 sums)."""
+    Xc = (_as_float(X) - mean.astype(np.float32)) / scale.astype(np.float32)
+    Q = Q.astype(np.float32, copy=False)
+    T = targets[y].astype(np.float32)
+    return (Xc.T @ (Xc @ Q)).astype(np.float64), (Xc.T @ T).astype(np.float64)
 
 
 def chunk_objective(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
