@@ -37,20 +37,25 @@ sys.path.insert(0, str(ROOT))
 
 
 class _Store:
-    """A finished store's rows, out of core, as the product's chunks."""
+    """A finished store's rows, out of core, read a block at a time as the product reads them
+    (ordinary reads, not a memory map: the peak RSS is the solver's own)."""
 
     def __init__(self, path: str, rows: int = 4096):
-        from cvpipe.classifiers.chunks import ArrayChunks
+        from cvpipe.featurestore.store import NpyRows
 
-        X = np.load(Path(path, "features.npy"), mmap_mode="r")
-        self.blocks = ArrayChunks(X, np.load(Path(path, "labels.npy")), rows=rows)
-        self.n_rows, self.n_features = X.shape
+        self.X = NpyRows(str(Path(path, "features.npy")))
+        self.y = np.load(Path(path, "labels.npy"))
+        self.rows = rows
+        self.n_rows, self.n_features = self.X.shape
 
     def refs(self) -> list:
-        return self.blocks.refs()
+        from cvpipe.classifiers.chunks import ArrayRef
+
+        return [ArrayRef(self.X, self.y, a, min(a + self.rows, self.n_rows))
+                for a in range(0, self.n_rows, self.rows)]
 
     def labels(self) -> np.ndarray:
-        return self.blocks.labels()
+        return self.y
 
 
 def run_mode(train: str, val: str, mode: str, Cs: list[float]) -> None:
@@ -64,7 +69,7 @@ def run_mode(train: str, val: str, mode: str, Cs: list[float]) -> None:
         linear_svm.MAX_GRAM_FEATURES = 0
         linear_svm.SKETCH_RANK = int(rank or linear_svm.SKETCH_RANK)
     chunks = _Store(train)
-    Xv = np.load(Path(val, "features.npy"), mmap_mode="r")
+    Xv = np.load(Path(val, "features.npy"))
     yv = np.load(Path(val, "labels.npy"))
     start = time.perf_counter()
     problem = LinearProblem.prepare(chunks, standardize=True, precondition=kind != "none")

@@ -69,6 +69,59 @@ def test_encoding_equals_the_paper_stages_done_directly(images):
                                rtol=1e-4, atol=1e-3)
 
 
+def test_soft_split_encoding_is_two_thresholded_codes_per_unit_centroid(images):
+    """Coates & Ng's polarity split: max(0, a.x - alpha) and max(0, -a.x - alpha) per unit
+    centroid a, summed over the quadrants, as the stages done directly."""
+    model = PatchFeatures(**SMALL, encoding="soft-split", alpha=0.5).fit(images)
+    got = model.transform(images[:2])
+    assert got.shape == (2, 4 * 2 * 16)
+    unit = model.centroids_ / np.linalg.norm(model.centroids_, axis=1, keepdims=True)
+    s = model.patch_size
+    for i in range(2):
+        grid = np.zeros((27, 27, 32))
+        for r in range(27):
+            for c in range(27):
+                p = images[i, r:r + s, c:c + s].astype(np.float64).reshape(-1)
+                p = (p - p.mean()) / np.sqrt(p.var() + model.norm_eps)
+                z = ((p - model.mean_) @ model.whitening_) @ unit.T
+                grid[r, c] = np.maximum(0, np.concatenate([z, -z]) - 0.5)
+        quads = [grid[:14, :14], grid[:14, 14:], grid[14:, :14], grid[14:, 14:]]
+        np.testing.assert_allclose(got[i], np.concatenate([q.sum((0, 1)) for q in quads]),
+                                   rtol=2e-4, atol=2e-3)
+    np.testing.assert_allclose(model.set_params(backend="torch").transform(images[:2]), got,
+                               rtol=1e-4, atol=1e-3)
+    # flip-invariant: the signed codes keep their mirror pairs
+    flip = PatchFeatures(**SMALL, encoding="soft-split", flip_invariant=True).fit(images)
+    features = flip.transform(images)
+    assert features.shape == (len(images), 4 * 16)
+    np.testing.assert_allclose(flip.transform(mirrored(images)), features, rtol=1e-4, atol=1e-2)
+
+
+def test_knn_encoding_marks_the_nearest_centroids(images):
+    """Thiry et al.'s k-nearest-atom encoding: 1 for the knn_fraction * K nearest centroids,
+    summed over the quadrants, as the stages done directly."""
+    model = PatchFeatures(**SMALL, encoding="knn", knn_fraction=0.25).fit(images)
+    got = model.transform(images[:2])
+    assert got.shape == (2, 4 * 16)
+    s = model.patch_size
+    for i in range(2):
+        grid = np.zeros((27, 27, 16))
+        for r in range(27):
+            for c in range(27):
+                p = images[i, r:r + s, c:c + s].astype(np.float64).reshape(-1)
+                p = (p - p.mean()) / np.sqrt(p.var() + model.norm_eps)
+                z = (((p - model.mean_) @ model.whitening_ - model.centroids_) ** 2).sum(1)
+                grid[r, c, np.argsort(z)[:4]] = 1  # 0.25 * 16 nearest
+        quads = [grid[:14, :14], grid[:14, 14:], grid[14:, :14], grid[14:, 14:]]
+        want = np.concatenate([q.sum((0, 1)) for q in quads])
+        # a near tie at the 4th distance may fall either way in float32: a few patches at most
+        assert np.abs(got[i] - want).sum() <= 4 and got[i].sum() == 4 * 27 * 27
+    np.testing.assert_allclose(model.set_params(backend="torch").transform(images[:2]), got, atol=4)
+    flip = PatchFeatures(**SMALL, encoding="knn", flip_invariant=True).fit(images)
+    features = flip.transform(images)
+    np.testing.assert_allclose(flip.transform(mirrored(images)), features, atol=4)
+
+
 def test_whitening_decorrelates_and_the_dictionary_is_learned(images):
     model = PatchFeatures(**SMALL).fit(images)
     patches = extract_patches(images, 6, 1).reshape(-1, 108).astype(np.float64)
@@ -115,6 +168,8 @@ def test_parameters_and_size_are_checked(images):
     assert spec.stateful and spec.n_features((32, 32, 3)) == 9 * 100
     with pytest.raises(ConfigError, match="encoding"):
         FeatureSpec.parse("patches", {"encoding": "sparse-coding"})
+    with pytest.raises(ConfigError, match="knn_fraction"):
+        FeatureSpec.parse("patches", {"encoding": "knn", "knn_fraction": 0})
     with pytest.raises(ConfigError, match="smaller than"):
         FeatureSpec.parse("patches", {"patch_size": 40}).check((32, 32, 3))
     with pytest.raises(NotFittedError, match="not fitted"):

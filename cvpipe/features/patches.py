@@ -17,7 +17,12 @@ AISTATS 2011. ``fit`` learns from training images only, without their labels:
 5. normalise and whiten each patch as in fit;
 6. encode it against the dictionary: ``"triangle"``, ``max(0, mean(z) - z_k)`` of the
    distances ``z_k`` to the centroids (the paper's k-means "triangle" activation), or
-   ``"soft"``, ``max(0, c_k . x - alpha)`` (soft threshold, Coates & Ng, ICML 2011);
+   ``"soft"``, ``max(0, c_k . x - alpha)`` (soft threshold, Coates & Ng, ICML 2011), or
+   ``"soft-split"``, the soft threshold with polarity split against the unit-length centroids
+   ``a_k = c_k / |c_k|``: ``max(0, a_k . x - alpha)`` and ``max(0, -a_k . x - alpha)``, two
+   codes per centroid (Coates & Ng's best encoder), or ``"knn"``, 1 for each of the
+   ``knn_fraction * K`` centroids nearest to the patch and 0 for the others (the k-nearest-atom
+   encoding of Thiry, Arbel, Belilovsky & Oyallon, ICLR 2021);
 7. sum the codes over the cells of a ``pooling`` grid of the patch positions (2 x 2: the four
    quadrants), giving ``pooling[0] * pooling[1] * n_centroids`` float32 values per image; a
    list of grids pools over each and joins the sums (a spatial pyramid, Lazebnik, Schmid &
@@ -72,7 +77,7 @@ from cvpipe.features.patch_geometry import (
 )
 from cvpipe.features.transformers import _ImageTransformer
 
-ENCODINGS = ("triangle", "soft")
+ENCODINGS = ("triangle", "soft", "soft-split", "knn")
 #: Codes (patches x centroids) encoded at once per thread: 8M float32, 32 MiB (measured best).
 CHUNK_CODES = 1 << 23
 #: Learned state, as saved in a model's files (all float32).
@@ -88,10 +93,14 @@ class PatchFeatures(_ImageTransformer):
         Step between the patches encoded by ``transform`` (1).
     n_centroids : int
         Dictionary size K (1600).
-    encoding : {"triangle", "soft"}
-        K-means triangle activation, or soft threshold at ``alpha``.
+    encoding : {"triangle", "soft", "soft-split", "knn"}
+        K-means triangle activation, soft threshold at ``alpha``, soft threshold with
+        polarity split (two codes per centroid: twice the features), or the indicator of the
+        ``knn_fraction * K`` nearest centroids.
     alpha : float
-        Threshold of the soft encoding.
+        Threshold of the soft encodings.
+    knn_fraction : float
+        Share of the centroids the ``"knn"`` encoding marks as near (0.4, Thiry et al.'s).
     pooling : int, (int, int) or list of (int, int)
         Grid of cells over which codes are summed (2 x 2: the quadrants), or several grids
         whose sums are joined in order (a spatial pyramid).
@@ -127,8 +136,11 @@ class PatchFeatures(_ImageTransformer):
         Mean squared distance of the training patches to their centroid in the last iteration.
     n_iter_ : int
         K-means iterations run.
-    augmented_ : (P + 2, K) ndarray of float32
-        The centroids arranged so one product gives squared distances (derived from them).
+    augmented_ : (P + 2, K) or (P, 2K) ndarray of float32
+        The centroids arranged so that one product gives what is encoded (derived from them):
+        squared distances (triangle, knn), dot products (soft), or dot products with the unit
+        centroids and their negatives (soft-split; with ``flip_invariant`` ordered
+        ``[a_k, -a_k, mirrors, -mirrors]`` so that code K + j is the mirror of code j).
     n_features_in_, image_shape_
         As for the other image transformers.
 
@@ -147,6 +159,7 @@ class PatchFeatures(_ImageTransformer):
         "n_centroids": [Interval(Integral, 1, 100_000, closed="both")],
         "encoding": [StrOptions(set(ENCODINGS))],
         "alpha": [Interval(Real, None, None, closed="neither")],
+        "knn_fraction": [Interval(Real, 0, 1, closed="right")],
         "pooling": ["array-like", Interval(Integral, 1, None, closed="left")],
         "power": [Interval(Real, 0, None, closed="neither")],
         "whiten_eps": [Interval(Real, 0, None, closed="neither")],
@@ -163,7 +176,7 @@ class PatchFeatures(_ImageTransformer):
                  whiten_eps: float = 0.1, norm_eps: float = 10.0, n_patches: int = 400_000,
                  max_iter: int = 50, random_state: int = 0, image_shape: tuple[int, ...] | None = None,
                  device: Any = None, backend: str | None = None, n_jobs: int | None = -1,
-                 flip_invariant: bool = False, power: float = 1.0):
+                 flip_invariant: bool = False, power: float = 1.0, knn_fraction: float = 0.4):
         self.patch_size = patch_size
         self.stride = stride
         self.n_centroids = n_centroids
@@ -181,6 +194,7 @@ class PatchFeatures(_ImageTransformer):
         self.n_jobs = n_jobs
         self.flip_invariant = flip_invariant
         self.power = power
+        self.knn_fraction = knn_fraction
 
     # ------------------------------------------------------------------ parameters and size
 
@@ -205,8 +219,16 @@ class PatchFeatures(_ImageTransformer):
 
     def _n_out(self, image_shape: tuple[int, ...], params: dict[str, Any]) -> int:
         self._grid(image_shape)
-        per_cell = int(self.n_centroids) // 2 if self.flip_invariant else int(self.n_centroids)
+        per_cell = self._n_codes() // 2 if self.flip_invariant else self._n_codes()
         return sum(gh * gw for gh, gw in params["pooling"]) * per_cell
+
+    def _n_nearest(self) -> int:
+        """Centroids the knn encoding marks as near (at least one)."""
+        return max(1, int(round(float(self.knn_fraction) * int(self.n_centroids))))
+
+    def _n_codes(self) -> int:
+        """Codes per patch: one per centroid, two with the polarity split."""
+        return int(self.n_centroids) * (2 if self.encoding == "soft-split" else 1)
 
     # ------------------------------------------------------------------ fit: stages 1-4
 
@@ -328,7 +350,7 @@ class PatchFeatures(_ImageTransformer):
         if is_tensor(images):  # the numpy backend asked for with a tensor
             images = images.detach().cpu().numpy()
         # A chunk's codes (patches x K float32) are walked several times: keep them in cache.
-        chunk = max(1, CHUNK_CODES // (oh * ow * int(self.n_centroids)))
+        chunk = max(1, CHUNK_CODES // (oh * ow * self._n_codes()))
 
         def make_worker():
             from threadpoolctl import threadpool_limits
@@ -348,8 +370,13 @@ class PatchFeatures(_ImageTransformer):
         x = _normalise(patches.reshape(n * oh * ow, -1), float(self.norm_eps))
         x -= self.mean_
         x = x @ self.whitening_
-        c = self.centroids_
-        if self.encoding == "triangle":
+        if self.encoding == "knn":
+            # |c|^2 - 2 x.c orders the centroids as their distances to x do
+            codes = x @ self.augmented_[:-2] + self.augmented_[-1]
+            q = self._n_nearest()
+            kth = np.partition(codes, q - 1, axis=1)[:, q - 1:q]
+            codes = (codes <= kth).astype(np.float32)
+        elif self.encoding == "triangle":
             # squared distances |x|^2 - 2 x.c + |c|^2 as one product of augmented matrices
             ones = np.ones((len(x), 1), np.float32)
             left = np.hstack([x, (x * x).sum(1, keepdims=True), ones])
@@ -359,17 +386,27 @@ class PatchFeatures(_ImageTransformer):
             mu = codes.mean(1, keepdims=True)
             np.subtract(mu, codes, out=codes)
         else:
-            codes = x @ c.T
+            codes = x @ self.augmented_
             codes -= np.float32(self.alpha)
         np.maximum(codes, 0, out=codes)
         return self._pool(codes.reshape(n, oh, ow, -1), pooling, oh, ow, np)
 
     def _augment(self) -> None:
-        """``augmented_`` (P + 2, K): ``[-2 c; 1; |c|^2]``, so that ``[x, |x|^2, 1]`` times it
-        is the squared distances of x to the centroids."""
+        """``augmented_``: for the triangle and knn encodings (P + 2, K) ``[-2 c; 1; |c|^2]``, so that
+        ``[x, |x|^2, 1]`` times it is the squared distances of x to the centroids; for the soft
+        ones the (P, K) centroids ``c^T``, or the (P, 2K) signed unit centroids."""
         c = self.centroids_
-        self.augmented_ = np.ascontiguousarray(np.vstack([
-            -2.0 * c.T, np.ones((1, len(c)), np.float32), (c * c).sum(1)[None, :]]), np.float32)
+        if self.encoding in ("triangle", "knn"):
+            parts = [-2.0 * c.T, np.ones((1, len(c)), np.float32), (c * c).sum(1)[None, :]]
+        elif self.encoding == "soft":
+            parts = [c.T]
+        else:
+            unit = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+            # [a, -a] per half: the mirror pairs (k, K/2 + k) become (j, K + j) of the 2K codes
+            halves = np.split(unit, 2) if self.flip_invariant else [unit]
+            parts = [np.hstack([h.T, -h.T]) for h in halves]
+            parts = [np.hstack(parts)]
+        self.augmented_ = np.ascontiguousarray(np.vstack(parts), np.float32)
 
     def _encode_torch(self, images: Any, pooling: Grids, oh: int, ow: int, device: Any) -> Any:
         import torch
@@ -378,6 +415,7 @@ class PatchFeatures(_ImageTransformer):
         whitening = torch.from_numpy(self.whitening_).to(device)
         c = torch.from_numpy(self.centroids_).to(device)
         c_norms = (c * c).sum(1)
+        products = torch.from_numpy(self.augmented_).to(device)  # the soft encodings' (P, codes)
         x_all = to_device_tensor(images, device)
         if x_all.ndim == 3:
             x_all = x_all[..., None]
@@ -392,13 +430,17 @@ class PatchFeatures(_ImageTransformer):
             p = win.permute(0, 1, 2, 4, 5, 3).reshape(b * oh * ow, -1)
             p = _normalise(p.clone(), float(self.norm_eps))
             p = (p - mean) @ whitening
-            if self.encoding == "triangle":
+            if self.encoding == "knn":
+                codes = torch.addmm(c_norms.expand(len(p), -1), p, c.T, alpha=-2.0)
+                kth = codes.kthvalue(self._n_nearest(), dim=1, keepdim=True).values
+                codes = (codes <= kth).float()
+            elif self.encoding == "triangle":
                 codes = torch.addmm(c_norms.expand(len(p), -1), p, c.T, alpha=-2.0)
                 codes += (p * p).sum(1, keepdim=True)
                 codes = codes.clamp_(min=0).sqrt_()
                 codes = (codes.mean(1, keepdim=True) - codes).clamp_(min=0)
             else:
-                codes = (p @ c.T - self.alpha).clamp_(min=0)
+                codes = (p @ products - self.alpha).clamp_(min=0)
             outs.append(self._pool(codes.reshape(b, oh, ow, -1), pooling, oh, ow, torch))
         if not outs:
             return torch.zeros((0, self._n_out(tuple(x_all.shape[1:]), {"pooling": pooling})))
