@@ -26,6 +26,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from cvpipe.errors import ConfigError
 from cvpipe.features import (
     ColorHistogramTransformer,
+    FeatureSpec,
     HOGTransformer,
     ImageFeatureUnion,
     PixelTransformer,
@@ -302,3 +303,19 @@ def test_fit_to_shape_fixes_the_input_shape_without_images(data):
         ready.transform(x.reshape(40, 12, 48, 3))
     with pytest.raises(ConfigError, match="learned features"):
         fit_to_shape(FeatureSpec.parse("patches").build(), x.shape[1:])
+
+
+def test_each_feature_component_says_what_it_computes():
+    spec = FeatureSpec.parse({"name": "mixed", "components": [
+        {"name": "patches", "params": {"encoding": "knn", "flip_invariant": True,
+                                       "pooling": [[1, 1], [2, 2]], "power": 0.5}},
+        {"name": "hog", "params": {"pixels_per_cell": [4, 4]}},
+        {"name": "color", "params": {"grid": [2, 2], "joint": False}},
+        {"name": "pixels"},
+        {"name": "scattering", "params": {"pool": 4}}]})
+    assert [c.describe() for c in spec.components] == [
+        "learned 6x6 patches: 0.4 x K nearest centroids, K=1600, flip-invariant, 1x1+2x2 sums, power 0.5",
+        "HOG: 9 orientations, 4x4-pixel cells, 2x2-cell blocks, L2-Hys",
+        "HSV histogram: 8x4x4 per-channel bins, 2x2 cells",
+        "raw pixels, scaled to [0, 1]",
+        "wavelet scattering: J=2, L=8, order 2, means over 4x4 cells"]

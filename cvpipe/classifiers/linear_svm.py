@@ -62,7 +62,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-from cvpipe.classifiers.chunks import ArrayChunks, Chunks, in_memory, materialize, read_ahead
+from cvpipe.classifiers.chunks import SMALL_BYTES, ArrayChunks, Chunks, in_memory, materialize, read_ahead
 from cvpipe.classifiers.preconditioners import Cholesky, Spectral
 from cvpipe.classifiers.row_stats import (
     LOCAL,
@@ -124,9 +124,9 @@ class LinearProblem:
                 device: Any = None, precondition: bool = True) -> LinearProblem:
         """Stage 1 for the rows of ``chunks``: the statistics, with what preconditions --
         the Gram matrix ``Xc^T Xc`` of the centred, scaled rows, or, with fewer rows than
-        half the features, the eigenvectors of ``Xc Xc^T`` (the rows gathered in memory:
-        fewer values than the Gram matrix would have); beyond :data:`MAX_GRAM_FEATURES`
-        features, a sketch of the Gram matrix."""
+        half the features, the eigenvectors of ``Xc Xc^T`` (the rows gathered in memory, up to
+        ``SMALL_BYTES``: fewer values than the Gram matrix would have); beyond
+        :data:`MAX_GRAM_FEATURES` features, a sketch of the Gram matrix."""
         if runner is LOCAL:
             chunks = in_memory(chunks)
         labels = chunks.labels()
@@ -137,7 +137,7 @@ class LinearProblem:
             chunks = _Relabelled(chunks, classes)
         targets = targets_for(len(classes))
         n, d = chunks.n_rows, chunks.n_features
-        dual = precondition and 2 * n <= d and d <= MAX_GRAM_FEATURES
+        dual = precondition and 2 * n <= d and n * d * 4 <= SMALL_BYTES
         gram = precondition and not dual and d <= MAX_GRAM_FEATURES
         sketch = precondition and not dual and not gram
         stats = compute_stats(chunks, targets, with_gram=gram, runner=runner)

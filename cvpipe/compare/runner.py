@@ -322,6 +322,7 @@ def _feature_set(meta: dict[str, Any], ds: Dataset) -> dict[str, Any] | None:
         return None
     spec = FeatureSpec.parse(meta["features"])
     return {"name": spec.name, "key": spec.key(), "components": spec.effective_params(),
+            "summary": "; ".join(c.describe() for c in spec.components),
             "dim": spec.n_features(tuple(ds.images("train").shape[1:]))}
 
 

@@ -222,6 +222,16 @@ class PatchFeatures(_ImageTransformer):
         per_cell = self._n_codes() // 2 if self.flip_invariant else self._n_codes()
         return sum(gh * gw for gh, gw in params["pooling"]) * per_cell
 
+    def describe(self) -> str:
+        encoder = {"triangle": "k-means triangle", "soft": f"soft threshold {self.alpha:g}",
+                   "soft-split": f"soft threshold {self.alpha:g} with polarity split",
+                   "knn": f"{self.knn_fraction:g} x K nearest centroids"}[self.encoding]
+        cells = "+".join(f"{gh}x{gw}" for gh, gw in pooling_grids(self.pooling))
+        power = "" if float(self.power) == 1.0 else f", power {float(self.power):g}"
+        flip = ", flip-invariant" if self.flip_invariant else ""
+        return (f"learned {self.patch_size}x{self.patch_size} patches: {encoder}, "
+                f"K={self.n_centroids}{flip}, {cells} sums{power}")
+
     def _n_nearest(self) -> int:
         """Centroids the knn encoding marks as near (at least one)."""
         return max(1, int(round(float(self.knn_fraction) * int(self.n_centroids))))

@@ -146,6 +146,11 @@ class ScatteringTransformer(_ImageTransformer):
         self.backend = backend
         self.n_jobs = n_jobs
 
+    def describe(self) -> str:
+        where = "every position" if self.pool is None else f"means over {self.pool}x{self.pool} cells"
+        return (f"wavelet scattering: J={self.J}, L={self.L}, order {self.max_order}"
+                f"{', log' if self.log else ''}, {where}")
+
     def _make_params(self) -> dict[str, Any]:
         return {"J": int(self.J), "L": int(self.L), "max_order": int(self.max_order),
                 "log": bool(self.log), "pool": None if self.pool is None else int(self.pool)}

@@ -119,6 +119,10 @@ class FeatureComponent:
         """True when the component learns from training images (``fit`` is not a formality)."""
         return hasattr(_CLASSES[self.kind], "get_state")
 
+    def describe(self) -> str:
+        """What this component computes, in a few words (the transformer's ``describe``)."""
+        return self.transformer().describe()
+
     def effective(self) -> dict[str, Any]:
         """Every parameter's value, defaults included, as validated (JSON types)."""
         est = self.transformer()

@@ -75,6 +75,10 @@ class _ImageTransformer(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseE
 
     _parameter_constraints: dict = dict(RUNTIME_CONSTRAINTS)
 
+    def describe(self) -> str:
+        """What the features are, in a few words, for reports (the parameters that matter)."""
+        return type(self).__name__
+
     def _make_params(self) -> Any:  # pragma: no cover - abstract
         """The validated parameter object, from values that met the constraints."""
         raise NotImplementedError
@@ -274,6 +278,11 @@ class HOGTransformer(_ImageTransformer):
         self.backend = backend
         self.n_jobs = n_jobs
 
+    def describe(self) -> str:
+        p = self._validated_params()
+        return (f"HOG: {p.orientations} orientations, {_by(p.pixels_per_cell)}-pixel cells, "
+                f"{_by(p.cells_per_block)}-cell blocks, {p.block_norm}")
+
     def _make_params(self) -> HOGParams:
         return HOGParams.from_checked(
             self.orientations,
@@ -342,6 +351,12 @@ class ColorHistogramTransformer(_ImageTransformer):
         self.backend = backend
         self.n_jobs = n_jobs
 
+    def describe(self) -> str:
+        p = self._validated_params()
+        bins = "x".join(map(str, p.bins)) + (" joint" if p.joint else " per-channel")
+        cells = f", {_by(p.grid)} cells" if tuple(p.grid) != (1, 1) else ""
+        return f"{p.space.upper()} histogram: {bins} bins{cells}"
+
     def _make_params(self) -> ColorHistParams:
         return ColorHistParams.from_checked(
             self.space, self.bins, self.joint, self.grid, self.norm, self.ranges
@@ -388,6 +403,9 @@ class PixelTransformer(_ImageTransformer):
         self.backend = backend
         self.n_jobs = n_jobs
 
+    def describe(self) -> str:
+        return "raw pixels" + (", scaled to [0, 1]" if self.scale else "")
+
     def _make_params(self) -> bool:
         return bool(self.scale)
 
@@ -405,6 +423,10 @@ class PixelTransformer(_ImageTransformer):
         if scale and x.dtype == np.uint8:
             out *= np.float32(1 / 255)
         return out
+
+
+def _by(pair: Any) -> str:
+    return "x".join(str(int(v)) for v in pair)
 
 
 class ImageFeatureUnion(FeatureUnion):
