@@ -65,6 +65,9 @@ def test_every_shipped_pipeline_trains_and_is_reported(shipped):
     assert cnn["architecture"]["arch"] == "airbench" and cnn["hyperparameters"]["lookahead"]
     report = (root / "reports" / "cifar10-quick" / "report.html").read_text()
     assert "Feature sets" in report and "hog2+color2" in report
+    # each feature set says what it is, from its effective parameters
+    assert "learned 6x6 patches: soft threshold 0.25 with polarity split, K=1600" in report
+    assert "wavelet scattering: J=2, L=8, order 2, log, means over 4x4 cells" in report
 
 
 @pytest.fixture(scope="module")
