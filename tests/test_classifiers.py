@@ -49,10 +49,13 @@ def test_linear_svm_matches_liblinear(blobs, C):
     ref = LinearSVC(C=C, dual=False, intercept_scaling=1e3, tol=1e-8, max_iter=10000).fit(X, y)
     as_ours = LinearSVM(C=C)
     as_ours.classes_, as_ours.coef_, as_ours.intercept_ = ref.classes_, ref.coef_, ref.intercept_
-    # the same minimum of the same objective (at C = 1 the minimum is flat: weights 1e-2 apart
-    # differ in the objective's sixth digit)
+    # the same minimum of the same objective at the default tolerance
     assert objective_value(ours, X, y) == pytest.approx(objective_value(as_ours, X, y), rel=1e-5)
-    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-3 if C < 1 else 1e-2)
+    # the same minimiser: at C = 1 the minimum is flat (weights 1e-2 apart differ in the
+    # objective's sixth digit, where the default tolerance stops), so the weights are compared
+    # after a tighter fit
+    tight = LinearSVM(C=C, tol=1e-7).fit(X, y)
+    np.testing.assert_allclose(tight.coef_, ref.coef_, atol=1e-3 if C < 1 else 5e-3)
     assert (ours.predict(X) == ref.predict(X)).mean() > 0.99
 
 

@@ -17,6 +17,7 @@ from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.training import fit_classic
 from cvpipe.cli import main
 from cvpipe.data import load_cifar10
+from cvpipe.errors import ConfigError
 from cvpipe.featurestore.dataset import StoreSettings, list_stores
 from tests import synthetic
 
@@ -93,6 +94,40 @@ def test_training_rows_are_shuffled_blocks_of_every_class(tiny, tmp_path):
     assert sorted(labels.tolist()) == sorted(np.asarray(tiny.split("train")[1]).tolist())
     test = split_features(tiny, spec, "test", learned_extractor(tiny, spec, store), store)
     np.testing.assert_array_equal(test.labels(), np.asarray(tiny.split("test")[1]))  # in order
+
+
+def test_shift_augmentation_trains_on_moved_copies_of_train_and_validation(tiny, tmp_path):
+    from cvpipe.featurestore.sources import DatasetSource
+
+    # the images of a shifted source: mirrored, then moved 2 rows down, edges reflected
+    x = np.asarray(tiny.split("train")[0])
+    base = DatasetSource(tiny, "train").chunk(0, 4).read()[0]
+    moved = DatasetSource(tiny, "train", flip=True, shift=(2, 0)).chunk(0, 4).read()[0]
+    np.testing.assert_array_equal(moved[:, 2:], base[:, :-2, ::-1])
+    np.testing.assert_array_equal(moved[:, 1], base[:, 1, ::-1])  # row -1 reflects row 1
+    assert base.shape == moved.shape == (4, *x.shape[1:])
+
+    store = StoreSettings(root=tmp_path, progress=False)
+    spec = ClassicSpec.from_dict("shifted", {
+        "features": {"name": "color"}, "classifier": {"type": "linear-svm", "params": {"C": 0.01}},
+        "augment_flip": True, "augment_shifts": 2})
+    assert spec.training_variants() == [(False, 0, 0), (True, 0, 0), (False, 2, 0), (True, 2, 0),
+                                        (False, -2, 0), (True, -2, 0)]
+    fit = fit_classic(tiny, spec, progress=False, store=store)
+    # train, validation and test, and five more copies each of train and validation for the refit
+    assert len(fit.features["stores"]) == 3 + 2 * 5
+    stores = list_stores(tmp_path)
+    shifts = sorted(tuple(e["input"].get("shift", (0, 0))) for e in stores if e["kind"] == "features")
+    assert shifts.count((2, 0)) == shifts.count((-2, 0)) == 4  # train and val, mirrored or not
+    assert spec.to_dict()["augment_shifts"] == 2
+    assert "augment_shifts" not in _spec("plain", {"name": "color"}).to_dict()  # old models' keys
+
+
+@pytest.mark.parametrize("bad", [-1, 25, "2", True, 1.5])
+def test_augment_shifts_out_of_range_is_refused(bad):
+    with pytest.raises(ConfigError, match="augment_shifts"):
+        ClassicSpec.from_dict("bad", {"features": {"name": "color"},
+                                      "classifier": {"type": "linear-svm"}, "augment_shifts": bad})
 
 
 def test_store_list_and_clear_from_the_cli(tiny, tmp_path, capsys):

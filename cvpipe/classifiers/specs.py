@@ -35,6 +35,7 @@ from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
 from cvpipe.errors import ConfigError
 from cvpipe.features import FeatureSpec
+from cvpipe.featurestore.sources import training_variants
 
 #: classifier type -> (estimator class, fixed parameters)
 CLASSIFIERS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
@@ -46,7 +47,8 @@ CLASSIFIERS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
 }
 CLASSIFIER_TYPES = tuple(CLASSIFIERS)
 PREPROCESS_OPTIONS = ("standardize", "pca", "whiten")
-SPEC_KEYS = ("features", "classifier", "preprocess", "grid", "augment_flip", "description")
+SPEC_KEYS = ("features", "classifier", "preprocess", "grid", "augment_flip", "augment_shifts",
+             "description")
 
 
 def build_classifier(classifier: Mapping[str, Any]) -> BaseEstimator:
@@ -107,6 +109,7 @@ class ClassicSpec:
     preprocess: dict[str, Any] = field(default_factory=lambda: {"standardize": True, "pca": 0})
     grid: dict[str, list] = field(default_factory=dict)
     augment_flip: bool = False  # add horizontally flipped training images
+    augment_shifts: int = 0  # add copies moved by the first n of featurestore.sources.SHIFTS
     description: str = ""
 
     @classmethod
@@ -131,12 +134,23 @@ class ClassicSpec:
         return spec
 
     def to_dict(self) -> dict[str, Any]:
+        shifts = {"augment_shifts": self.augment_shifts} if self.augment_shifts else {}
         return {"features": self.features.to_dict(), "classifier": self.classifier,
                 "preprocess": self.preprocess, "grid": self.grid,
-                "augment_flip": self.augment_flip, "description": self.description}
+                "augment_flip": self.augment_flip, **shifts, "description": self.description}
+
+    def training_variants(self) -> list[tuple[bool, int, int]]:
+        """What the training images are augmented with: (mirrored, rows down, columns right)
+        per copy, the images themselves first."""
+        return training_variants(self.augment_flip, self.augment_shifts)
 
     def validate(self) -> None:
         """Check the grid's keys and build the classifier and preprocessing of every candidate."""
+        if not isinstance(self.augment_flip, bool):
+            raise ConfigError(f"augment_flip is true or false, not {self.augment_flip!r}")
+        if isinstance(self.augment_shifts, bool) or not isinstance(self.augment_shifts, int):
+            raise ConfigError(f"augment_shifts is a whole number, not {self.augment_shifts!r}")
+        self.training_variants()  # the range
         for key, values in self.grid.items():
             part, _, option = key.partition(".")
             if part not in ("classifier", "preprocess") or not option:

@@ -185,10 +185,12 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
     val = split_features(ds, spec.features, "val", learned, store)
     parts: list[StoredFeatures] = [train, val]
     fit_rows: Chunks = train
-    if spec.augment_flip:
-        flipped = split_features(ds, spec.features, "train", learned, store, flip=True)
-        parts.append(flipped)
-        fit_rows = Concat([train, flipped])
+    variants = spec.training_variants()[1:]  # mirror images and shifted copies, if any
+    if variants:
+        copies = [split_features(ds, spec.features, "train", learned, store, variant=v)
+                  for v in variants]
+        parts.extend(copies)
+        fit_rows = Concat([train, *copies])
 
     candidates = spec.candidates()
     records: list[dict[str, Any]] = []
@@ -247,14 +249,14 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
 
     all_rows: Chunks = Concat([fit_rows, val]) if refit else fit_rows
     if refit:
-        if spec.augment_flip:
-            flipped_val = split_features(ds, spec.features, "val", learned, store, flip=True)
-            parts.append(flipped_val)
-            all_rows = Concat([fit_rows, val, flipped_val])
+        val_copies = [split_features(ds, spec.features, "val", learned, store, variant=v)
+                      for v in variants]
+        parts.extend(val_copies)
+        more: Chunks = Concat([val, *val_copies]) if val_copies else val
+        all_rows = Concat([fit_rows, more])
         start = time.perf_counter()
         if problem is not None:
             # the chosen weights as a start; the same preconditioner
-            more = Concat([val, flipped_val]) if spec.augment_flip else val
             wider = problem.with_rows(more, standardize=pre is not None)
             chosen_raw = ((clf.coef_.T, clf.intercept_) if pre is None  # scores of raw rows
                           else problem.raw(clf.coef_.T, clf.intercept_))
@@ -274,7 +276,7 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
             pre, clf, fit_seconds = _fit_candidate(final, all_rows, None, runner)
         n_fit_images = all_rows.n_rows
         train_split = "train_full"
-        # the unflipped train + validation
+        # the unaugmented train + validation
         train_eval: Chunks = Concat([train, val])
     else:
         fit_seconds = rec["fit_seconds"]

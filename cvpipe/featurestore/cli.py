@@ -65,7 +65,8 @@ def _input_text(entry: dict[str, Any]) -> str:
     if entry["kind"] == "learned":
         return f"fitted on {str(inp.get('checksum', '?'))[:20]}..."
     if inp.get("kind") == "dataset":
-        extra = "".join([" shuffled" if inp.get("order") else "", " mirrored" if inp.get("flip") else ""])
+        extra = "".join([" shuffled" if inp.get("order") else "", " mirrored" if inp.get("flip") else "",
+                         " shifted {}, {}".format(*inp["shift"]) if inp.get("shift") else ""])
         return f"{inp.get('split')}{extra} of {str(inp.get('checksum', '?'))[:20]}..."
     return str(inp.get("origin") or inp.get("kind") or "?")
 

@@ -301,17 +301,21 @@ class StoredFeatures:
 
 
 def split_features(ds: Any, spec: FeatureSpec, split: str, learned: Learned,
-                   settings: StoreSettings, *, flip: bool = False) -> StoredFeatures:
+                   settings: StoreSettings, *,
+                   variant: tuple[bool, int, int] = (False, 0, 0)) -> StoredFeatures:
     """The stored features of ``split`` ("train", "val" or "test") of ``ds``, extracting what
     is not on disk yet with the shared extraction loop.
 
     Training and validation rows come in a random order drawn from the dataset's seed;
-    ``flip`` describes the split's images mirrored left-right.
+    ``variant`` (mirrored, rows down, columns right) describes the split's images mirrored
+    left-right and/or shifted (:func:`cvpipe.featurestore.sources.training_variants`).
     """
     order = ds.seed if split in ("train", "val", "train_full") else None
-    source = DatasetSource(ds, split, order_seed=order, flip=flip)
-    return stored_features(source, spec, learned, settings,
-                           f"{split}{' (mirrored)' if flip else ''}", split=split)
+    flip, dy, dx = variant
+    source = DatasetSource(ds, split, order_seed=order, flip=flip, shift=(dy, dx))
+    how = [*(["mirrored"] if flip else []), *([f"shifted {dy:+d}, {dx:+d}"] if dy or dx else [])]
+    label = f"{split} ({', '.join(how)})" if how else split
+    return stored_features(source, spec, learned, settings, label, split=split)
 
 
 def stored_features(source: Any, spec: FeatureSpec, learned: Learned, settings: StoreSettings,

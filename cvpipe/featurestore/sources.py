@@ -66,12 +66,14 @@ class ImageSource(Protocol):
 @dataclass(frozen=True)
 class ArrayChunk:
     """Rows of memory-mapped ``.npy`` image and label arrays: ``rows`` is ``(start, stop)`` or
-    an index array; ``flip``: the images mirrored left-right."""
+    an index array; ``flip``: the images mirrored left-right; ``shift``: then moved by (rows
+    down, columns right) pixels, edges reflected (:func:`augment`)."""
 
     images_path: str
     labels_path: str
     rows: tuple[int, int] | np.ndarray
     flip: bool = False
+    shift: tuple[int, int] = (0, 0)
 
     def read(self, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -91,7 +93,9 @@ class ArrayChunk:
             out = np.empty((len(self.rows), *images.shape[1:]), images.dtype)
             out[order] = images[self.rows[order]]
             y = np.asarray(labels[self.rows], dtype=np.int64)
-        return (np.ascontiguousarray(out[:, :, ::-1]) if self.flip else out), y
+        if self.flip or any(self.shift):
+            out = augment(out, (self.flip, *self.shift))
+        return out, y
 
 
 class DatasetSource:
@@ -108,9 +112,12 @@ class DatasetSource:
         a block at a time: a dataset sorted by class would give blocks of one class).
     flip : bool
         The images mirrored left-right (a training set augmented with its mirror images).
+    shift : (int, int)
+        The (mirrored) images moved by (rows down, columns right) pixels, edges reflected.
     """
 
-    def __init__(self, dataset: Any, split: str, order_seed: int | None = None, flip: bool = False):
+    def __init__(self, dataset: Any, split: str, order_seed: int | None = None, flip: bool = False,
+                 shift: tuple[int, int] = (0, 0)):
         from cvpipe.data.dataset import SPLIT_NAMES
 
         if split not in SPLIT_NAMES:
@@ -128,6 +135,7 @@ class DatasetSource:
             self._index = None
             self.n = self._shape[0]
         self.order_seed, self.flip = order_seed, bool(flip)
+        self.shift = (int(shift[0]), int(shift[1]))
         if order_seed is not None:
             rows = self._index if self._index is not None else np.arange(self.n)
             self._index = rows[np.random.default_rng(order_seed).permutation(len(rows))]
@@ -147,6 +155,8 @@ class DatasetSource:
             fp["order"] = {"shuffled": self.order_seed}
         if self.flip:
             fp["flip"] = True
+        if any(self.shift):
+            fp["shift"] = list(self.shift)
         return fp
 
     def describe(self) -> dict[str, Any]:
@@ -159,7 +169,7 @@ class DatasetSource:
     def chunk(self, start: int, stop: int) -> ArrayChunk:
         rows: tuple[int, int] | np.ndarray
         rows = (start, stop) if self._index is None else np.ascontiguousarray(self._index[start:stop])
-        return ArrayChunk(self._images_path, self._labels_path, rows, self.flip)
+        return ArrayChunk(self._images_path, self._labels_path, rows, self.flip, self.shift)
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,14 +407,26 @@ def open_input(spec: str, size: tuple[int, int], channels: int = 3,
 # a split grown by deterministic augmentations
 
 
-_SHIFTS = ((2, 0), (-2, 0), (0, 2), (0, -2), (2, 2), (-2, -2), (2, -2), (-2, 2),
-           (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1),
-           (2, 1), (1, 2), (-2, -1), (-1, -2), (2, -1), (-1, 2), (-2, 1), (1, -2))
+#: Whole-pixel shifts (rows down, columns right), 2-pixel ones first.
+SHIFTS: tuple[tuple[int, int], ...] = (
+    (2, 0), (-2, 0), (0, 2), (0, -2), (2, 2), (-2, -2), (2, -2), (-2, 2),
+    (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1),
+    (2, 1), (1, 2), (-2, -1), (-1, -2), (2, -1), (-1, 2), (-2, 1), (1, -2))
 #: The variants of an augmented split, in order: (mirrored, rows down, columns right). The
 #: originals, their mirror images, then shifts of both by up to 2 pixels (2-pixel ones first;
 #: edges reflected): 50 in all.
 AUGMENTATIONS: tuple[tuple[bool, int, int], ...] = tuple(
-    [(False, 0, 0), (True, 0, 0)] + [(flip, dy, dx) for dy, dx in _SHIFTS for flip in (False, True)])
+    [(False, 0, 0), (True, 0, 0)] + [(flip, dy, dx) for dy, dx in SHIFTS for flip in (False, True)])
+
+
+def training_variants(flip: bool, shifts: int) -> list[tuple[bool, int, int]]:
+    """The (mirrored, rows down, columns right) variants a classic pipeline trains on: the
+    images, their mirror images with ``flip``, then both moved by the first ``shifts`` of
+    :data:`SHIFTS`."""
+    if not 0 <= shifts <= len(SHIFTS):
+        raise ConfigError(f"augment_shifts is 0 to {len(SHIFTS)}, not {shifts}")
+    mirrors = (False, True) if flip else (False,)
+    return [(m, 0, 0) for m in mirrors] + [(m, dy, dx) for dy, dx in SHIFTS[:shifts] for m in mirrors]
 
 
 def augment(images: np.ndarray, variant: tuple[bool, int, int]) -> np.ndarray:

@@ -79,7 +79,7 @@ class ClassicPipeline(Pipeline):
                 "classifier": self.spec.classifier["type"], "description": self.description}
 
     def check(self, shape: DataShape) -> None:
-        factor = 2 if self.spec.augment_flip else 1
+        factor = len(self.spec.training_variants())
         self.spec.check(shape.n_train * factor, shape.image_shape)
         if self.refit:
             self.spec.check((shape.n_train + shape.n_val) * factor, shape.image_shape)
