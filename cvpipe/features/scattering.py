@@ -10,7 +10,7 @@ library, and :class:`ScatteringTransformer` hands the whole batch to it, in thes
    images as they are), is filtered by kymatio's ``Scattering2D`` with ``J`` scales and ``L``
    orientations up to ``max_order``: ``K = 1 + J L`` coefficients of orders 0 and 1, plus
    ``L**2 J (J - 1) / 2`` of order 2, each a ``(H // 2**J, W // 2**J)`` map;
-2. (``log``) the coefficients are compressed by ``log(1 + x / LOG_EPS)``, which evens out
+2. (``log``) the coefficients are compressed by ``log(1 + max(x, 0) / LOG_EPS)``, which evens out
    the orders' very different scales for a linear classifier;
 3. (``pool``) each map is averaged over a ``pool`` x ``pool`` grid of cells;
 4. the values are flattened in the order (channel, coefficient, row, column).
@@ -63,10 +63,13 @@ def n_coefficients(J: int, L: int, max_order: int) -> int:
 
 def compress_and_pool(coefficients: Any, log: bool, pool: int | None, xp: Any = np) -> Any:
     """Stages 2-3 on kymatio's ``(n, C, K, rows, cols)`` output (an ndarray, ``xp=np``, or a
-    tensor, ``xp=torch``): ``log(1 + x / LOG_EPS)`` if ``log``, then the mean of each of
+    tensor, ``xp=torch``): ``log(1 + max(x, 0) / LOG_EPS)`` if ``log``, then the mean of each of
     ``pool`` x ``pool`` cells, row-major, giving ``(n, C, K, pool * pool)``."""
     if log:
-        coefficients = xp.log1p(coefficients / LOG_EPS)
+        # a coefficient is a modulus averaged by a positive window, but kymatio's periodised
+        # low-pass filter is not exactly positive: values down to about -1e-4 (an edge between
+        # white and black), below -LOG_EPS would make the log NaN
+        coefficients = xp.log1p(coefficients.clip(0) / LOG_EPS)
     if pool is None:
         return coefficients
     rows, cols = coefficients.shape[-2:]
@@ -103,7 +106,7 @@ class ScatteringTransformer(_ImageTransformer):
     max_order : {1, 2}
         Highest order of the cascade.
     log : bool
-        Compress every coefficient by ``log(1 + x / LOG_EPS)`` (stage 2).
+        Compress every coefficient by ``log(1 + max(x, 0) / LOG_EPS)`` (stage 2).
     pool : int or None
         Average each map over a ``pool`` x ``pool`` grid of cells (stage 3); None keeps
         every position.

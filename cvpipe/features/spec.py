@@ -53,6 +53,11 @@ _CLASSES: dict[str, type[_ImageTransformer]] = {
     "scattering": ScatteringTransformer,
     "patches": PatchFeatures,
 }
+#: A kind's revision, in its key when set: raised when its values change for the same
+#: parameters, so that stores of the old values are not reused (scattering 2: negative
+#: rounding errors no longer make the log compression NaN).
+REVISIONS = {"scattering": 2}
+
 #: Transformer parameters about where and how to compute, not what: never part of a spec.
 RUNTIME_PARAMS = frozenset({"n_jobs", "device", "backend", "image_shape"})
 
@@ -290,7 +295,9 @@ class FeatureSpec:
 
     @functools.cached_property
     def _key(self) -> str:  # computed once: the API asks for it on every request
-        return hashlib.sha256(canonical_json(self.effective_params()).encode()).hexdigest()[:16]
+        described = [{**c, "revision": REVISIONS[c["name"]]} if c["name"] in REVISIONS else c
+                     for c in self.effective_params()]
+        return hashlib.sha256(canonical_json(described).encode()).hexdigest()[:16]
 
     def n_features(self, image_shape: tuple[int, ...]) -> int:
         """Length of one image's feature vector, from the parameters alone.
