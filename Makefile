@@ -44,7 +44,7 @@ demo: $(STAMP) ## prepare CIFAR-10, run the quick comparison, leave models ready
 serve: $(STAMP) ## serve ./models and ./reports on http://127.0.0.1:8000 (a page at /, docs at /docs)
 	$(BIN)/cvpipe serve --models models --reports reports --host 127.0.0.1 --port 8000
 
-compare-full: $(STAMP) ## the full comparison on all 60,000 images (about 45 minutes and 2.7 GB on 2 CPU cores)
+compare-full: $(STAMP) ## the full comparison on all 60,000 images (45 to 53 minutes and 2.7 GB on 2 CPU cores)
 	$(BIN)/cvpipe compare --profile full
 
 test: $(STAMP) ## run the whole test suite

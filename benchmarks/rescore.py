@@ -8,6 +8,7 @@ comparison scored) to ``/v1/models/<name>/predict`` in batches, and compares for
 * the API's labels with the model's own, loaded in this process (``--no-local`` skips this).
 
     python benchmarks/rescore.py --models models --source ../shared/datasets/cifar10-jpeg.tar.gz
+    python benchmarks/rescore.py --models models --limit-per-class 300     # make demo's models
 
 One JSON line per model (name, recorded and API test accuracy, equal, agreement with the local
 predictions, images per second through the API), then a summary line.
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", required=True, help="folder of trained models (one per subfolder)")
     p.add_argument("--source", help="CIFAR-10 archive or folder (default: the prepared copy)")
+    p.add_argument("--limit-per-class", type=int, metavar="N",
+                   help="the first N test images of each class (as the comparison's profile did, "
+                        "e.g. 300 for the quick one)")
     p.add_argument("--batch", type=int, default=500, help="images per request (at most MAX_IMAGES)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-local", dest="local", action="store_false",
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     models = sorted(d for d in Path(args.models).iterdir() if (d / "model.json").is_file())
     if not models:
         p.error(f"no models in {args.models}")
-    x, y = load_cifar10(args.source).split("test")
+    options = {"limit_per_class": args.limit_per_class} if args.limit_per_class else {}
+    x, y = load_cifar10(args.source, **options).split("test")
     x, y = np.asarray(x), np.asarray(y)
     pngs = [png_bytes(img) for img in x]
     port = free_port()
