@@ -158,6 +158,36 @@ def test_wide_features_are_preconditioned_by_a_sketch_with_the_same_minimum(blob
     assert (sketched.predict(X) == reference.predict(X)).mean() > 0.99
 
 
+def test_fewer_rows_than_features_are_solved_in_their_span_with_the_same_minimum():
+    # 80 rows of 300 features (plus a non-integer label set): the rows' span, 80-dimensional,
+    # holds the minimiser; the reduced problem must give liblinear's minimum, and the minimum
+    # L-BFGS finds over all 300 coordinates, fit by fit along a warm-started C path (the
+    # minimum is flat: weights 4e-4 apart relative to their largest differ in the objective's
+    # seventh digit)
+    X, y = make_classification(80, 300, n_informative=30, n_classes=3, random_state=1)
+    X, labels = X.astype(np.float32), np.array([-1, 4, 9])[y]
+    problem = linear_svm.LinearProblem.prepare(ArrayChunks(X, labels), standardize=True)
+    assert problem.reduced is not None and problem.reduced.chunks.n_features <= 80
+    wide = linear_svm.LinearProblem.prepare(ArrayChunks(X, labels), standardize=True)
+    wide.reduced = None
+    Xs = StandardScaler().fit_transform(X)
+    template = LinearSVM(tol=1e-8, max_iter=2000)
+    reduced, full = (linear_svm.fit_path(p, template, [0.01, 0.1], scaled_inputs=True)
+                     for p in (problem, wide))
+    for model, reference in zip(reduced, full, strict=True):
+        assert objective_value(model, Xs, labels) == pytest.approx(
+            objective_value(reference, Xs, labels), rel=1e-6)
+        np.testing.assert_allclose(model.coef_, reference.coef_, atol=2e-3 * np.abs(reference.coef_).max())
+        np.testing.assert_array_equal(model.predict(Xs), reference.predict(Xs))
+    ours = LinearSVM(C=0.1, tol=1e-8).fit(Xs, labels)
+    assert ours.fit_chunks(ArrayChunks(Xs.astype(np.float32), labels)).n_iter_ > 0
+    ref = LinearSVC(C=0.1, dual=False, intercept_scaling=1e3, tol=1e-10, max_iter=100000).fit(Xs, labels)
+    as_ours = LinearSVM(C=0.1)
+    as_ours.classes_, as_ours.coef_, as_ours.intercept_ = ref.classes_, ref.coef_, ref.intercept_
+    assert objective_value(ours, Xs, labels) == pytest.approx(objective_value(as_ours, Xs, labels), rel=1e-5)
+    np.testing.assert_array_equal(ours.predict(Xs), ref.predict(Xs))
+
+
 def test_classifiers_learn(blobs):
     X, y, Xt, yt = blobs
     for est in (LinearSVM(C=0.1), MLPClassifier(hidden_sizes=(64,), lr=1e-2, max_epochs=60),

@@ -84,11 +84,18 @@ class Spectral:
 
     @classmethod
     def of(cls, Xc: np.ndarray) -> Spectral:
+        return cls.with_coordinates(Xc)[0]
+
+    @classmethod
+    def with_coordinates(cls, Xc: np.ndarray) -> tuple[Spectral, np.ndarray]:
+        """The exact preconditioner of rows ``Xc`` (N x D, N < D), and the rows' coordinates
+        in its basis, ``Xc @ basis = U diag(s)`` (N x rank, float64): weights in the basis'
+        span score the rows through them without touching the D columns."""
         s2, U = np.linalg.eigh((Xc @ Xc.T).astype(np.float64))
         keep = s2 > s2.max(initial=0.0) * 1e-8
         s2, U = s2[keep], U[:, keep]
         basis = Xc.T @ (U / np.sqrt(s2)).astype(Xc.dtype)  # float32: it only preconditions
-        return cls(np.ascontiguousarray(basis), s2)
+        return cls(np.ascontiguousarray(basis), s2), U * np.sqrt(s2)
 
     @classmethod
     def sketch(cls, sketch_pass: Callable[[np.ndarray], np.ndarray], d: int, rank: int,
@@ -131,4 +138,23 @@ class Spectral:
         return self._apply(B, *self._scales(C0, -1.0))
 
     def with_rows(self, n: int) -> Spectral:
+        return self
+
+
+class Diagonal:
+    """``H0 = I + 2 C0 diag(s2)``: :class:`Spectral` seen from its own basis, where the rows'
+    coordinates have orthogonal columns of squared norms ``s2`` (the reduced problem of a
+    linear SVM with fewer rows than features)."""
+
+    def __init__(self, s2: np.ndarray):
+        self.s2 = s2
+
+    def at(self, C0: float) -> tuple[Callable, Callable, Callable]:
+        f = (1.0 + 2 * C0 * self.s2)[:, None] ** -0.5
+        return (lambda V: f * V, lambda W: W / f, lambda G: f * G)
+
+    def solve(self, C0: float, B: np.ndarray) -> np.ndarray:
+        return B / (1.0 + 2 * C0 * self.s2)[:, None]
+
+    def with_rows(self, n: int) -> Diagonal:
         return self
