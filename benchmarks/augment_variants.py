@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="train on the mirror images too (default: as the pipeline says)")
     parser.add_argument("--shifts", default="0,2,4", help="numbers of shifted copies to compare")
     parser.add_argument("--C", default="", help="C values (default: the pipeline's grid)")
+    parser.add_argument("--config", help="a pipelines TOML adding to or overriding the shipped ones")
     args = parser.parse_args(argv)
 
-    spec = all_pipelines()[args.pipeline].spec
+    spec = all_pipelines(args.config)[args.pipeline].spec
     if spec.classifier.get("type") != "linear-svm":
         parser.error(f"{args.pipeline} is not a linear-SVM pipeline")
     flip = spec.augment_flip if args.flip is None else args.flip
@@ -88,6 +89,7 @@ def fit_and_score(rows: Concat, val: Any, template: LinearSVM, Cs: list[float],
         last = time.perf_counter()
 
     fit_path(problem, template, Cs, on_fit=report, scaled_inputs=True)
+
 
 if __name__ == "__main__":
     main()
