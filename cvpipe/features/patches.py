@@ -136,11 +136,11 @@ class PatchFeatures(_ImageTransformer):
         Mean squared distance of the training patches to their centroid in the last iteration.
     n_iter_ : int
         K-means iterations run.
-    augmented_ : (P + 2, K) or (P, 2K) ndarray of float32
+    augmented_ : (P + 2, K) or (P, K) ndarray of float32
         The centroids arranged so that one product gives what is encoded (derived from them):
         squared distances (triangle, knn), dot products (soft), or dot products with the unit
-        centroids and their negatives (soft-split; with ``flip_invariant`` ordered
-        ``[a_k, -a_k, mirrors, -mirrors]`` so that code K + j is the mirror of code j).
+        centroids (soft-split, whose two codes per centroid come from the one product: see
+        ``_interleave``).
     n_features_in_, image_shape_
         As for the other image transformers.
 
@@ -395,11 +395,31 @@ class PatchFeatures(_ImageTransformer):
             np.sqrt(codes, out=codes)
             mu = codes.mean(1, keepdims=True)
             np.subtract(mu, codes, out=codes)
+        elif self.encoding == "soft-split":
+            # the two polarities pooled apart, each from the one product (K columns, written
+            # contiguously), then interleaved per cell: half the multiplications of [a, -a]
+            products = x @ self.augmented_
+            positive = np.subtract(products, np.float32(self.alpha))
+            np.maximum(positive, 0, out=positive)
+            negative = np.subtract(np.float32(-self.alpha), products, out=products)
+            np.maximum(negative, 0, out=negative)
+            return self._interleave([self._pool(part.reshape(n, oh, ow, -1), pooling, oh, ow, np)
+                                     for part in (positive, negative)], pooling, np)
         else:
             codes = x @ self.augmented_
             codes -= np.float32(self.alpha)
         np.maximum(codes, 0, out=codes)
         return self._pool(codes.reshape(n, oh, ow, -1), pooling, oh, ow, np)
+
+    def _interleave(self, pooled: list[Any], pooling: Grids, xp: Any) -> Any:
+        """The soft-split features from the pooled positive and negative codes (each (n, cells *
+        w)): per cell ``[a_k, -a_k]`` of its w codes, as were the 2K codes ``[a, -a]`` (with
+        ``flip_invariant``, ``[a, -a, mirrors, -mirrors]``, the mirrors merged by the pooling)."""
+        positive, negative = pooled
+        cells = sum(gh * gw for gh, gw in pooling)
+        parts = [p.reshape(len(p), cells, -1) for p in (positive, negative)]
+        both = np.concatenate(parts, 2) if xp is np else xp.cat(parts, 2)
+        return both.reshape(len(positive), -1)
 
     def _augment(self) -> None:
         """``augmented_``: for the triangle and knn encodings (P + 2, K) ``[-2 c; 1; |c|^2]``, so that
@@ -411,11 +431,7 @@ class PatchFeatures(_ImageTransformer):
         elif self.encoding == "soft":
             parts = [c.T]
         else:
-            unit = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
-            # [a, -a] per half: the mirror pairs (k, K/2 + k) become (j, K + j) of the 2K codes
-            halves = np.split(unit, 2) if self.flip_invariant else [unit]
-            parts = [np.hstack([h.T, -h.T]) for h in halves]
-            parts = [np.hstack(parts)]
+            parts = [(c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)).T]
         self.augmented_ = np.ascontiguousarray(np.vstack(parts), np.float32)
 
     def _encode_torch(self, images: Any, pooling: Grids, oh: int, ow: int, device: Any) -> Any:
@@ -425,7 +441,7 @@ class PatchFeatures(_ImageTransformer):
         whitening = torch.from_numpy(self.whitening_).to(device)
         c = torch.from_numpy(self.centroids_).to(device)
         c_norms = (c * c).sum(1)
-        products = torch.from_numpy(self.augmented_).to(device)  # the soft encodings' (P, codes)
+        products = torch.from_numpy(self.augmented_).to(device)  # the soft encodings' (P, K)
         x_all = to_device_tensor(images, device)
         if x_all.ndim == 3:
             x_all = x_all[..., None]
@@ -449,6 +465,12 @@ class PatchFeatures(_ImageTransformer):
                 codes += (p * p).sum(1, keepdim=True)
                 codes = codes.clamp_(min=0).sqrt_()
                 codes = (codes.mean(1, keepdim=True) - codes).clamp_(min=0)
+            elif self.encoding == "soft-split":
+                z = p @ products
+                outs.append(self._interleave(
+                    [self._pool(part.clamp_(min=0).reshape(b, oh, ow, -1), pooling, oh, ow, torch)
+                     for part in (z - self.alpha, -z - self.alpha)], pooling, torch))
+                continue
             else:
                 codes = (p @ products - self.alpha).clamp_(min=0)
             outs.append(self._pool(codes.reshape(b, oh, ow, -1), pooling, oh, ow, torch))
