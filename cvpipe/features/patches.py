@@ -50,6 +50,7 @@ same stages); the two agree to float32 rounding.
 
 from __future__ import annotations
 
+import itertools
 from numbers import Integral, Real
 from typing import Any
 
@@ -485,9 +486,22 @@ class PatchFeatures(_ImageTransformer):
         is summed with its mirror (row i, column gw - 1 - j, centroid K/2 + k), for k < K/2."""
         cells = []
         half = codes.shape[-1] // 2
-        for gh, gw in pooling:
-            cols = _mirror_cells(ow, gw) if self.flip_invariant else _cells(ow, gw)
-            sums = [[codes[:, r0:r1, c0:c1].sum((1, 2)) for c0, c1 in cols] for r0, r1 in _cells(oh, gh)]
+        grids = [(_cells(oh, gh), _mirror_cells(ow, gw) if self.flip_invariant else _cells(ow, gw))
+                 for gh, gw in pooling]
+        # one pass over the codes: sums over the finest cells every grid's edges cut, from which
+        # each grid's cells are added up (a pyramid read the codes once per grid)
+        row_edges = sorted({e for rows, _ in grids for cell in rows for e in cell})
+        col_edges = sorted({e for _, cols in grids for cell in cols for e in cell})
+        fine = [[codes[:, r0:r1, c0:c1].sum((1, 2)) for c0, c1 in itertools.pairwise(col_edges)]
+                for r0, r1 in itertools.pairwise(row_edges)]
+
+        def cell_sum(r0: int, r1: int, c0: int, c1: int) -> Any:
+            i0, i1, j0, j1 = (row_edges.index(r0), row_edges.index(r1),
+                              col_edges.index(c0), col_edges.index(c1))
+            return sum(fine[i][j] for i in range(i0, i1) for j in range(j0, j1))
+
+        for (rows, cols), (_, gw) in zip(grids, pooling, strict=True):
+            sums = [[cell_sum(r0, r1, c0, c1) for c0, c1 in cols] for r0, r1 in rows]
             if self.flip_invariant:
                 sums = [[row[j][:, :half] + row[gw - 1 - j][:, half:] for j in range(gw)] for row in sums]
             cells += [cell for row in sums for cell in row]
