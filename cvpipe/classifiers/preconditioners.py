@@ -73,7 +73,7 @@ class Cholesky:
 class Spectral:
     """``H0 = I + 2 C0 Xc^T Xc`` from eigenpairs of ``Xc^T Xc = V diag(s2) V^T + rest``:
     ``H0^(-1/2) = f_rest I + V diag(f - f_rest) V^T`` with ``f = (1 + 2 C0 s2)^(-1/2)``; every
-    ``C0`` costs nothing more. Exact from the rows (:meth:`of`, fewer rows than features: the
+    ``C0`` costs nothing more. Exact from the rows (:meth:`with_coordinates`, fewer rows than features: the
     rest is 0), or the leading ``rank`` pairs of a sketch (:meth:`sketch`): the directions left
     out are given the sketch's smallest eigenvalue, about the largest of theirs (Frangella et
     al.), so that their preconditioned curvature stays near or below 1 and the least-squares
@@ -81,10 +81,6 @@ class Spectral:
 
     def __init__(self, basis: np.ndarray, s2: np.ndarray, rest: float = 0.0):
         self.basis, self.s2, self.rest = basis, s2, float(rest)
-
-    @classmethod
-    def of(cls, Xc: np.ndarray) -> Spectral:
-        return cls.with_coordinates(Xc)[0]
 
     @classmethod
     def with_coordinates(cls, Xc: np.ndarray) -> tuple[Spectral, np.ndarray]:
@@ -155,6 +151,3 @@ class Diagonal:
 
     def solve(self, C0: float, B: np.ndarray) -> np.ndarray:
         return B / (1.0 + 2 * C0 * self.s2)[:, None]
-
-    def with_rows(self, n: int) -> Diagonal:
-        return self

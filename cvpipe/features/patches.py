@@ -141,7 +141,7 @@ class PatchFeatures(_ImageTransformer):
         The centroids arranged so that one product gives what is encoded (derived from them):
         squared distances (triangle, knn), dot products (soft), or dot products with the unit
         centroids (soft-split, whose two codes per centroid come from the one product: see
-        ``_interleave``).
+        ``_pool_polarities``).
     n_features_in_, image_shape_
         As for the other image transformers.
 
@@ -404,23 +404,25 @@ class PatchFeatures(_ImageTransformer):
             np.maximum(positive, 0, out=positive)
             negative = np.subtract(np.float32(-self.alpha), products, out=products)
             np.maximum(negative, 0, out=negative)
-            return self._interleave([self._pool(part.reshape(n, oh, ow, -1), pooling, oh, ow, np)
-                                     for part in (positive, negative)], pooling, np)
+            return self._pool_polarities((positive, negative), pooling, oh, ow, np)
         else:
             codes = x @ self.augmented_
             codes -= np.float32(self.alpha)
         np.maximum(codes, 0, out=codes)
         return self._pool(codes.reshape(n, oh, ow, -1), pooling, oh, ow, np)
 
-    def _interleave(self, pooled: list[Any], pooling: Grids, xp: Any) -> Any:
-        """The soft-split features from the pooled positive and negative codes (each (n, cells *
-        w)): per cell ``[a_k, -a_k]`` of its w codes, as were the 2K codes ``[a, -a]`` (with
-        ``flip_invariant``, ``[a, -a, mirrors, -mirrors]``, the mirrors merged by the pooling)."""
-        positive, negative = pooled
+    def _pool_polarities(self, codes: tuple[Any, Any], pooling: Grids, oh: int, ow: int,
+                         xp: Any) -> Any:
+        """The soft-split features from the thresholded positive and negative codes (each
+        (patches, K)): each pooled, then interleaved per cell as ``[a_k, -a_k]`` of its w codes,
+        as were the 2K codes ``[a, -a]`` (with ``flip_invariant``, ``[a, -a, mirrors,
+        -mirrors]``, the mirrors merged by the pooling)."""
         cells = sum(gh * gw for gh, gw in pooling)
-        parts = [p.reshape(len(p), cells, -1) for p in (positive, negative)]
+        n = len(codes[0]) // (oh * ow)
+        parts = [self._pool(c.reshape(n, oh, ow, -1), pooling, oh, ow, xp).reshape(n, cells, -1)
+                 for c in codes]
         both = np.concatenate(parts, 2) if xp is np else xp.cat(parts, 2)
-        return both.reshape(len(positive), -1)
+        return both.reshape(n, -1)
 
     def _augment(self) -> None:
         """``augmented_``: for the triangle and knn encodings (P + 2, K) ``[-2 c; 1; |c|^2]``, so that
@@ -468,9 +470,8 @@ class PatchFeatures(_ImageTransformer):
                 codes = (codes.mean(1, keepdim=True) - codes).clamp_(min=0)
             elif self.encoding == "soft-split":
                 z = p @ products
-                outs.append(self._interleave(
-                    [self._pool(part.clamp_(min=0).reshape(b, oh, ow, -1), pooling, oh, ow, torch)
-                     for part in (z - self.alpha, -z - self.alpha)], pooling, torch))
+                parts = ((z - self.alpha).clamp_(min=0), (-z - self.alpha).clamp_(min=0))
+                outs.append(self._pool_polarities(parts, pooling, oh, ow, torch))
                 continue
             else:
                 codes = (p @ products - self.alpha).clamp_(min=0)
