@@ -11,6 +11,13 @@ TORCH_VERSION ?= 2.13.0
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := $(VENV)/.installed-$(TORCH)
+# uv installs what pip takes about 40 s for in about 15 s (parallel, bytecode compiled as pip
+# does). pip stays the fallback: where uv cannot be installed, or UV=no.
+UV ?= yes
+# pip's local wheel folders (find-links), which uv does not read from pip's settings
+UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+UV_INSTALL = test "$(UV)" = yes && test -x $(BIN)/uv && $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python \
+  $(addprefix --find-links ,$(UV_FIND_LINKS))
 # the test, lint and benchmark tools on top (make demo and make serve do without: 14 s less)
 DEV_STAMP := $(STAMP)-dev
 
@@ -21,20 +28,23 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@if [ "$(UV)" = yes ] && ! [ -x $(BIN)/uv ]; then \
+	  $(BIN)/pip install -q "uv>=0.4" || echo "uv could not be installed: pip installs instead"; fi
 ifeq ($(TORCH),cpu)
 	@# "+cpu" matches only the CPU build: a local wheel where pip's find-links has one,
 	@# else PyTorch's CPU index. Never the CUDA build.
-	$(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" \
+	$(UV_INSTALL) "torch==$(TORCH_VERSION)+cpu" \
+	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" \
 	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple
 else
-	$(BIN)/pip install -q "torch==$(TORCH_VERSION)"
+	$(UV_INSTALL) "torch==$(TORCH_VERSION)" || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
 endif
-	$(BIN)/pip install -q -e .
+	$(UV_INSTALL) -e . || $(BIN)/pip install -q -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 $(DEV_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(UV_INSTALL) -e ".[dev]" || $(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
 install: $(DEV_STAMP) ## create .venv and install cvpipe with its dependencies and its dev tools
