@@ -27,24 +27,27 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
 	@if [ "$(UV)" = yes ] && ! [ -x $(BIN)/uv ]; then \
 	  $(BIN)/pip install -q "uv>=0.4" || echo "uv could not be installed: pip installs instead"; fi
+	@echo "installing torch $(TORCH_VERSION) ($(TORCH) build) into $(VENV)"
 ifeq ($(TORCH),cpu)
 	@# "+cpu" matches only the CPU build: a local wheel where pip's find-links has one,
 	@# else PyTorch's CPU index. Never the CUDA build.
-	$(UV_INSTALL) "torch==$(TORCH_VERSION)+cpu" \
+	@$(UV_INSTALL) "torch==$(TORCH_VERSION)+cpu" \
 	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" \
 	  || $(BIN)/pip install -q "torch==$(TORCH_VERSION)+cpu" --index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple
 else
-	$(UV_INSTALL) "torch==$(TORCH_VERSION)" || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
+	@$(UV_INSTALL) "torch==$(TORCH_VERSION)" || $(BIN)/pip install -q "torch==$(TORCH_VERSION)"
 endif
-	$(UV_INSTALL) -e . || $(BIN)/pip install -q -e .
+	@echo "installing cvpipe (editable) and its dependencies into $(VENV)"
+	@$(UV_INSTALL) -e . || $(BIN)/pip install -q -e .
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
 $(DEV_STAMP): $(STAMP)
-	$(UV_INSTALL) -e ".[dev]" || $(BIN)/pip install -q -e ".[dev]"
+	@echo "installing the dev tools (pytest, ruff, import-linter, ...) into $(VENV)"
+	@$(UV_INSTALL) -e ".[dev]" || $(BIN)/pip install -q -e ".[dev]"
 	@touch $@
 
 install: $(DEV_STAMP) ## create .venv and install cvpipe with its dependencies and its dev tools
