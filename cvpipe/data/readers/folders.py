@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -60,8 +60,9 @@ def _where(parts: tuple[str, ...]) -> tuple[str, str] | None:
 
 
 class _ImageSource:
-    """The image files of a folder or a tar archive: listed once (headers peeked), then read
-    again in order while decoding, so no more than a batch of encoded files is in memory."""
+    """The image files of a folder or a tar archive: listed from their names (an archive's
+    headers) first, then the headers of the files kept peeked, then those files read again in
+    order while decoding, so no more than a batch of encoded files is in memory."""
 
     def __init__(self, path: Path, sha256: str | None = None) -> None:
         self.path = path
@@ -69,49 +70,41 @@ class _ImageSource:
         self.is_dir = path.is_dir()
         self.root = find_image_root(path) if self.is_dir else path
 
-    def _files(self) -> Iterator[tuple[tuple[str, ...], str, Callable[[], bytes]]]:
-        """(path parts, shown name, reader) of every visible image file, in a stable order."""
+    def _files(self, wanted: Container[str] = ()
+               ) -> Iterator[tuple[tuple[str, ...], str, Callable[[], bytes] | None]]:
+        """(path parts, shown name, reader) of every visible image file, in a stable order,
+        with a reader for the ``wanted`` names only (none: nothing is read). Every member of
+        an archive counts against its byte budget, read or not (the stream inflates it all),
+        so one that declares too many (a gzip bomb) is refused from the headers."""
         if self.is_dir:
             for f in _files_under(self.root):
                 if is_image_name(f.name):
-                    yield f.relative_to(self.root).parts, str(f), functools.partial(_read_file, f)
+                    yield (f.relative_to(self.root).parts, str(f),
+                           functools.partial(_read_file, f) if str(f) in wanted else None)
             return
         budget = _Budget(self.path)
         with _open_tar(self.path, self.sha256) as tar:
             for member in _iter_members(tar, self.path):
                 parts = PurePosixPath(member.name).parts
                 if member.isfile() and is_image_name(parts[-1]):
+                    name = f"{self.path}:{member.name}"
+                    if name not in wanted:
+                        budget.take(member)
+                        yield parts, name, None
+                        continue
                     data = _read_member(tar, member, self.path, budget)
-                    yield parts, f"{self.path}:{member.name}", lambda data=data: data
-
-    def check_budget(self) -> None:
-        """Refuse an archive whose members declare too many bytes (a gzip bomb), from the tar
-        headers alone, before any member is read."""
-        if self.is_dir:
-            return
-        budget = _Budget(self.path)
-        with _open_tar(self.path, self.sha256) as tar:
-            for member in _iter_members(tar, self.path):
-                if member.isfile() and is_image_name(member.name):
-                    budget.take(member)
+                    yield parts, name, lambda data=data: data
 
     def entries(self) -> list[_Entry]:
-        self.check_budget()
+        """Every image file's split, class and name, from the names alone (sizes unknown
+        until :meth:`peek`): a subset, e.g. the first images of each class, is chosen before
+        any file is read."""
         found = []
-        for parts, name, read in tqdm(self._files(), desc="listing", unit="img", disable=None,
-                                      mininterval=0.5):
+        for parts, name, _ in tqdm(self._files(), desc="listing", unit="img", disable=None,
+                                   mininterval=0.5):
             where = _where(parts)
-            if where is None:
-                continue
-            try:
-                data = read()
-            except OSError as exc:
-                raise DataError(f"cannot read image {name}: {exc}") from exc
-            try:
-                header = peek(data)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-                raise DataError(f"unreadable image {name}: {exc}") from exc
-            found.append(_Entry(*where, name, (header.height, header.width), header.gray))
+            if where is not None:
+                found.append(_Entry(*where, name))
         if any(e.split != "all" for e in found):  # train/test layout: loose files are ignored
             found = [e for e in found if e.split != "all"]
         names = [e.name for e in found]
@@ -120,14 +113,32 @@ class _ImageSource:
             raise DataError(f"{self.path}: the archive holds {', '.join(twice)} more than once")
         return found
 
+    def peek(self, entries: list[_Entry]) -> None:
+        """Fill in each entry's size and colour from its file's header (no pixel decoded), so
+        that the arrays can be sized, and a file that is no image refused, before decoding."""
+        by_name = {e.name: e for e in entries}
+        with tqdm(total=len(entries), desc="checking", unit="img", disable=None,
+                  mininterval=0.5) as bar:
+            for _, name, data in self.read_in_order(dict.fromkeys(by_name, 0)):
+                try:
+                    header = peek(data)
+                except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+                    raise DataError(f"unreadable image {name}: {exc}") from exc
+                by_name[name].size, by_name[name].gray = (header.height, header.width), header.gray
+                bar.update()
+
     def read_in_order(self, names: dict[str, int]) -> Iterator[tuple[int, str, bytes]]:
         """(index, name, bytes) of the files in ``names`` (shown name -> index), each once;
         one listed but gone by now is an error (it would stay a blank image with a label)."""
         seen: set[str] = set()
-        for _parts, name, read in self._files():
-            if name in names and name not in seen:
+        for _parts, name, read in self._files(names):
+            if read is not None and name not in seen:
                 seen.add(name)
-                yield names[name], name, read()
+                try:
+                    data = read()
+                except OSError as exc:
+                    raise DataError(f"cannot read image {name}: {exc}") from exc
+                yield names[name], name, data
         if len(seen) != len(names):
             gone = sorted(set(names) - seen)
             raise DataError(f"{len(gone)} image(s) listed a moment ago are gone, e.g. {gone[0]}; "
@@ -243,6 +254,7 @@ def read_image_folder(
                 kept.append(e)
         entries = kept
 
+    source.peek(entries)  # only the images kept
     h, w = _target_size(path, entries, size)
     channels = 1 if all(e.gray for e in entries) else 3
     notes["resized"] = sum(e.size != (h, w) for e in entries)
