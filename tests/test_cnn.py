@@ -54,7 +54,8 @@ def test_command_line_options_override_a_config_file():
             ["train", "--pipeline", "cnn", "--no-refit"])))
 
 
-def test_config_resolves_defaults_per_device_and_optimizer():
+def test_config_resolves_defaults_per_device_and_optimizer(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     cpu = CNNConfig(optimizer="adamw").resolved(torch.device("cpu"))
     assert (cpu.width, cpu.batch_size, cpu.amp, cpu.epochs) == (16, 256, False, 10.0)
     assert cpu.lr == 2e-3 and cpu.weight_decay == 0.05
@@ -62,6 +63,16 @@ def test_config_resolves_defaults_per_device_and_optimizer():
     assert gpu.width == 64 and gpu.amp is True and gpu.channels_last is True
     assert gpu.epochs is None  # planned from the budget
     assert CNNConfig(width=32, lr=0.1).resolved(torch.device("cpu")).width == 32
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_a_cpu_with_bfloat16_units_trains_in_bfloat16_unless_told_not_to(monkeypatch, units):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units)
+    for recipe in ("resnet", "airbench"):
+        assert CNNConfig.from_dict({"recipe": recipe}).resolved(torch.device("cpu")).amp is units
+    assert CNNConfig(amp=False).resolved(torch.device("cpu")).amp is False
+    assert CNNConfig(amp=True).resolved(torch.device("cpu")).amp is True
+    assert CNNConfig(amp=False).resolved(torch.device("cuda")).amp is False
 
 
 def test_auto_device_falls_back_to_cpu_without_cuda(monkeypatch):

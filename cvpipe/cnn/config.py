@@ -24,10 +24,19 @@ DEVICES = ("auto", "cpu", "cuda")
 #: Peak learning rate and weight decay per optimiser when ``lr``/``weight_decay`` are None.
 DEFAULT_LR = {"sgd": 0.4, "adam": 2e-3, "adamw": 2e-3, "rmsprop": 1e-3, "adagrad": 0.05}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 5e-5, "adamw": 0.05, "rmsprop": 5e-5, "adagrad": 5e-5}
-#: Per device kind: (width, epochs, batch size, channels_last, mixed precision).
-DEVICE_DEFAULTS = {"cpu": (16, 10.0, 256, True, False), "cuda": (64, 16.0, 512, True, True)}
+#: Per device kind: (width, epochs, batch size, channels_last, mixed precision); the CPU's
+#: mixed precision (None) is on where the CPU multiplies bfloat16 itself (:func:`cpu_has_bfloat16_units`).
+DEVICE_DEFAULTS = {"cpu": (16, 10.0, 256, True, None), "cuda": (64, 16.0, 512, True, True)}
 #: The same for ``arch="airbench"`` (its groups are width, 4 x width, 4 x width wide).
-AIRBENCH_DEVICE_DEFAULTS = {"cpu": (32, 9.9, 1024, True, False), "cuda": (64, 9.9, 1024, True, True)}
+AIRBENCH_DEVICE_DEFAULTS = {"cpu": (32, 9.9, 1024, True, None), "cuda": (64, 9.9, 1024, True, True)}
+
+
+def cpu_has_bfloat16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles). There
+    bfloat16 autocast trains the CPU airbench net 2.7x faster (0.40 against 1.10 s a step of
+    1,024 images on 2 cores); elsewhere bfloat16 is emulated and slower than float32."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3
+    return bool(probe is not None and probe())
 #: Airbench's peak learning rate for the mean loss of a 1024-image batch (its 11.5 per 1024
 #: examples with momentum 0.85, summed loss); other batch sizes scale it linearly.
 AIRBENCH_LR_PER_1024 = 1.5
@@ -118,7 +127,8 @@ class CNNConfig:
     seed : int
         Seeds initialisation, shuffling and augmentation; CPU runs repeat exactly.
     amp : bool, optional
-        bfloat16 autocast (default on for CUDA, off on CPU).
+        bfloat16 autocast (default on for CUDA, and on a CPU with bfloat16 matrix units,
+        :func:`cpu_has_bfloat16_units`; off on other CPUs).
     channels_last : bool, optional
         NHWC memory layout (default on; faster on both CPU and GPU).
     compile : bool
@@ -255,7 +265,8 @@ class CNNConfig:
             weight_decay=DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None
             else self.weight_decay,
             channels_last=channels_last if self.channels_last is None else self.channels_last,
-            amp=amp if self.amp is None else self.amp,
+            amp=self.amp if self.amp is not None else (cpu_has_bfloat16_units() if amp is None
+                                                       else amp),
         )
 
     def net_config(self, n_classes: int, in_channels: int = 3) -> NetConfig:
