@@ -323,11 +323,13 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def score(result: TrainResult, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and cross-entropy of the trained model on a split (un-augmented; TTA as configured)."""
+    """Accuracy and cross-entropy of the trained model on a split (un-augmented; TTA as configured),
+    in float32 whatever the training's precision: as the saved model predicts
+    (:class:`cvpipe.cnn.persist.CNNPredictor`), so the recorded figures are the served model's."""
     cfg = result.config
     mean = torch.tensor(result.mean).view(1, -1, 1, 1)
     std = torch.tensor(result.std).view(1, -1, 1, 1)
-    z = logits(result.model, images, mean, std, batch_size=cfg.eval_batch_size, tta=cfg.tta, amp=cfg.amp,
+    z = logits(result.model, images, mean, std, batch_size=cfg.eval_batch_size, tta=cfg.tta, amp=False,
                channels_last=cfg.channels_last)
     loss, accuracy = loss_and_accuracy(z, torch.from_numpy(np.array(labels, dtype=np.int64)))
     return {"accuracy": accuracy, "loss": loss, "n": len(labels)}
