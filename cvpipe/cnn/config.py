@@ -29,6 +29,9 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 5e-5, "adamw": 0.05, "rmsprop": 5e-
 DEVICE_DEFAULTS = {"cpu": (16, 10.0, 256, True, None), "cuda": (64, 16.0, 512, True, True)}
 #: The same for ``arch="airbench"`` (its groups are width, 4 x width, 4 x width wide).
 AIRBENCH_DEVICE_DEFAULTS = {"cpu": (32, 9.9, 1024, True, None), "cuda": (64, 9.9, 1024, True, True)}
+#: Airbench's peak learning rate for the mean loss of a 1024-image batch (its 11.5 per 1024
+#: examples with momentum 0.85, summed loss); other batch sizes scale it linearly.
+AIRBENCH_LR_PER_1024 = 1.5
 
 
 def cpu_has_bfloat16_units() -> bool:
@@ -37,9 +40,7 @@ def cpu_has_bfloat16_units() -> bool:
     1,024 images on 2 cores); elsewhere bfloat16 is emulated and slower than float32."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3
     return bool(probe is not None and probe())
-#: Airbench's peak learning rate for the mean loss of a 1024-image batch (its 11.5 per 1024
-#: examples with momentum 0.85, summed loss); other batch sizes scale it linearly.
-AIRBENCH_LR_PER_1024 = 1.5
+
 
 #: Named sets of settings: ``recipe = "airbench"`` in a ``[cnn]`` table or ``--set recipe=airbench``
 #: fills every key the user did not give. "airbench" follows Jordan's airbench94 (2024): frozen
