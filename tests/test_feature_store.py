@@ -209,3 +209,72 @@ def test_standardised_blocks_equal_the_scalers_transform_bitwise():
     np.testing.assert_array_equal(Xs, scaler.transform(X))
     assert Xs.dtype == np.float32
     np.testing.assert_array_equal(rows.X, X)  # the stored rows are not changed in place
+
+
+def test_a_joined_sets_linear_passes_multiply_its_stored_parts_without_joining_them(tiny, tmp_path,
+                                                                                    monkeypatch):
+    import cvpipe.classifiers.chunks as chunks_module
+    from cvpipe.classifiers import linear_svm
+    from cvpipe.classifiers.chunks import materialize
+    from cvpipe.classifiers.row_stats import LOCAL, chunk_objective, chunk_sketch, targets_for
+    from cvpipe.featurestore.blocks import ColumnBlock
+    from cvpipe.featurestore.dataset import learned_extractor, split_features
+
+    store = StoreSettings(root=tmp_path, progress=False)
+    spec = _spec("hc", {"name": "hog+color"}).features
+    learned = learned_extractor(tiny, spec, store)
+    train = split_features(tiny, spec, "train", learned, store)
+    train.rows = 5  # several blocks
+    X, y = materialize(train)
+    rng = np.random.default_rng(0)
+    W, Q = rng.normal(size=(X.shape[1], 10)), rng.normal(size=(X.shape[1], 4)).astype(np.float32)
+    c, T = rng.normal(size=10), targets_for(10)
+    mean, scale = X.mean(0).astype(np.float64), X.std(0).astype(np.float64) + 1.0
+    for ref in train.refs():
+        block, labels = ref.read_columns()
+        joined, _ = ref.read()
+        assert isinstance(block, ColumnBlock) and len(block.parts) == 2 and block.shape == joined.shape
+        np.testing.assert_array_equal(block.joined(), joined)
+        for got, want in [(chunk_objective(block, labels, W, c, T), chunk_objective(joined, labels, W, c, T)),
+                          (chunk_sketch(block, labels, mean, scale, Q, T),
+                           chunk_sketch(joined, labels, mean, scale, Q, T))]:
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+    # the runner hands the parts to the functions that take them, the joined rows to the others
+    kinds, map_sum = [], type(LOCAL).map_sum
+
+    def spying(fn, chunks, *args):
+        first, _ = next(chunks_module.read_ahead(chunks, for_fn=fn))
+        kinds.append((fn.__name__, type(first).__name__))
+        return map_sum(LOCAL, fn, chunks, *args)
+
+    monkeypatch.setattr(LOCAL, "map_sum", spying)
+    monkeypatch.setattr(chunks_module.in_memory, "__defaults__", (0,))  # the rows stay stored
+    monkeypatch.setattr(linear_svm, "SMALL_BYTES", 0)  # and are not solved in their span
+    model = LinearSVM(C=0.01, max_iter=200).fit_chunks(train)
+    assert ("chunk_stats", "ndarray") in kinds and ("chunk_objective", "ColumnBlock") in kinds
+    # the same model as on the joined matrix in memory
+    reference = LinearSVM(C=0.01, max_iter=200).fit(X, y)
+    np.testing.assert_allclose(model.coef_, reference.coef_, rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(model.predict(X), reference.predict(X))
+
+
+def test_stored_rows_are_mapped_read_only_a_slice_at_a_time_and_a_cut_file_is_an_error(tmp_path):
+    from cvpipe.errors import DataError
+    from cvpipe.featurestore.store import NpyRows
+
+    X = np.arange(60 * 7, dtype=np.float32).reshape(60, 7)
+    path = tmp_path / "features.npy"
+    np.save(path, X)
+    rows = NpyRows(str(path))
+    block = rows[10:25]
+    np.testing.assert_array_equal(block, X[10:25])
+    assert type(block) is np.ndarray and not block.flags.writeable  # nobody writes into a store
+    assert rows[60:70].shape == (0, 7)
+    np.testing.assert_array_equal(np.asarray(rows), X)
+    with open(path, "r+b") as f:  # cut short after it was opened: a clear error, not a crash
+        f.truncate(path.stat().st_size - 7 * 4 * 5)
+    np.testing.assert_array_equal(rows[0:50], X[:50])
+    with pytest.raises(DataError, match="shorter than its header"):
+        rows[40:60]

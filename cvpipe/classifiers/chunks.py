@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cvpipe.featurestore.blocks import read_block
+
 #: Rows per block of an in-memory matrix.
 DEFAULT_ROWS = 4096
 #: A matrix of at most this many bytes is read into memory once by iterative solvers (the
@@ -55,24 +57,26 @@ class Chunks(Protocol):
         ...  # pragma: no cover
 
 
-def read_ahead(chunks: Chunks, rng: np.random.Generator | None = None
-               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def read_ahead(chunks: Chunks, rng: np.random.Generator | None = None, *,
+               for_fn: Callable[..., Any] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Every block of ``chunks`` as ``(X, y)``, in order or in a random order of the blocks
     drawn from ``rng``; the next block is read in a background thread while the caller works
-    on the current one (two blocks in memory at most)."""
+    on the current one (two blocks in memory at most). A joined set's blocks come as their
+    stored parts where ``for_fn`` takes them (:func:`cvpipe.featurestore.blocks.read_block`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     refs = chunks.refs()
     order = list(range(len(refs)) if rng is None else rng.permutation(len(refs)))
     if len(order) <= 1:  # nothing to read ahead
         for i in order:
-            yield refs[i].read()
+            yield read_block(refs[i], for_fn)
         return
     with ThreadPoolExecutor(1, thread_name_prefix="cvpipe-chunk-read") as pool:
-        pending = pool.submit(refs[order[0]].read)
+        pending = pool.submit(read_block, refs[order[0]], for_fn)
         for k in range(len(order)):
             block = pending.result()
-            pending = pool.submit(refs[order[k + 1]].read) if k + 1 < len(order) else None
+            pending = (pool.submit(read_block, refs[order[k + 1]], for_fn)
+                       if k + 1 < len(order) else None)
             yield block
             del block
 

@@ -279,7 +279,8 @@ class LinearProblem:
     def scores(self, chunks: Chunks, W: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Decision scores of every row of ``chunks`` (raw rows, as this problem's)."""
         Wr, c = self.raw(W, b)
-        return np.concatenate([chunk_scores(X, y, Wr, c) for X, y in read_ahead(chunks)])
+        return np.concatenate([chunk_scores(X, y, Wr, c)
+                               for X, y in read_ahead(chunks, for_fn=chunk_scores)])
 
 
 def _reduced(problem: LinearProblem, coordinates: np.ndarray, y: np.ndarray) -> LinearProblem:
@@ -336,6 +337,10 @@ class _RelabelledRef:
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         X, y = self.ref.read()
+        return X, np.searchsorted(self.classes, y)
+
+    def read_columns(self) -> tuple[Any, np.ndarray]:
+        X, y = self.ref.read_columns() if hasattr(self.ref, "read_columns") else self.ref.read()
         return X, np.searchsorted(self.classes, y)
 
 

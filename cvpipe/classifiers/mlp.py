@@ -266,6 +266,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float32)
         with torch.inference_mode():
+            X = np.require(X, requirements=["W"])  # torch wants writable memory (see _batches)
             out = [self.model_(torch.from_numpy(X[i: i + EVAL_ROWS])) for i in range(0, len(X), EVAL_ROWS)]
         return torch.cat(out).numpy() if out else np.zeros((0, len(self.classes_)), np.float32)
 
@@ -285,8 +286,9 @@ def _batches(chunks: Chunks, batch_size: int, rng: np.random.Generator, device: 
     is dropped where batch norm cannot train on it."""
     carry: tuple[torch.Tensor, torch.Tensor] | None = None
     for X, y in read_ahead(chunks, rng if len(chunks.refs()) > 1 else None):
-        Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(device)
-        yt = torch.from_numpy(np.asarray(y, np.int64)).to(device)
+        # torch wants memory it may write: a block mapped read-only from a store is copied
+        Xt = torch.from_numpy(np.require(X, np.float32, ["C", "W"])).to(device)
+        yt = torch.from_numpy(np.require(y, np.int64, ["W"])).to(device)
         order = torch.from_numpy(rng.permutation(len(yt))).to(device)
         # each batch gathers its own rows: the block is never copied whole, shuffled or joined
         start = 0
@@ -312,8 +314,8 @@ def _evaluate(model: nn.Module, chunks: Chunks, device: torch.device) -> tuple[f
     loss, right, n = 0.0, 0, 0
     with torch.inference_mode():
         for X, y in read_ahead(chunks):
-            yt = torch.from_numpy(np.asarray(y, np.int64)).to(device)
-            Xt = torch.from_numpy(np.ascontiguousarray(X, np.float32)).to(device)
+            yt = torch.from_numpy(np.require(y, np.int64, ["W"])).to(device)
+            Xt = torch.from_numpy(np.require(X, np.float32, ["C", "W"])).to(device)
             for i in range(0, len(yt), EVAL_ROWS):
                 logits = model(Xt[i: i + EVAL_ROWS])
                 loss += nn.functional.cross_entropy(logits, yt[i: i + EVAL_ROWS], reduction="sum").item()

@@ -25,6 +25,7 @@ from scipy import linalg
 from sklearn.preprocessing import StandardScaler
 
 from cvpipe.classifiers.chunks import Chunks, read_ahead
+from cvpipe.featurestore.blocks import ColumnBlock, takes_column_blocks
 from cvpipe.featurestore.dask import add_sums
 
 
@@ -40,7 +41,7 @@ class Runner:
     def map_sum(self, fn: Callable[..., tuple], chunks: Chunks, *args: Any) -> tuple:
         """``sum(fn(X, y, *args) for (X, y) in chunks)``, element by element of the tuples."""
         total = None
-        for X, y in read_ahead(chunks):
+        for X, y in read_ahead(chunks, for_fn=fn):
             part = fn(X, y, *args)
             total = part if total is None else add_sums(total, part)
         if total is None:
@@ -106,17 +107,23 @@ def full_gram(gram: np.ndarray | Outer) -> np.ndarray:
     return gram
 
 
-def chunk_sketch(X: np.ndarray, y: np.ndarray, mean: np.ndarray, scale: np.ndarray,
+@takes_column_blocks
+def chunk_sketch(X: np.ndarray | ColumnBlock, y: np.ndarray, mean: np.ndarray, scale: np.ndarray,
                  Q: np.ndarray, targets: np.ndarray) -> tuple:
     """One block's ``(Xc^T (Xc Q), Xc^T T)``, ``Xc = (X - mean) / scale`` (float32 products,
     float64 sums)."""
-    Xc = (_as_float(X) - mean.astype(np.float32)) / scale.astype(np.float32)
+    mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
+    if isinstance(X, ColumnBlock):
+        Xc = X.map_columns(lambda part, cols: (part - mean32[cols]) / scale32[cols])
+    else:
+        Xc = (_as_float(X) - mean32) / scale32
     Q = Q.astype(np.float32, copy=False)
     T = targets[y].astype(np.float32)
     return (Xc.T @ (Xc @ Q)).astype(np.float64), (Xc.T @ T).astype(np.float64)
 
 
-def chunk_objective(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
+@takes_column_blocks
+def chunk_objective(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
                     targets: np.ndarray, device: Any = None) -> tuple:
     """One block's squared-hinge loss (without C and the regulariser) and its gradients
     ``(loss, X^T g, sum g)`` for scores ``X Wr + c`` (``g``: d loss / d scores)."""
@@ -124,7 +131,8 @@ def chunk_objective(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
     if device is not None:
         import torch
 
-        Xd = torch.from_numpy(np.ascontiguousarray(_as_float(X))).to(device)
+        X = X.joined() if isinstance(X, ColumnBlock) else X  # one array to send to the device
+        Xd = torch.from_numpy(np.require(_as_float(X), requirements=["C", "W"])).to(device)
         Td = torch.from_numpy(T).to(device)
         scores = (Xd @ torch.from_numpy(Wr).to(device, Xd.dtype)).double() + torch.from_numpy(c).to(device)
         active = (1.0 - Td * scores).clamp_min(0.0)
@@ -138,7 +146,8 @@ def chunk_objective(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
     return float(np.sum(active * active, dtype=np.float64)), xtg, g.sum(0, dtype=np.float64)
 
 
-def chunk_active(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
+@takes_column_blocks
+def chunk_active(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
                  targets: np.ndarray) -> tuple:
     """(margins below 1, margins) of one block for scores ``X Wr + c``."""
     T = targets[y]
@@ -146,7 +155,8 @@ def chunk_active(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray,
     return int((margins < 1).sum()), margins.size
 
 
-def chunk_scores(X: np.ndarray, y: np.ndarray, Wr: np.ndarray, c: np.ndarray) -> np.ndarray:
+@takes_column_blocks
+def chunk_scores(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, c: np.ndarray) -> np.ndarray:
     return _as_float(X) @ Wr.astype(_as_float(X).dtype) + c
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from cvpipe.errors import CvpipeError
 from cvpipe.features import FeatureSpec
+from cvpipe.featurestore.blocks import read_block
 from cvpipe.featurestore.core import (
     ExtractPlan,
     ExtractResult,
@@ -297,7 +298,7 @@ def _sum_blocks(fn: Callable[..., tuple], refs: list[Any], *args: Any) -> tuple:
     _one_thread()
     total = None
     for ref in refs:
-        X, y = ref.read()
+        X, y = read_block(ref, fn)
         part = fn(X, y, *args)
         total = part if total is None else add_sums(total, part)
     return total

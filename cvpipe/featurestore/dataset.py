@@ -42,6 +42,7 @@ from cvpipe.config import data_root
 from cvpipe.errors import DataError
 from cvpipe.features import FeatureSpec, extractor_state, restore_extractor
 from cvpipe.features.spec import FeatureComponent
+from cvpipe.featurestore.blocks import ColumnBlock
 from cvpipe.featurestore.core import ExtractResult, plan_extraction, reused
 from cvpipe.featurestore.local import run_local
 from cvpipe.featurestore.sources import DatasetSource
@@ -206,11 +207,15 @@ class StoredRef:
         return self.stop - self.start
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
+        X, labels = self.read_columns()
+        return (X.joined() if isinstance(X, ColumnBlock) else X), labels
+
+    def read_columns(self) -> tuple[np.ndarray | ColumnBlock, np.ndarray]:
+        """The rows as the components' parts (one component: an array), not joined."""
         arrays = [_open(url) for url in self.urls]
         parts = [np.asarray(a["features"][self.start:self.stop], np.float32) for a in arrays]
-        labels = np.asarray(arrays[0]["labels"][self.start:self.stop], np.int64)
-        X = parts[0] if len(parts) == 1 else np.hstack(parts)
-        return X, labels
+        labels = np.array(arrays[0]["labels"][self.start:self.stop], np.int64)  # small: a copy
+        return (parts[0] if len(parts) == 1 else ColumnBlock(parts)), labels
 
 
 def _open(url: str) -> Any:

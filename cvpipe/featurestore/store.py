@@ -311,11 +311,15 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Any, np.ndarray, dict[s
 
 
 class NpyRows:
-    """Rows of a ``.npy`` file read with ordinary reads, a slice at a time.
+    """Rows of a ``.npy`` file, a slice at a time, each slice a read-only memory map of its
+    own rows.
 
-    Not a memory map: the pages a map touches count towards the process's resident memory
-    for as long as it lives (a training pass would show the whole file as RSS); a read only
-    holds the rows asked for. ``np.asarray`` reads the whole array.
+    Not one map of the whole file: the pages a map touches count towards the process's
+    resident memory for as long as it lives (a training pass would show the whole file as
+    RSS); a slice's map is released with the slice. Not ordinary reads either: a read copies
+    the rows into fresh memory the kernel must first clear, which made a pass of a linear
+    SVM over 45,000 x 22,400 stored rows twice as long as its products (2.4 s against 1.3 s
+    mapped, two cores, the file in the page cache). ``np.asarray`` maps the whole array.
     """
 
     def __init__(self, path: str):
@@ -342,9 +346,15 @@ class NpyRows:
             raise TypeError("NpyRows reads contiguous row slices")
         start, stop, _ = rows.indices(len(self))
         count = max(stop - start, 0)
-        out = np.fromfile(self.path, dtype=self.dtype, count=count * self.row_items,
-                          offset=self.offset + start * self.row_items * self.dtype.itemsize)
-        return out.reshape((count, *self.shape[1:]))
+        shape = (count, *self.shape[1:])
+        if count == 0:
+            return np.empty(shape, self.dtype)
+        end = self.offset + stop * self.row_items * self.dtype.itemsize
+        if os.path.getsize(self.path) < end:  # cut short since it was opened: an error, not SIGBUS
+            raise DataError(f"{self.path}: shorter than its header says; use --force")
+        mapped = np.memmap(self.path, dtype=self.dtype, mode="r", shape=shape,
+                           offset=self.offset + start * self.row_items * self.dtype.itemsize)
+        return mapped.view(np.ndarray)  # a plain array; the map lives as long as it does
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         out = self[:]
