@@ -78,6 +78,7 @@ from cvpipe.classifiers.row_stats import (
     compute_stats,
     targets_for,
 )
+from cvpipe.featurestore.blocks import read_parts
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ class _RelabelledRef:
         return X, np.searchsorted(self.classes, y)
 
     def read_columns(self) -> tuple[Any, np.ndarray]:
-        X, y = self.ref.read_columns() if hasattr(self.ref, "read_columns") else self.ref.read()
+        X, y = read_parts(self.ref)
         return X, np.searchsorted(self.classes, y)
 
 

@@ -75,9 +75,13 @@ def takes_column_blocks(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def read_parts(ref: Any) -> tuple[Any, np.ndarray]:
+    """A block reference's ``(X, y)``, ``X`` as its stored parts (a :class:`ColumnBlock`)
+    where the reference has several, else an array."""
+    return ref.read_columns() if hasattr(ref, "read_columns") else ref.read()
+
+
 def read_block(ref: Any, fn: Callable[..., Any] | None = None) -> tuple[Any, np.ndarray]:
-    """A block reference's ``(X, y)`` for ``fn``: ``X`` as its stored parts (a
-    :class:`ColumnBlock`) where it has several and ``fn`` takes them, else an array."""
-    if getattr(fn, "takes_column_blocks", False) and hasattr(ref, "read_columns"):
-        return ref.read_columns()
-    return ref.read()
+    """A block reference's ``(X, y)`` for ``fn``: its parts where ``fn`` takes them
+    (:func:`read_parts`), else one array."""
+    return read_parts(ref) if getattr(fn, "takes_column_blocks", False) else ref.read()
