@@ -260,7 +260,7 @@ def test_a_joined_sets_linear_passes_multiply_its_stored_parts_without_joining_t
     np.testing.assert_array_equal(model.predict(X), reference.predict(X))
 
 
-def test_stored_rows_are_mapped_read_only_a_slice_at_a_time_and_a_cut_file_is_an_error(tmp_path):
+def test_stored_rows_are_mapped_copy_on_write_a_slice_at_a_time_and_a_cut_file_is_an_error(tmp_path):
     from cvpipe.errors import DataError
     from cvpipe.featurestore.store import NpyRows
 
@@ -270,7 +270,10 @@ def test_stored_rows_are_mapped_read_only_a_slice_at_a_time_and_a_cut_file_is_an
     rows = NpyRows(str(path))
     block = rows[10:25]
     np.testing.assert_array_equal(block, X[10:25])
-    assert type(block) is np.ndarray and not block.flags.writeable  # nobody writes into a store
+    assert type(block) is np.ndarray and block.flags.writeable  # as PyTorch takes it, uncopied
+    block[0] = -1  # a write stays in this process: the store is never changed
+    np.testing.assert_array_equal(np.load(path), X)
+    np.testing.assert_array_equal(rows[10:25], X[10:25])
     assert rows[60:70].shape == (0, 7)
     np.testing.assert_array_equal(np.asarray(rows), X)
     with open(path, "r+b") as f:  # cut short after it was opened: a clear error, not a crash

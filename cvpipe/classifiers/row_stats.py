@@ -25,7 +25,7 @@ from scipy import linalg
 from sklearn.preprocessing import StandardScaler
 
 from cvpipe.classifiers.chunks import Chunks, read_ahead
-from cvpipe.featurestore.blocks import ColumnBlock, takes_column_blocks
+from cvpipe.featurestore.blocks import ColumnBlock, matmul, matmul_t, takes_column_blocks
 from cvpipe.featurestore.dask import add_sums
 
 
@@ -52,8 +52,18 @@ class Runner:
 LOCAL = Runner()
 
 
-def _as_float(X: np.ndarray) -> np.ndarray:
+def _as_float(X: np.ndarray | ColumnBlock) -> np.ndarray | ColumnBlock:
     return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
+
+
+def _times(X: np.ndarray | ColumnBlock, W: np.ndarray) -> np.ndarray:
+    """``X @ W`` of a block of rows (:func:`cvpipe.featurestore.blocks.matmul`)."""
+    return X @ W if isinstance(X, ColumnBlock) else matmul(X, W)
+
+
+def _times_t(X: np.ndarray | ColumnBlock, G: np.ndarray) -> np.ndarray:
+    """``X.T @ G`` of a block of rows (:func:`cvpipe.featurestore.blocks.matmul_t`)."""
+    return X.T @ G if isinstance(X, ColumnBlock) else matmul_t(X, G)
 
 
 def chunk_stats(X: np.ndarray, y: np.ndarray, shift: np.ndarray, targets: np.ndarray | None,
@@ -119,7 +129,7 @@ def chunk_sketch(X: np.ndarray | ColumnBlock, y: np.ndarray, mean: np.ndarray, s
         Xc = (_as_float(X) - mean32) / scale32
     Q = Q.astype(np.float32, copy=False)
     T = targets[y].astype(np.float32)
-    return (Xc.T @ (Xc @ Q)).astype(np.float64), (Xc.T @ T).astype(np.float64)
+    return _times_t(Xc, _times(Xc, Q)).astype(np.float64), _times_t(Xc, T).astype(np.float64)
 
 
 @takes_column_blocks
@@ -132,7 +142,7 @@ def chunk_objective(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, 
         import torch
 
         X = X.joined() if isinstance(X, ColumnBlock) else X  # one array to send to the device
-        Xd = torch.from_numpy(np.require(_as_float(X), requirements=["C", "W"])).to(device)
+        Xd = torch.from_numpy(np.ascontiguousarray(_as_float(X))).to(device)
         Td = torch.from_numpy(T).to(device)
         scores = (Xd @ torch.from_numpy(Wr).to(device, Xd.dtype)).double() + torch.from_numpy(c).to(device)
         active = (1.0 - Td * scores).clamp_min(0.0)
@@ -140,9 +150,9 @@ def chunk_objective(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, 
         xtg = (Xd.T @ g.to(Xd.dtype)).double()
         return float((active * active).sum()), xtg.cpu().numpy(), g.sum(0).cpu().numpy()
     X = _as_float(X)
-    active = np.maximum(1.0 - T * (X @ Wr.astype(X.dtype) + c), 0.0)
+    active = np.maximum(1.0 - T * (_times(X, Wr.astype(X.dtype)) + c), 0.0)
     g = -2.0 * T * active
-    xtg = (X.T @ g.astype(X.dtype)).astype(np.float64)
+    xtg = _times_t(X, g.astype(X.dtype)).astype(np.float64)
     return float(np.sum(active * active, dtype=np.float64)), xtg, g.sum(0, dtype=np.float64)
 
 
@@ -151,13 +161,15 @@ def chunk_active(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, c: 
                  targets: np.ndarray) -> tuple:
     """(margins below 1, margins) of one block for scores ``X Wr + c``."""
     T = targets[y]
-    margins = T * (_as_float(X) @ Wr.astype(_as_float(X).dtype) + c)
+    X = _as_float(X)
+    margins = T * (_times(X, Wr.astype(X.dtype)) + c)
     return int((margins < 1).sum()), margins.size
 
 
 @takes_column_blocks
 def chunk_scores(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return _as_float(X) @ Wr.astype(_as_float(X).dtype) + c
+    X = _as_float(X)
+    return _times(X, Wr.astype(X.dtype)) + c
 
 
 # --------------------------------------------------------------------------------------------

