@@ -169,7 +169,9 @@ class LinearProblem:
             problem.preconditioner, problem.xty = Cholesky(G, stats.n), B
         elif dual:
             X, y = materialize(chunks)
-            Xc = ((X - mean) / scale).astype(np.float32)  # float32: it only preconditions
+            # float32 throughout (it only preconditions): no float64 temporaries twice its size
+            Xc = np.subtract(X, mean.astype(np.float32), dtype=np.float32)
+            Xc /= scale.astype(np.float32)
             problem.xty = (Xc.T @ (targets[y] - problem.tbar).astype(np.float32)).astype(np.float64)
             problem.preconditioner, coordinates = Spectral.with_coordinates(Xc)
             problem.reduced = _reduced(problem, coordinates, y)
