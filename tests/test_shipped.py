@@ -66,7 +66,7 @@ def test_every_shipped_pipeline_trains_and_is_reported(shipped):
     report = (root / "reports" / "cifar10-quick" / "report.html").read_text()
     assert "Feature sets" in report and "hog2+color2" in report
     # each feature set says what it is, from its effective parameters
-    assert "learned 6x6 patches: soft threshold 0.25 with polarity split, K=1600" in report
+    assert "learned 6x6 patches: soft threshold 0.25 with polarity split, K=800" in report
     assert "wavelet scattering: J=2, L=8, order 2, log, means over 4x4 cells" in report
 
 
@@ -175,7 +175,7 @@ def test_the_full_profile_learns_the_papers_dictionary_and_the_quick_one_a_cheap
     from cvpipe.features.patches import PatchFeatures
 
     cfg = load_compare_config()
-    for profile, want in (("quick", (200_000, 15)), ("full", (400_000, 50))):
+    for profile, want in (("quick", (200_000, 15, 800)), ("full", (400_000, 50, 1600))):
         patch_pipelines = [p for p in cfg.plan(cfg.profiles[profile])
                            if isinstance(p, ClassicPipeline) and "patches" in p.spec.features.name]
         assert len(patch_pipelines) == 3, profile
@@ -183,7 +183,7 @@ def test_the_full_profile_learns_the_papers_dictionary_and_the_quick_one_a_cheap
             declared = next(c["params"] for c in p.spec.features.to_dict()["components"]
                             if c["name"] == "patches")
             patches = PatchFeatures(**declared)  # the declared values over the defaults
-            assert (patches.n_patches, patches.max_iter) == want, (profile, p.name)
+            assert (patches.n_patches, patches.max_iter, patches.n_centroids) == want, (profile, p.name)
 
 
 BAD = """
