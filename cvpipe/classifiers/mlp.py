@@ -286,7 +286,7 @@ def _batches(chunks: Chunks, batch_size: int, rng: np.random.Generator, device: 
     is dropped where batch norm cannot train on it."""
     carry: tuple[torch.Tensor, torch.Tensor] | None = None
     for X, y in read_ahead(chunks, rng if len(chunks.refs()) > 1 else None):
-        # torch wants writable memory: a stored block is (copy-on-write), so nothing is copied
+        # torch wants writable memory: a stored block is a copy-on-write map, so nothing is copied
         Xt = torch.from_numpy(np.require(X, np.float32, ["C", "W"])).to(device)
         yt = torch.from_numpy(np.require(y, np.int64, ["W"])).to(device)
         order = torch.from_numpy(rng.permutation(len(yt))).to(device)

@@ -56,16 +56,6 @@ def _as_float(X: np.ndarray | ColumnBlock) -> np.ndarray | ColumnBlock:
     return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
 
 
-def _times(X: np.ndarray | ColumnBlock, W: np.ndarray) -> np.ndarray:
-    """``X @ W`` of a block of rows (:func:`cvpipe.featurestore.blocks.matmul`)."""
-    return X @ W if isinstance(X, ColumnBlock) else matmul(X, W)
-
-
-def _times_t(X: np.ndarray | ColumnBlock, G: np.ndarray) -> np.ndarray:
-    """``X.T @ G`` of a block of rows (:func:`cvpipe.featurestore.blocks.matmul_t`)."""
-    return X.T @ G if isinstance(X, ColumnBlock) else matmul_t(X, G)
-
-
 def chunk_stats(X: np.ndarray, y: np.ndarray, shift: np.ndarray, targets: np.ndarray | None,
                 with_gram: bool) -> tuple:
     """One block's contribution to :class:`Stats` (``targets``: class index -> target row, or
@@ -129,7 +119,7 @@ def chunk_sketch(X: np.ndarray | ColumnBlock, y: np.ndarray, mean: np.ndarray, s
         Xc = (_as_float(X) - mean32) / scale32
     Q = Q.astype(np.float32, copy=False)
     T = targets[y].astype(np.float32)
-    return _times_t(Xc, _times(Xc, Q)).astype(np.float64), _times_t(Xc, T).astype(np.float64)
+    return matmul_t(Xc, matmul(Xc, Q)).astype(np.float64), matmul_t(Xc, T).astype(np.float64)
 
 
 @takes_column_blocks
@@ -150,9 +140,9 @@ def chunk_objective(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, 
         xtg = (Xd.T @ g.to(Xd.dtype)).double()
         return float((active * active).sum()), xtg.cpu().numpy(), g.sum(0).cpu().numpy()
     X = _as_float(X)
-    active = np.maximum(1.0 - T * (_times(X, Wr.astype(X.dtype)) + c), 0.0)
+    active = np.maximum(1.0 - T * (matmul(X, Wr.astype(X.dtype)) + c), 0.0)
     g = -2.0 * T * active
-    xtg = _times_t(X, g.astype(X.dtype)).astype(np.float64)
+    xtg = matmul_t(X, g.astype(X.dtype)).astype(np.float64)
     return float(np.sum(active * active, dtype=np.float64)), xtg, g.sum(0, dtype=np.float64)
 
 
@@ -162,14 +152,14 @@ def chunk_active(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, c: 
     """(margins below 1, margins) of one block for scores ``X Wr + c``."""
     T = targets[y]
     X = _as_float(X)
-    margins = T * (_times(X, Wr.astype(X.dtype)) + c)
+    margins = T * (matmul(X, Wr.astype(X.dtype)) + c)
     return int((margins < 1).sum()), margins.size
 
 
 @takes_column_blocks
 def chunk_scores(X: np.ndarray | ColumnBlock, y: np.ndarray, Wr: np.ndarray, c: np.ndarray) -> np.ndarray:
     X = _as_float(X)
-    return _times(X, Wr.astype(X.dtype)) + c
+    return matmul(X, Wr.astype(X.dtype)) + c
 
 
 # --------------------------------------------------------------------------------------------
