@@ -13,7 +13,9 @@ from typing import Any
 
 import numpy as np
 
+#: What :func:`matmul` hands to PyTorch.
 _TORCH_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
 
 class ColumnBlock:
     """A block of rows kept as the column parts it is stored in (a joined feature set's
@@ -70,14 +72,12 @@ class _TransposedColumns:
 
 def matmul(A: np.ndarray | ColumnBlock, B: np.ndarray) -> np.ndarray:
     """``A @ B`` (a :class:`ColumnBlock` part by part), by PyTorch's CPU BLAS for two float
-    arrays of one dtype (shared, not copied):
-    a block of rows times a few weight columns is a thin product, where it is faster than
-    NumPy's (1,024 x 22,400 float32 rows times 10 columns, 2 cores: 8.4 ms against 10.2).
-    NumPy multiplies what PyTorch cannot share: read-only memory, negative strides."""
-    if isinstance(A, ColumnBlock):
-        return A @ B
-    if (A.dtype != B.dtype or A.dtype not in _TORCH_DTYPES or min(A.strides + B.strides) < 0
-            or not (A.flags.writeable and B.flags.writeable)):
+    arrays of one dtype (shared, not copied): a block of rows times a few weight columns is a
+    thin product, where it is faster than NumPy's (1,024 x 22,400 float32 rows times 10
+    columns, 2 cores: 8.4 ms against 10.2). NumPy multiplies the rest, and what PyTorch
+    cannot share: read-only memory, negative strides."""
+    if (isinstance(A, ColumnBlock) or A.dtype != B.dtype or A.dtype not in _TORCH_DTYPES
+            or min(A.strides + B.strides) < 0 or not (A.flags.writeable and B.flags.writeable)):
         return A @ B
     import torch
 
