@@ -27,6 +27,27 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def cpu_has_bfloat16_units() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles). There
+    bfloat16 autocast trains the CPU airbench net 2.7x faster (0.40 against 1.10 s a step of
+    1,024 images on 2 cores); elsewhere bfloat16 is emulated and slower than float32 (an MLP
+    on 11,200 patch features: 10x slower on a 2-core AMD EPYC with AVX2 only)."""
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3
+    return bool(probe is not None and probe())
+
+
+def bfloat16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matrix products beat float32 ones on ``device``: a CUDA GPU that
+    supports bfloat16, or a CPU with bfloat16 units (:func:`cpu_has_bfloat16_units`)."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and cpu_has_bfloat16_units()
+
+
 def cpu_count() -> int:
     """Cores this process may run on."""
     try:

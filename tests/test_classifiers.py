@@ -215,6 +215,39 @@ def test_mlp_is_repeatable_with_a_seed(blobs):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("units", [True, False])
+def test_mlp_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it(monkeypatch, blobs, units):
+    import torch
+
+    X, y, Xt, _ = blobs
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units)
+    auto = MLPClassifier(hidden_sizes=(32,), max_epochs=2, precision="auto", device="cpu").fit(X, y)
+    assert auto.precision_ == ("bfloat16" if units else "float32")
+    # the training is the one that precision, given by name, gives
+    named = MLPClassifier(hidden_sizes=(32,), max_epochs=2, precision=auto.precision_,
+                          device="cpu").fit(X, y)
+    np.testing.assert_array_equal(auto.predict_proba(Xt), named.predict_proba(Xt))
+    for given in ("float32", "bfloat16"):  # a named precision is kept on any CPU
+        assert MLPClassifier(hidden_sizes=(8,), max_epochs=1, precision=given,
+                             device="cpu").fit(X, y).precision_ == given
+
+
+def test_mlp_precision_benchmark_reports_both_precisions_and_the_auto_choice():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "benchmarks/mlp_precision.py", "--rows", "512",
+                           "--features", "64"], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert set(report["rows_per_s"]) == {"float32", "bfloat16"}
+    assert all(v > 0 for v in report["rows_per_s"].values())
+    assert report["auto_takes"] == ("bfloat16" if report["cpu_has_bfloat16_units"] else "float32")
+
+
 @pytest.mark.parametrize("p", [0.2, 0.5])
 def test_cpu_dropout_keeps_one_minus_p_scaled_and_repeats_with_its_seed(p):
     import torch

@@ -21,7 +21,7 @@ from torch import nn
 
 from cvpipe.classifiers.chunks import ArrayChunks, Chunks, read_ahead
 from cvpipe.data.splits import stratified_split
-from cvpipe.device import resolve_device
+from cvpipe.device import bfloat16_is_fast, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,12 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         Stop when validation loss has not improved for ``patience`` epochs and restore the
         best weights. Validation data is ``eval_set`` passed to :meth:`fit`, else a seeded,
         stratified ``validation_fraction`` of the training data.
-    precision : {"float32", "bfloat16"}
+    precision : {"float32", "bfloat16", "auto"}
         The arithmetic of training's matrix products: bfloat16 (autocast; the weights and the
-        optimiser stay float32) is 2-3x faster on CPUs with AVX-512 BF16 or AMX and on GPUs.
-        Prediction is float32 either way.
+        optimiser stay float32) is 2-3x faster on CPUs with AMX and on GPUs, but emulated and
+        several times slower than float32 on other CPUs; "auto" takes bfloat16 where the
+        device multiplies it in hardware (:func:`cvpipe.device.bfloat16_is_fast`), else
+        float32. Prediction is float32 either way.
     device : str
         "auto" (CUDA if present, else CPU), "cpu" or "cuda[:N]".
     random_state : int
@@ -107,7 +109,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_, n_features_in_, model_ (torch module on CPU), history_ (per-epoch
-    train_loss, val_loss, val_accuracy, lr), best_epoch_, n_epochs_
+    train_loss, val_loss, val_accuracy, lr), best_epoch_, n_epochs_, precision_ (the
+    arithmetic training used: "float32" or "bfloat16")
     """
 
     _parameter_constraints: dict = {
@@ -126,7 +129,7 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         "early_stopping": ["boolean"],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "patience": [Interval(Integral, 1, None, closed="left")],
-        "precision": [StrOptions({"float32", "bfloat16"})],
+        "precision": [StrOptions({"float32", "bfloat16", "auto"})],
         "device": [str],
         "random_state": [Interval(Integral, 0, None, closed="left")],
     }
@@ -211,7 +214,9 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         else:
             sched = None
         loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
-        autocast = self.precision == "bfloat16"
+        self.precision_ = (self.precision if self.precision != "auto"
+                           else "bfloat16" if bfloat16_is_fast(device) else "float32")
+        autocast = self.precision_ == "bfloat16"
 
         history = {"train_loss": [], "val_loss": [], "val_accuracy": [], "lr": []}
         best = (np.inf, 0, None)

@@ -205,6 +205,7 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
         rec = {"params": params, "val_accuracy": val_acc, "fit_seconds": round(secs, 3)}
         if isinstance(clf, MLPClassifier):
             rec["best_epoch"] = clf.best_epoch_
+            rec["precision"] = clf.precision_  # "auto" resolved on this machine
         if isinstance(clf, LinearSVM):
             rec["iterations"] = clf.n_iter_
         records.append(rec)

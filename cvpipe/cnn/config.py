@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from cvpipe.cnn.net import ACTIVATIONS, ARCHITECTURES, NetConfig
+from cvpipe.device import cpu_has_bfloat16_units
 from cvpipe.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
@@ -32,14 +33,6 @@ AIRBENCH_DEVICE_DEFAULTS = {"cpu": (32, 9.9, 1024, True, None), "cuda": (64, 9.9
 #: Airbench's peak learning rate for the mean loss of a 1024-image batch (its 11.5 per 1024
 #: examples with momentum 0.85, summed loss); other batch sizes scale it linearly.
 AIRBENCH_LR_PER_1024 = 1.5
-
-
-def cpu_has_bfloat16_units() -> bool:
-    """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX tiles). There
-    bfloat16 autocast trains the CPU airbench net 2.7x faster (0.40 against 1.10 s a step of
-    1,024 images on 2 cores); elsewhere bfloat16 is emulated and slower than float32."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch >= 2.3
-    return bool(probe is not None and probe())
 
 
 #: Named sets of settings: ``recipe = "airbench"`` in a ``[cnn]`` table or ``--set recipe=airbench``
