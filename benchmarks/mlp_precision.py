@@ -2,8 +2,8 @@
 
 Trains the product's MLP (:class:`cvpipe.classifiers.mlp.MLPClassifier` with
 ``patches-mlp``'s settings: 1,024 hidden units, dropout 0.5, input dropout 0.2, batches of
-256) for one epoch on synthetic rows of the patch features' width (11,200 values),
-standardised a block of 2,048 rows at a time as training reads a feature store, once per
+256) for one epoch on synthetic rows of the patch features' width (22,400 values),
+standardised a block of 1,024 rows at a time as training reads a feature store, once per
 precision. What ``precision = "auto"`` takes here (:func:`cvpipe.device.bfloat16_is_fast`)
 is in the JSON, with the rows per second of each precision and their ratio::
 
@@ -31,7 +31,7 @@ from cvpipe.classifiers.mlp import MLPClassifier  # noqa: E402
 from cvpipe.device import bfloat16_is_fast, cpu_has_bfloat16_units, resolve_device  # noqa: E402
 
 WARM_UP_ROWS = 2048
-BLOCK_ROWS = 2048  # a feature store's block of 11,200-value rows
+BLOCK_ROWS = 1024  # a feature store's block of 22,400-value rows
 
 
 def rows_per_second(X: np.ndarray, y: np.ndarray, precision: str, device: str) -> float:
@@ -59,7 +59,8 @@ def rows_per_second(X: np.ndarray, y: np.ndarray, precision: str, device: str) -
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=16384, help="training rows timed (default 16384)")
-    parser.add_argument("--features", type=int, default=11200, help="row width (default 11200)")
+    parser.add_argument("--features", type=int, default=22400,
+                        help="row width (default 22400, the full profile's patch features)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)

@@ -281,3 +281,23 @@ def test_stored_rows_are_mapped_copy_on_write_a_slice_at_a_time_and_a_cut_file_i
     np.testing.assert_array_equal(rows[0:50], X[:50])
     with pytest.raises(DataError, match="shorter than its header"):
         rows[40:60]
+
+
+@pytest.mark.parametrize("torch_blas", [True, False], ids=["torch", "numpy"])
+def test_block_products_by_either_blas_equal_numpys(monkeypatch, torch_blas):
+    """matmul / matmul_t give NumPy's products whichever BLAS the machine prefers, and NumPy's
+    for what torch cannot share (read-only memory, negative strides, mixed dtypes)."""
+    from cvpipe.device import cpu_vendor, torch_blas_beats_numpy
+    from cvpipe.featurestore import blocks
+
+    assert isinstance(cpu_vendor(), str) and isinstance(torch_blas_beats_numpy(), bool)
+    monkeypatch.setattr(blocks, "torch_blas_beats_numpy", lambda: torch_blas)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 70)).astype(np.float32)
+    W = rng.normal(size=(70, 10)).astype(np.float32)
+    G = rng.normal(size=(300, 10)).astype(np.float32)
+    readonly = X.copy()
+    readonly.flags.writeable = False
+    for A in (X, readonly, X[::-1], X.astype(np.float64)):
+        np.testing.assert_allclose(blocks.matmul(A, W), A @ W, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(blocks.matmul_t(A, G), A.T @ G, rtol=1e-4, atol=1e-4)
