@@ -319,3 +319,22 @@ def test_api_serves_a_models_learned_features(trained):
     assert r.status_code == 400 and "model=" in r.get_json()["message"]
     r = client.post("/v1/models/p/predict", data={"images": [(io.BytesIO(blob), "a.png")]})
     assert r.status_code == 200
+
+
+def test_encoding_on_several_threads_leaves_the_blas_thread_counts_as_they_were(images, monkeypatch):
+    """Its one-thread limit covers the encoding only: once raced in every thread, it could stay
+    on NumPy's BLAS for the rest of the process (every later product on one core)."""
+    from threadpoolctl import threadpool_info
+
+    def counts() -> list[tuple[str, int]]:
+        return sorted((i["filepath"], i["num_threads"]) for i in threadpool_info()
+                      if i["user_api"] == "blas")
+
+    import cvpipe.features.patches as patches_module
+
+    pf = PatchFeatures(n_centroids=20, n_patches=2000, max_iter=3, n_jobs=2).fit(images)
+    monkeypatch.setattr(patches_module, "CHUNK_CODES", 729 * 40)  # an image per chunk
+    before = counts()
+    for _ in range(10):
+        pf.transform(images)
+        assert counts() == before

@@ -364,15 +364,17 @@ class PatchFeatures(_ImageTransformer):
         chunk = max(1, CHUNK_CODES // (oh * ow * self._n_codes()))
 
         def make_worker():
-            from threadpoolctl import threadpool_limits
-
             def work(start: int, stop: int) -> None:
-                # Each thread multiplies on one core; the threads share the cores.
-                with threadpool_limits(1 if n_workers(self.n_jobs) > 1 else None):
-                    out[start:stop] = self._encode_numpy(images[start:stop], params["pooling"], oh, ow)
+                out[start:stop] = self._encode_numpy(images[start:stop], params["pooling"], oh, ow)
             return work
 
-        run_chunked(n, chunk, self.n_jobs, make_worker)
+        from threadpoolctl import threadpool_limits
+
+        # Each thread multiplies on one core; the threads share the cores. The limit is the
+        # process's, so it is set once around the threads: set and restored in each of them,
+        # the restores raced and could leave NumPy's BLAS on one thread for the rest of the run.
+        with threadpool_limits(1 if n_workers(self.n_jobs) > 1 else None):
+            run_chunked(n, chunk, self.n_jobs, make_worker)
         return out
 
     def _encode_numpy(self, images: np.ndarray, pooling: Grids, oh: int, ow: int) -> np.ndarray:
