@@ -175,8 +175,11 @@ def test_fewer_rows_than_features_are_solved_in_their_span_with_the_same_minimum
     reduced, full = (linear_svm.fit_path(p, template, [0.01, 0.1], scaled_inputs=True)
                      for p in (problem, wide))
     for model, reference in zip(reduced, full, strict=True):
-        assert objective_value(model, Xs, labels) == pytest.approx(
-            objective_value(reference, Xs, labels), rel=1e-6)
+        # the span's minimum is never above the one found over all coordinates, which L-BFGS
+        # on float32 products stops within 1e-5 of, where the BLAS's summation order takes it
+        # (one OpenBLAS thread: 1.6e-6 above the span's at C = 0.1, the weights 1.5e-3 apart)
+        got, want = objective_value(model, Xs, labels), objective_value(reference, Xs, labels)
+        assert got <= want * (1 + 1e-7) and got == pytest.approx(want, rel=1e-5)
         np.testing.assert_allclose(model.coef_, reference.coef_, atol=2e-3 * np.abs(reference.coef_).max())
         np.testing.assert_array_equal(model.predict(Xs), reference.predict(Xs))
     ours = LinearSVM(C=0.1, tol=1e-8).fit(Xs, labels)
