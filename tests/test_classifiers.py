@@ -14,7 +14,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from cvpipe.classifiers import linear_svm
 from cvpipe.classifiers.chunks import ArrayChunks
-from cvpipe.classifiers.kernel_svm import RBFSVM
+from cvpipe.classifiers.kernel_svm import RBFSVM, svc_decision
 from cvpipe.classifiers.linear_svm import LinearSVM, objective_value
 from cvpipe.classifiers.mlp import Dropout, MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
@@ -310,3 +310,18 @@ def test_rbf_svm_is_exact_on_small_sets_and_nystroem_on_large(blobs):
     # one set of parameters serves both sizes: Nystroem's n_components does not reach the SVC
     # (the shipped color-rbf-svm once failed this way on the quick profile's 2,700 images)
     assert RBFSVM(n_components=1000).fit(X, y).approximation_ == "exact"
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_exact_rbf_svm_scores_by_products_equal_libsvms(n_classes, monkeypatch):
+    # rows of several blocks, float32 as the store holds them, classes with few support vectors
+    monkeypatch.setattr("cvpipe.classifiers.kernel_svm.KERNEL_ROWS", 64)
+    X, y = make_classification(300, 30, n_informative=10, n_classes=n_classes,
+                               n_clusters_per_class=1, class_sep=1.0, random_state=1)
+    X = X.astype(np.float32)
+    model = RBFSVM(C=3.0).fit(X[:200], y[:200])
+    libsvm = model.estimator_.decision_function(X[200:])
+    ours = model.decision_function(X[200:])
+    assert ours.shape == libsvm.shape == ((100,) if n_classes == 2 else (100, n_classes))
+    np.testing.assert_allclose(ours, libsvm, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(svc_decision(model.estimator_, X[200:201]), libsvm[:1], atol=1e-9)
