@@ -82,6 +82,18 @@ def test_flip_augmentation_and_feature_components(tiny, tmp_path):
     assert model.predict(np.asarray(tiny.split("test")[0][:3])).shape == (3,)
 
 
+def test_a_pipeline_table_sets_its_refit_default_and_a_run_option_overrides_it(tiny, tmp_path):
+    table = {"features": {"name": "color"}, "classifier": CLASSIFIERS["softmax"], "refit": False}
+    pipeline = ClassicPipeline.from_table("no-refit", table)
+    assert pipeline.refit is False and pipeline.definition()["refit"] is False
+    meta = pipeline.train(tiny, tmp_path / "n", progress=False)
+    assert meta["selection"]["refit_on"] == "none (fit on train)"
+    assert meta["metrics"]["train"]["split"] == "train"
+    assert pipeline.configure(refit=True).refit is True
+    with pytest.raises(ConfigError, match="'bad'.*refit must be true or false"):
+        ClassicPipeline.from_table("bad", {**table, "refit": "no"})
+
+
 def test_tampered_and_truncated_artifacts_fail_clearly(tiny, tmp_path):
     pipeline = ClassicPipeline.from_table("t", {"features": FEATURES, "classifier": CLASSIFIERS["mlp"]})
     pipeline.train(tiny, tmp_path / "t", progress=False)

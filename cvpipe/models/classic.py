@@ -30,7 +30,8 @@ class ClassicPipeline(Pipeline):
     """A :class:`~cvpipe.classifiers.specs.ClassicSpec` trained and saved as a model.
 
     Run options: ``seed`` (the classifier's ``random_state``, where it has one; default 0),
-    ``refit`` (refit the chosen candidate on train + validation; default true) and
+    ``refit`` (refit the chosen candidate on train + validation; default: the pipeline
+    table's ``refit``, else true) and
     ``feature_params`` ({component name: {parameter: value}}, merged into the feature set's
     declared parameters, e.g. a cheaper dictionary for a quick run).
     """
@@ -45,7 +46,12 @@ class ClassicPipeline(Pipeline):
 
     @classmethod
     def from_table(cls, name: str, table: Mapping[str, Any]) -> ClassicPipeline:
-        return cls(ClassicSpec.from_dict(name, table))
+        """The spec's keys, and ``refit`` (the pipeline's default for the run option)."""
+        table = dict(table)
+        refit = table.pop("refit", True)
+        if not isinstance(refit, bool):
+            raise ConfigError(f"pipeline {name!r}: refit must be true or false, not {refit!r}")
+        return cls(ClassicSpec.from_dict(name, table), refit=refit)
 
     def option_names(self) -> tuple[str, ...]:
         return (*self.COMMON_OPTIONS, "refit", "feature_params")
