@@ -60,6 +60,12 @@ def svc_decision(svc: SVC, X: np.ndarray) -> np.ndarray:
     starts = ends - svc._n_support
     n_classes = len(svc.classes_)
     pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
+    # every pair's coefficients as one (n_SV, n_pairs) matrix: one product per block of rows
+    pair_coef = np.zeros((len(sv), len(pairs)))
+    for p, (i, j) in enumerate(pairs):
+        si, sj = slice(starts[i], ends[i]), slice(starts[j], ends[j])
+        pair_coef[si, p] = svc._dual_coef_[j - 1, si]
+        pair_coef[sj, p] = svc._dual_coef_[i, sj]
     dec = np.empty((len(X), len(pairs)))
     for at in range(0, len(X), KERNEL_ROWS):
         x = X[at:at + KERNEL_ROWS]
@@ -69,10 +75,7 @@ def svc_decision(svc: SVC, X: np.ndarray) -> np.ndarray:
         d2 += sv_sq
         np.maximum(d2, 0.0, out=d2)
         kernel = np.exp(-svc._gamma * d2, out=d2)
-        for p, (i, j) in enumerate(pairs):
-            si, sj = slice(starts[i], ends[i]), slice(starts[j], ends[j])
-            dec[at:at + KERNEL_ROWS, p] = (kernel[:, si] @ svc._dual_coef_[j - 1, si]
-                                           + kernel[:, sj] @ svc._dual_coef_[i, sj])
+        np.matmul(kernel, pair_coef, out=dec[at:at + KERNEL_ROWS])
     dec += svc._intercept_
     if n_classes == 2:
         return -dec.ravel()  # scikit-learn's sign for two classes
