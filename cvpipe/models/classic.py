@@ -48,10 +48,8 @@ class ClassicPipeline(Pipeline):
     def from_table(cls, name: str, table: Mapping[str, Any]) -> ClassicPipeline:
         """The spec's keys, and ``refit`` (the pipeline's default for the run option)."""
         table = dict(table)
-        refit = table.pop("refit", True)
-        if not isinstance(refit, bool):
-            raise ConfigError(f"pipeline {name!r}: refit must be true or false, not {refit!r}")
-        return cls(ClassicSpec.from_dict(name, table), refit=refit)
+        defaults = {"refit": table.pop("refit")} if "refit" in table else {}
+        return cls(ClassicSpec.from_dict(name, table)).configure(defaults)  # checked there
 
     def option_names(self) -> tuple[str, ...]:
         return (*self.COMMON_OPTIONS, "refit", "feature_params")
