@@ -176,6 +176,40 @@ def test_parameters_and_size_are_checked(images):
         PatchFeatures(**SMALL).transform(images)
 
 
+def test_downscale_learns_and_encodes_the_block_means(images):
+    """downscale=2 is the same features computed on the 2 x 2 block means of the images: learned
+    from them, encoded from them (numpy and torch), flip-invariant still, and its own size."""
+    half = images.reshape(60, 16, 2, 16, 2, 3).astype(np.float64).mean((2, 4)).astype(np.float32)
+    params = dict(SMALL, flip_invariant=True, pooling=[[1, 1], [2, 2]])
+    model = PatchFeatures(**params, downscale=2).fit(images)
+    direct = PatchFeatures(**params).fit(half)
+    for name in ("mean_", "whitening_", "centroids_"):
+        np.testing.assert_allclose(getattr(model, name), getattr(direct, name), rtol=1e-4, atol=1e-4)
+    got = model.transform(images)
+    assert got.shape == (60, 5 * 8)
+    assert model.get_feature_names_out().shape == (40,)
+    np.testing.assert_allclose(got, direct.transform(half), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(model.set_params(backend="torch").transform(images), got,
+                               rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(model.set_params(backend="numpy").transform(mirrored(images)), got,
+                               rtol=1e-4, atol=1e-2)
+    # another scale gives other features
+    assert np.abs(PatchFeatures(**params).fit(images).transform(images)[:, :40] - got).max() > 1
+    assert "1/2-scale" in model.describe()
+    spec = FeatureSpec.parse("patches", {"n_centroids": 100, "pooling": 3, "downscale": 2})
+    assert spec.n_features((32, 32, 3)) == 9 * 100
+    # added later: at its default it is not part of the key, so stores written before stay valid
+    plain = FeatureSpec.parse("patches", {"n_centroids": 100, "pooling": 3})
+    assert "downscale" not in plain.effective_params()[0]["params"]
+    explicit = FeatureSpec.parse("patches", {"n_centroids": 100, "pooling": 3, "downscale": 1})
+    assert explicit.key() == plain.key()
+    assert spec.effective_params()[0]["params"]["downscale"] == 2 and spec.key() != plain.key()
+    with pytest.raises(ConfigError, match="not multiples of 3"):
+        FeatureSpec.parse("patches", {"downscale": 3}).check((32, 32, 3))
+    with pytest.raises(ConfigError, match="smaller than"):
+        FeatureSpec.parse("patches", {"downscale": 8}).check((32, 32, 3))
+
+
 def mirrored(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x[:, :, ::-1])
 

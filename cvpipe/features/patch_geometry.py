@@ -31,6 +31,17 @@ def extract_patches(images: np.ndarray, size: int, stride: int) -> np.ndarray:
         n, oh, ow, size * size * c)
 
 
+def block_means(images: Any, factor: int) -> Any:
+    """The means of ``factor`` x ``factor`` pixel blocks of (N, H, W, C) images (uint8 or
+    float, NumPy or torch; H and W multiples of ``factor``): (N, H / factor, W / factor, C)
+    float32, the images at a coarser scale."""
+    n, h, w, c = images.shape
+    if isinstance(images, np.ndarray):
+        blocks = np.asarray(images, np.float32).reshape(n, h // factor, factor, w // factor, factor, c)
+        return blocks.mean((2, 4), dtype=np.float32)
+    return images.float().reshape(n, h // factor, factor, w // factor, factor, c).mean((2, 4))
+
+
 def pooling_grids(pooling: Any) -> Grids:
     """The pooling grids ``((rows, cols), ...)`` of a ``pooling`` parameter: an int or a pair
     (one grid), or a list of pairs (a pyramid, ``[[1, 1], [2, 2]]``)."""

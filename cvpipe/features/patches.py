@@ -3,6 +3,9 @@
 Coates, Lee & Ng, "An Analysis of Single-Layer Networks in Unsupervised Feature Learning",
 AISTATS 2011. ``fit`` learns from training images only, without their labels:
 
+0. with ``downscale`` = f > 1, replace each image by the means of its f x f pixel blocks: the
+   same patches then cover f times the pixels, a coarser scale of the image (not in the paper;
+   joined with the full-scale features, a second scale: see ``cvpipe/pipelines.toml``);
 1. sample ``n_patches`` patches of ``patch_size`` x ``patch_size`` pixels at random;
 2. normalise each patch's brightness and contrast:
    ``(x - mean(x)) / sqrt(var(x) + norm_eps)`` (on the 0-255 scale);
@@ -12,7 +15,7 @@ AISTATS 2011. ``fit`` learns from training images only, without their labels:
    whitened patches, initialised with distinct random patches).
 
 ``transform`` describes each image by every patch at ``stride`` (27 x 27 = 729 patches of a
-32 x 32 image at stride 1):
+32 x 32 image at stride 1; 11 x 11 at ``downscale=2``), after stage 0:
 
 5. normalise and whiten each patch as in fit;
 6. encode it against the dictionary: ``"triangle"``, ``max(0, mean(z) - z_k)`` of the
@@ -72,6 +75,7 @@ from cvpipe.features.patch_geometry import (
     _cells,
     _mirror_cells,
     _normalise,
+    block_means,
     extract_patches,
     mirror_index,
     pooling_grids,
@@ -102,6 +106,10 @@ class PatchFeatures(_ImageTransformer):
         Threshold of the soft encodings.
     knn_fraction : float
         Share of the centroids the ``"knn"`` encoding marks as near (0.4, Thiry et al.'s).
+    downscale : int
+        Side of the pixel blocks averaged before anything else (1: the images as given; 2:
+        16 x 16 images from 32 x 32, patches covering 12 x 12 pixels, a quarter of the patch
+        positions to encode). The image sides must be multiples of it.
     pooling : int, (int, int) or list of (int, int)
         Grid of cells over which codes are summed (2 x 2: the quadrants), or several grids
         whose sums are joined in order (a spatial pyramid).
@@ -169,15 +177,20 @@ class PatchFeatures(_ImageTransformer):
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "random_state": [Interval(Integral, 0, None, closed="left")],
         "flip_invariant": ["boolean"],
+        "downscale": [Interval(Integral, 1, 64, closed="both")],
         **RUNTIME_CONSTRAINTS,
     }
+    #: Parameters added after feature stores were written, left out of a feature set's
+    #: effective parameters (its store key) at these defaults (see FeatureComponent.effective).
+    _added_defaults: dict = {"downscale": 1}
 
     def __init__(self, patch_size: int = 6, stride: int = 1, n_centroids: int = 1600,
                  encoding: str = "triangle", alpha: float = 0.25, pooling: Any = (2, 2),
                  whiten_eps: float = 0.1, norm_eps: float = 10.0, n_patches: int = 400_000,
                  max_iter: int = 50, random_state: int = 0, image_shape: tuple[int, ...] | None = None,
                  device: Any = None, backend: str | None = None, n_jobs: int | None = -1,
-                 flip_invariant: bool = False, power: float = 1.0, knn_fraction: float = 0.4):
+                 flip_invariant: bool = False, power: float = 1.0, knn_fraction: float = 0.4,
+                 downscale: int = 1):
         self.patch_size = patch_size
         self.stride = stride
         self.n_centroids = n_centroids
@@ -196,6 +209,7 @@ class PatchFeatures(_ImageTransformer):
         self.flip_invariant = flip_invariant
         self.power = power
         self.knn_fraction = knn_fraction
+        self.downscale = downscale
 
     # ------------------------------------------------------------------ parameters and size
 
@@ -206,7 +220,13 @@ class PatchFeatures(_ImageTransformer):
         return {"pooling": pooling_grids(self.pooling)}
 
     def _grid(self, image_shape: tuple[int, ...]) -> tuple[int, int]:
+        """Patch positions (rows, columns) in images of ``image_shape``, after stage 0."""
         h, w = int(image_shape[0]), int(image_shape[1])
+        factor = int(self.downscale)
+        if h % factor or w % factor:
+            raise ConfigError(f"downscale={factor} averages {factor}x{factor} pixel blocks: the "
+                              f"sides of {h}x{w} images are not multiples of {factor}")
+        h, w = h // factor, w // factor
         if h < self.patch_size or w < self.patch_size:
             raise ConfigError(f"images of {h}x{w} pixels are smaller than the {self.patch_size}x"
                               f"{self.patch_size} patches")
@@ -230,7 +250,8 @@ class PatchFeatures(_ImageTransformer):
         cells = "+".join(f"{gh}x{gw}" for gh, gw in pooling_grids(self.pooling))
         power = "" if float(self.power) == 1.0 else f", power {float(self.power):g}"
         flip = ", flip-invariant" if self.flip_invariant else ""
-        return (f"learned {self.patch_size}x{self.patch_size} patches: {encoder}, "
+        scale = f" of 1/{self.downscale}-scale images" if int(self.downscale) > 1 else ""
+        return (f"learned {self.patch_size}x{self.patch_size} patches{scale}: {encoder}, "
                 f"K={self.n_centroids}{flip}, {cells} sums{power}")
 
     def _n_nearest(self) -> int:
@@ -262,6 +283,8 @@ class PatchFeatures(_ImageTransformer):
         """Stages 1-4 on the checked (N, H, W, C) training images."""
         if is_tensor(images):
             images = images.detach().cpu().numpy()
+        if int(self.downscale) > 1:  # stage 0
+            images = block_means(images, int(self.downscale))
         rng = np.random.default_rng(self.random_state)
         patches = self._sample(images, rng)
         _normalise(patches, float(self.norm_eps))
@@ -378,6 +401,8 @@ class PatchFeatures(_ImageTransformer):
         return out
 
     def _encode_numpy(self, images: np.ndarray, pooling: Grids, oh: int, ow: int) -> np.ndarray:
+        if int(self.downscale) > 1:  # stage 0, a chunk at a time
+            images = block_means(images, int(self.downscale))
         patches = extract_patches(images, self.patch_size, self.stride)
         n = len(patches)
         x = _normalise(patches.reshape(n * oh * ow, -1), float(self.norm_eps))
@@ -455,6 +480,8 @@ class PatchFeatures(_ImageTransformer):
         step = max(1, 32768 // (oh * ow))
         for start in range(0, n, step):
             x = x_all[start:start + step].float()
+            if int(self.downscale) > 1:  # stage 0
+                x = block_means(x, int(self.downscale))
             # (n, H, W, C) -> every patch, flattened (row, col, channel) as the numpy path
             win = x.unfold(1, self.patch_size, self.stride).unfold(2, self.patch_size, self.stride)
             b = len(win)  # win: (b, oh, ow, C, ps, ps)

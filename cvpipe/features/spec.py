@@ -139,7 +139,11 @@ class FeatureComponent:
             return to_jsonable(dataclasses.asdict(validated))
         if isinstance(validated, dict):  # every parameter, some of them normalised
             given = {k: v for k, v in est.get_params(deep=False).items() if k not in RUNTIME_PARAMS}
-            return to_jsonable({**given, **validated})
+            values = to_jsonable({**given, **validated})
+            # a parameter added later, at the default that computes what was computed before
+            # it existed, is left out: the stores and keys written before stay valid
+            added = getattr(type(est), "_added_defaults", {})
+            return {k: v for k, v in values.items() if not (k in added and v == added[k])}
         return to_jsonable({"scale": validated})
 
     def n_features(self, image_shape: tuple[int, ...]) -> int:
