@@ -1,10 +1,10 @@
 """The feature MLP's training speed in float32 and in bfloat16 on this machine.
 
-Trains the product's MLP (:class:`cvpipe.classifiers.mlp.MLPClassifier` with
-``patches-mlp``'s settings: 1,024 hidden units, dropout 0.5, input dropout 0.2, batches of
-256) for one epoch on synthetic rows of the patch features' width (22,400 values),
-standardised a block of 1,024 rows at a time as training reads a feature store, once per
-precision. What ``precision = "auto"`` takes here (:func:`cvpipe.device.bfloat16_is_fast`)
+Trains the product's MLP (:class:`cvpipe.classifiers.mlp.MLPClassifier` with the shipped
+``patches-mlp``'s settings, read from ``cvpipe/pipelines.toml``) for one epoch on synthetic
+rows of the patch features' width (22,400 values), standardised a block of 1,024 rows at a
+time as training reads a feature store, once per precision. What ``precision = "auto"`` takes
+here (:func:`cvpipe.device.bfloat16_is_fast`)
 is in the JSON, with the rows per second of each precision and their ratio::
 
     python benchmarks/mlp_precision.py --rows 16384
@@ -29,6 +29,10 @@ sys.path.insert(0, str(ROOT))
 from cvpipe.classifiers.chunks import ArrayChunks, Mapped  # noqa: E402
 from cvpipe.classifiers.mlp import MLPClassifier  # noqa: E402
 from cvpipe.device import bfloat16_is_fast, cpu_has_bfloat16_units, resolve_device  # noqa: E402
+from cvpipe.models import get_pipeline  # noqa: E402
+
+#: The shipped patches-mlp's classifier parameters.
+SHIPPED = dict(get_pipeline("patches-mlp").spec.classifier["params"])
 
 WARM_UP_ROWS = 2048
 BLOCK_ROWS = 1024  # a feature store's block of 22,400-value rows
@@ -45,9 +49,7 @@ def rows_per_second(X: np.ndarray, y: np.ndarray, precision: str, device: str) -
 
     def epoch(rows: slice) -> float:
         chunks = Mapped(ArrayChunks(X[rows], y[rows], rows=BLOCK_ROWS), standardise, X.shape[1])
-        clf = MLPClassifier(hidden_sizes=(1024,), dropout=0.5, input_dropout=0.2,
-                            weight_decay=0.05, max_epochs=1, patience=100, precision=precision,
-                            device=device)
+        clf = MLPClassifier(**{**SHIPPED, "max_epochs": 1, "precision": precision, "device": device})
         start = time.perf_counter()
         clf.fit_chunks(chunks)
         return time.perf_counter() - start
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     speed = {p: round(rows_per_second(X, y, p, str(device)), 1) for p in ("float32", "bfloat16")}
     print(json.dumps({
         "device": str(device), "rows": args.rows, "features": args.features,
+        "hidden_sizes": list(SHIPPED["hidden_sizes"]),
         "cpu_has_bfloat16_units": cpu_has_bfloat16_units(),
         "auto_takes": "bfloat16" if bfloat16_is_fast(device) else "float32",
         "rows_per_s": speed,
