@@ -94,3 +94,19 @@ def test_clones_pickles_and_fits_in_a_pipeline(images):
     again = pickle.loads(pickle.dumps(pipe))
     np.testing.assert_array_equal(again.predict_proba(images), pipe.predict_proba(images))
     assert clone(est).get_params() == est.get_params()
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+def test_periodise_is_kymatios_fourier_subsampling(k):
+    from kymatio.scattering2d.backend.numpy_backend import NumpyBackend2D
+
+    from cvpipe.features.scattering import periodise
+
+    rng = np.random.default_rng(k)
+    shape = (5, 8 * 3, 8 * 5)  # sides multiples of every k, not square
+    x = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+    got = periodise(x, k)
+    want = NumpyBackend2D.subsample_fourier(x, k)
+    assert got.shape == want.shape == (5, 24 // k, 40 // k) and got.dtype == np.complex64
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.shares_memory(got, x)  # a new array (k = 1 too), as kymatio's mean gives

@@ -80,6 +80,44 @@ def compress_and_pool(coefficients: Any, log: bool, pool: int | None, xp: Any = 
     return xp.stack(cells, -1)
 
 
+def periodise(x: np.ndarray, k: int) -> np.ndarray:
+    """kymatio's ``subsample_fourier`` for the NumPy backend, 4x faster: the ``(B, N, M)``
+    complex spectra folded onto ``(B, N // k, M // k)`` by the mean of their ``k x k``
+    blocks (the spectrum of the signal subsampled by ``k``), summed block by block.
+
+    kymatio takes the mean over two strided axes of a 5-d view, which NumPy walks element by
+    element; it was half of the whole transform's time on CIFAR-10's 32 x 32 images. Equal to
+    kymatio's to float32 rounding (the blocks are added in another order).
+    """
+    if k == 1:
+        return x.copy()
+    b, n, m = x.shape
+    rows, cols = n // k, m // k
+    folded = x[:, :rows].copy()
+    for i in range(1, k):
+        folded += x[:, i * rows:(i + 1) * rows]
+    out = folded[:, :, :cols].copy()
+    for j in range(1, k):
+        out += folded[:, :, j * cols:(j + 1) * cols]
+    out *= np.float32(1.0 / (k * k))
+    return out
+
+
+@functools.cache
+def _numpy_backend() -> Any:
+    """kymatio's NumPy backend with :func:`periodise` as its Fourier subsampling (kymatio takes
+    a backend object in place of its name)."""
+    from kymatio.scattering2d.backend.numpy_backend import NumpyBackend2D
+
+    class PeriodisingBackend(NumpyBackend2D):
+        @classmethod
+        def subsample_fourier(cls, x: np.ndarray, k: int) -> np.ndarray:
+            cls.complex_check(x)
+            return periodise(x, k)
+
+    return PeriodisingBackend
+
+
 @functools.lru_cache(maxsize=16)
 def _scattering(J: int, L: int, max_order: int, shape: tuple[int, int], backend: str,
                 device: str) -> Any:
@@ -87,7 +125,8 @@ def _scattering(J: int, L: int, max_order: int, shape: tuple[int, int], backend:
     if backend == "numpy":
         from kymatio.scattering2d.frontend.numpy_frontend import ScatteringNumPy2D
 
-        return ScatteringNumPy2D(J=J, shape=shape, L=L, max_order=max_order)
+        return ScatteringNumPy2D(J=J, shape=shape, L=L, max_order=max_order,
+                                 backend=_numpy_backend())
     from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
 
     return ScatteringTorch2D(J=J, shape=shape, L=L, max_order=max_order).to(device)
