@@ -39,12 +39,13 @@ from cvpipe.features.scattering import CHUNK, ScatteringTransformer  # noqa: E40
 PARAMS = {"J": 2, "L": 8, "max_order": 2}
 
 
-def kymatio_as_shipped(images: np.ndarray) -> np.ndarray:
-    """kymatio's own NumPy front end on the images, chunk by chunk on every core."""
+def kymatio_as_shipped(images: np.ndarray, width: int) -> np.ndarray:
+    """kymatio's own NumPy front end on the images, chunk by chunk on every core; ``width``:
+    the values per image (the transformer's, which knows the layout)."""
     from kymatio.scattering2d.frontend.numpy_frontend import ScatteringNumPy2D
 
     scattering = ScatteringNumPy2D(shape=images.shape[1:3], **PARAMS)
-    out = np.empty((len(images), 3 * 81 * 8 * 8), np.float32)
+    out = np.empty((len(images), width), np.float32)
 
     def make_worker():
         def work(start: int, stop: int) -> None:
@@ -66,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     images = np.ascontiguousarray(load_cifar10(source=args.source).images("train")[: args.limit])
     ours = ScatteringTransformer(**PARAMS, backend="numpy", device="cpu").fit(images[:1])
-    contenders = {"cvpipe": lambda: ours.transform(images), "kymatio": lambda: kymatio_as_shipped(images)}
+    width = ours.transform(images[:1]).shape[1]
+    contenders = {"cvpipe": lambda: ours.transform(images),
+                  "kymatio": lambda: kymatio_as_shipped(images, width)}
     for fn in contenders.values():  # warm-up: filters built, pages touched
         fn()
     best = {name: float("inf") for name in contenders}
