@@ -4,6 +4,7 @@ direct implementation, train-only learning, save/load, the torch path, extractio
 from __future__ import annotations
 
 import io
+import itertools
 import json
 
 import numpy as np
@@ -95,6 +96,28 @@ def test_soft_split_encoding_is_two_thresholded_codes_per_unit_centroid(images):
     features = flip.transform(images)
     assert features.shape == (len(images), 4 * 16)
     np.testing.assert_allclose(flip.transform(mirrored(images)), features, rtol=1e-4, atol=1e-2)
+
+
+def test_fused_threshold_and_cell_sums_equal_the_numpy_stages():
+    """The compiled pass (threshold, then each cell's sum) against NumPy's ufuncs and sums, on
+    unequal cells, with and without the negative polarity; edges that do not cut the grid
+    are refused before any work."""
+    from cvpipe.features._threshold_pool import threshold_cell_sums
+
+    products = np.random.default_rng(0).normal(size=(3, 7, 5, 11)).astype(np.float32)
+    row_edges, col_edges = [0, 2, 3, 7], [0, 4, 5]
+    positive, negative = threshold_cell_sums(products, 0.25, row_edges, col_edges, split=True)
+    assert positive.shape == negative.shape == (3, 2, 3, 11) and positive.dtype == np.float32
+    for i, (r0, r1) in enumerate(itertools.pairwise(row_edges)):
+        for j, (c0, c1) in enumerate(itertools.pairwise(col_edges)):
+            cell = products[:, r0:r1, c0:c1]
+            np.testing.assert_allclose(positive[i, j], np.maximum(cell - 0.25, 0).sum((1, 2)), rtol=1e-6)
+            np.testing.assert_allclose(negative[i, j], np.maximum(-cell - 0.25, 0).sum((1, 2)), rtol=1e-6)
+    alone, none = threshold_cell_sums(products, 0.25, row_edges, col_edges, split=False)
+    assert none is None and np.array_equal(alone, positive)
+    for rows, cols in (([0, 2, 6], col_edges), ([0, 3, 3, 7], col_edges), (row_edges, [1, 5])):
+        with pytest.raises(ValueError, match="edges"):
+            threshold_cell_sums(products, 0.25, rows, cols, split=True)
 
 
 def test_knn_encoding_marks_the_nearest_centroids(images):

@@ -49,8 +49,9 @@ no second encoding of the training set; with another power the features are stil
 the mirror image.
 
 The encoding is a matrix product per chunk of images, computed on all CPU cores (NumPy, a
-few images per thread so each chunk's codes stay in cache) or on a CUDA GPU (PyTorch, the
-same stages); the two agree to float32 rounding.
+few images per thread so each chunk's codes stay in cache; the soft encodings' threshold and
+pooling fused into one compiled pass over the products, ``_threshold_pool``) or on a CUDA GPU
+(PyTorch, the same stages); the two agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from cvpipe.features._common import (
     run_chunked,
     to_device_tensor,
 )
+from cvpipe.features._threshold_pool import threshold_cell_sums
 from cvpipe.features.patch_geometry import (
     Grids,
     _cells,
@@ -430,31 +432,39 @@ class PatchFeatures(_ImageTransformer):
             np.sqrt(codes, out=codes)
             mu = codes.mean(1, keepdims=True)
             np.subtract(mu, codes, out=codes)
-        elif self.encoding == "soft-split":
-            # the two polarities pooled apart, each from the one product (K columns, written
-            # contiguously), then interleaved per cell: half the multiplications of [a, -a]
-            products = x @ self.augmented_
-            positive = np.subtract(products, np.float32(self.alpha))
-            np.maximum(positive, 0, out=positive)
-            negative = np.subtract(np.float32(-self.alpha), products, out=products)
-            np.maximum(negative, 0, out=negative)
-            return self._pool_polarities((positive, negative), pooling, oh, ow, np)
         else:
-            codes = x @ self.augmented_
-            codes -= np.float32(self.alpha)
+            # soft and soft-split: the threshold and the finest cells' sums in one pass over the
+            # one product (soft-split: the two polarities from it, pooled apart, then interleaved
+            # per cell: half the multiplications of [a, -a])
+            products = (x @ self.augmented_).reshape(n, oh, ow, -1)
+            grids, row_edges, col_edges = self._pool_cells(pooling, oh, ow)
+            sums = threshold_cell_sums(products, float(self.alpha), row_edges, col_edges,
+                                       split=self.encoding == "soft-split")
+            parts = [self._pool_fine(fine, grids, row_edges, col_edges, pooling, np)
+                     for fine in sums if fine is not None]
+            return self._interleave(parts, pooling, np)
         np.maximum(codes, 0, out=codes)
         return self._pool(codes.reshape(n, oh, ow, -1), pooling, oh, ow, np)
 
     def _pool_polarities(self, codes: tuple[Any, Any], pooling: Grids, oh: int, ow: int,
                          xp: Any) -> Any:
         """The soft-split features from the thresholded positive and negative codes (each
-        (patches, K)): each pooled, then interleaved per cell as ``[a_k, -a_k]`` of its w codes,
-        as were the 2K codes ``[a, -a]`` (with ``flip_invariant``, ``[a, -a, mirrors,
-        -mirrors]``, the mirrors merged by the pooling)."""
-        cells = sum(gh * gw for gh, gw in pooling)
+        (patches, K)): each pooled, then interleaved (``_interleave``)."""
         n = len(codes[0]) // (oh * ow)
-        parts = [self._pool(c.reshape(n, oh, ow, -1), pooling, oh, ow, xp).reshape(n, cells, -1)
-                 for c in codes]
+        return self._interleave([self._pool(c.reshape(n, oh, ow, -1), pooling, oh, ow, xp)
+                                 for c in codes], pooling, xp)
+
+    @staticmethod
+    def _interleave(parts: list[Any], pooling: Grids, xp: Any) -> Any:
+        """The (n, cells * w) pooled codes of each polarity interleaved per cell as
+        ``[a_k, -a_k]`` of their w codes, as were the 2K codes ``[a, -a]`` (with
+        ``flip_invariant``, ``[a, -a, mirrors, -mirrors]``, the mirrors merged by the pooling);
+        one part (the soft encoding) as it is."""
+        if len(parts) == 1:
+            return parts[0]
+        cells = sum(gh * gw for gh, gw in pooling)
+        n = len(parts[0])
+        parts = [part.reshape(n, cells, -1) for part in parts]
         both = np.concatenate(parts, 2) if xp is np else xp.cat(parts, 2)
         return both.reshape(n, -1)
 
@@ -516,21 +526,34 @@ class PatchFeatures(_ImageTransformer):
             return torch.zeros((0, self._n_out(tuple(x_all.shape[1:]), {"pooling": pooling})))
         return torch.cat(outs)
 
+    def _pool_cells(self, pooling: Grids, oh: int, ow: int) -> tuple[list[Any], list[int], list[int]]:
+        """Each grid's (row runs, column runs) of the oh x ow patch positions (the columns'
+        mirrored with ``flip_invariant``), and the edges of the finest cells all grids' edges
+        cut them into."""
+        grids = [(_cells(oh, gh), _mirror_cells(ow, gw) if self.flip_invariant else _cells(ow, gw))
+                 for gh, gw in pooling]
+        row_edges = sorted({e for rows, _ in grids for cell in rows for e in cell})
+        col_edges = sorted({e for _, cols in grids for cell in cols for e in cell})
+        return grids, row_edges, col_edges
+
     def _pool(self, codes: Any, pooling: Grids, oh: int, ow: int, xp: Any) -> Any:
         """Stages 7-8: sum over each cell of each pooling grid, raised to ``power``;
         (n, sum of gh * gw * K), grid after grid, cells row-major.
         Flip-invariant: the cells are mirrored left-right, and (row i, column j, centroid k)
         is summed with its mirror (row i, column gw - 1 - j, centroid K/2 + k), for k < K/2."""
-        cells = []
-        half = codes.shape[-1] // 2
-        grids = [(_cells(oh, gh), _mirror_cells(ow, gw) if self.flip_invariant else _cells(ow, gw))
-                 for gh, gw in pooling]
+        grids, row_edges, col_edges = self._pool_cells(pooling, oh, ow)
         # one pass over the codes: sums over the finest cells every grid's edges cut, from which
         # each grid's cells are added up (a pyramid read the codes once per grid)
-        row_edges = sorted({e for rows, _ in grids for cell in rows for e in cell})
-        col_edges = sorted({e for _, cols in grids for cell in cols for e in cell})
         fine = [[codes[:, r0:r1, c0:c1].sum((1, 2)) for c0, c1 in itertools.pairwise(col_edges)]
                 for r0, r1 in itertools.pairwise(row_edges)]
+        return self._pool_fine(fine, grids, row_edges, col_edges, pooling, xp)
+
+    def _pool_fine(self, fine: Any, grids: list[Any], row_edges: list[int], col_edges: list[int],
+                   pooling: Grids, xp: Any) -> Any:
+        """``_pool`` from the sums over the finest cells: ``fine[i][j]``, (n, K), the sums of
+        rows [row_edges[i], row_edges[i + 1]) and the same of columns."""
+        cells = []
+        half = fine[0][0].shape[-1] // 2
 
         def cell_sum(r0: int, r1: int, c0: int, c1: int) -> Any:
             i0, i1, j0, j1 = (row_edges.index(r0), row_edges.index(r1),
