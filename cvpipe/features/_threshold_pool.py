@@ -80,6 +80,6 @@ def threshold_cell_sums(products: np.ndarray, alpha: float, row_edges: Sequence[
     shape = (len(row_edges) - 1, len(col_edges) - 1, n, k)
     positive = np.zeros(shape, np.float32)
     negative = np.zeros(shape if split else (0, 0, 0, 0), np.float32)
-    _compiled()(products, np.float32(alpha), _cell_of(row_edges, rows),
-                    _cell_of(col_edges, cols), positive, negative, bool(split))
+    _compiled()(products, np.float32(alpha), _cell_of(row_edges, rows), _cell_of(col_edges, cols),
+                positive, negative, bool(split))
     return positive, (negative if split else None)
