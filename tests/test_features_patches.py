@@ -120,6 +120,24 @@ def test_fused_threshold_and_cell_sums_equal_the_numpy_stages():
             threshold_cell_sums(products, 0.25, rows, cols, split=True)
 
 
+def test_fused_pass_compiles_without_a_writable_cache(monkeypatch):
+    """Where numba finds no writable place for its cache (a read-only install without a home),
+    the pass is compiled for the process instead of failing the encoding."""
+    from numba.core import caching
+
+    from cvpipe.features import _threshold_pool
+
+    cache_impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # renamed in 0.60
+    monkeypatch.setattr(cache_impl, "_locator_classes", [])
+    _threshold_pool._compiled.cache_clear()
+    try:
+        sums, _ = _threshold_pool.threshold_cell_sums(np.ones((1, 2, 2, 3), np.float32), 0.25,
+                                                      [0, 2], [0, 1, 2], split=False)
+        np.testing.assert_allclose(sums[0, :, 0], np.full((2, 3), 1.5))
+    finally:
+        _threshold_pool._compiled.cache_clear()
+
+
 def test_knn_encoding_marks_the_nearest_centroids(images):
     """Thiry et al.'s k-nearest-atom encoding: 1 for the knn_fraction * K nearest centroids,
     summed over the quadrants, as the stages done directly."""

@@ -40,7 +40,10 @@ def _compiled():
     second to a process's start)."""
     import numba
 
-    return numba.njit(nogil=True, cache=True, boundscheck=False)(_threshold_sums)
+    try:
+        return numba.njit(nogil=True, cache=True, boundscheck=False)(_threshold_sums)
+    except RuntimeError:  # no writable place for numba's cache (a read-only install, no home)
+        return numba.njit(nogil=True, cache=False, boundscheck=False)(_threshold_sums)
 
 
 def _cell_of(edges: Sequence[int], size: int) -> np.ndarray:
