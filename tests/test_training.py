@@ -193,3 +193,54 @@ def test_feature_params_option_overrides_one_components_parameters():
         get_pipeline("patches-mlp").configure(feature_params={"patches": {"bogus": 1}})
     with pytest.raises(ConfigError, match="must be a table"):
         get_pipeline("patches-mlp").configure(feature_params={"patches": 3})
+
+
+@pytest.mark.parametrize("pca_rows", [60, 10_000])
+def test_pca_is_fitted_on_at_most_pca_rows_and_saved_with_the_model(tiny, tmp_path, pca_rows):
+    from sklearn.decomposition import PCA
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from cvpipe.features import FeatureSpec
+
+    pipeline = ClassicPipeline.from_table("pca", {
+        "features": FEATURES,
+        "preprocess": {"pca": 8, "whiten": True, "pca_rows": pca_rows},
+        "classifier": CLASSIFIERS["mlp"],
+    })
+    meta = pipeline.train(tiny, tmp_path / "pca", progress=False)
+    assert meta["metrics"]["test"]["accuracy"] > 0.5, meta["metrics"]["test"]  # chance is 0.1
+    model = load_model(tmp_path / "pca")
+    pre = model.preprocess
+    assert isinstance(pre, Pipeline) and [name for name, _ in pre.steps] == ["scale", "pca"]
+    pca = pre.named_steps["pca"]
+    # refitted on train + validation: a seeded sample of pca_rows of them, or every row
+    n_rows = len(tiny.split("train")[1]) + len(tiny.split("val")[1])
+    assert pca.n_components_ == 8 and pca.n_samples_ == min(pca_rows, n_rows)
+    if pca_rows >= n_rows:  # every row: the PCA of the standardised matrix
+        images = np.concatenate([tiny.split("train")[0], tiny.split("val")[0]])
+        X = FeatureSpec.parse(FEATURES).build().fit_transform(images)
+        reference = PCA(8, svd_solver="full").fit(StandardScaler().fit_transform(X))
+        np.testing.assert_allclose(pca.explained_variance_, reference.explained_variance_, rtol=0.02)
+    x_test, y_test = tiny.split("test")
+    scores, _ = model.scores(np.asarray(x_test))
+    assert (scores.argmax(1) == y_test).mean() == pytest.approx(meta["metrics"]["test"]["accuracy"])
+
+
+def test_pca_rows_below_the_components_is_a_config_error():
+    with pytest.raises(ConfigError, match="pca_rows"):
+        ClassicPipeline.from_table("pca", {"features": FEATURES, "classifier": CLASSIFIERS["mlp"],
+                                           "preprocess": {"pca": 8, "pca_rows": 4}})
+
+
+def test_fewer_rows_than_pca_components_give_one_component_less_than_the_rows(tiny, tmp_path):
+    pipeline = ClassicPipeline.from_table("pca-wide", {
+        "features": FEATURES,  # 452 values, more than the tiny set's rows
+        "preprocess": {"pca": 400, "whiten": True},
+        "classifier": CLASSIFIERS["linear-svm"],
+    })
+    pipeline.train(tiny, tmp_path / "pca-wide", progress=False)
+    pca = load_model(tmp_path / "pca-wide").preprocess.named_steps["pca"]
+    n_rows = len(tiny.split("train")[1]) + len(tiny.split("val")[1])
+    assert n_rows < 400 and pca.n_components_ == n_rows - 1
+    assert np.all(np.isfinite(pca.explained_variance_)) and pca.explained_variance_.min() > 0

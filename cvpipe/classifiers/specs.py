@@ -5,7 +5,8 @@ pipelines without code::
 
     [pipelines.my-svm]
     features = { name = "hog+color", params = { } }
-    preprocess = { standardize = true, pca = 0 }          # pca: components (0 = none)
+    preprocess = { standardize = true, pca = 0 }          # pca: components (0 = none),
+                                                          # whiten, pca_rows (rows it is fitted on)
     classifier = { type = "linear-svm", params = { C = 0.01 } }
     grid = { "classifier.C" = [0.001, 0.01, 0.1] }
 
@@ -26,8 +27,6 @@ from typing import Any
 
 from sklearn.base import BaseEstimator
 from sklearn.decomposition import PCA
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
 from cvpipe.classifiers.kernel_svm import RBFSVM
 from cvpipe.classifiers.linear_svm import LinearSVM
@@ -46,7 +45,7 @@ CLASSIFIERS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
     "softmax": (MLPClassifier, {"hidden_sizes": (), "dropout": 0.0, "batch_norm": False}),
 }
 CLASSIFIER_TYPES = tuple(CLASSIFIERS)
-PREPROCESS_OPTIONS = ("standardize", "pca", "whiten")
+PREPROCESS_OPTIONS = ("standardize", "pca", "whiten", "pca_rows")
 SPEC_KEYS = ("features", "classifier", "preprocess", "grid", "augment_flip", "augment_shifts",
              "description")
 
@@ -81,22 +80,52 @@ def build_classifier(classifier: Mapping[str, Any]) -> BaseEstimator:
     return est
 
 
-def build_preprocess(preprocess: Mapping[str, Any]) -> Pipeline | None:
-    """StandardScaler and optional PCA (whitened with ``whiten=true``), or None."""
+@dataclass(frozen=True)
+class Preprocessing:
+    """A preprocess table, validated: what is done to the features before the classifier.
+
+    The standardisation is fitted from one pass of sums over the rows; the PCA, an unfitted
+    estimator, on a seeded sample of at most ``pca_rows`` of the standardised rows
+    (:mod:`.training`), so that neither needs the whole matrix in memory.
+    """
+
+    standardize: bool
+    pca: PCA | None
+    pca_rows: int
+
+
+#: Rows a PCA is fitted on, at most (a seeded sample of the training rows, gathered in
+#: memory: 1.1 GB of CIFAR-10's 22,400 patch features). Measured on those features (45,000
+#: training images, 1,024 whitened components, then patches-mlp's MLP): fitted on 12,288 rows
+#: in 22-25 s, 77.0-77.4% on validation against 76.5% fitted on all 45,000 in 133 s.
+PCA_ROWS = 12_288
+
+
+def build_preprocess(preprocess: Mapping[str, Any]) -> Preprocessing:
+    """The standardisation flag and the optional PCA (``pca`` components, whitened with
+    ``whiten=true``, fitted on at most ``pca_rows`` rows) of a preprocess table.
+
+    The PCA is randomized (Halko et al. 2011) with one power iteration: the few thousand
+    leading components of tens of thousands of features in seconds, where an exact
+    decomposition takes minutes; the components that matter to a classifier are those it
+    gets right.
+    """
     unknown = set(preprocess) - set(PREPROCESS_OPTIONS)
     if unknown:
         raise ConfigError(f"unknown preprocess options {sorted(unknown)}; known: "
                           f"{', '.join(PREPROCESS_OPTIONS)}")
-    steps: list[tuple[str, BaseEstimator]] = []
-    if preprocess.get("standardize", True):
-        steps.append(("scale", StandardScaler()))
     n_pca = preprocess.get("pca", 0) or 0
     if isinstance(n_pca, bool) or not isinstance(n_pca, int) or n_pca < 0:
         raise ConfigError(f"preprocess pca must be a number of components (0: none), not {n_pca!r}")
-    if n_pca:
-        steps.append(("pca", PCA(n_components=n_pca, whiten=bool(preprocess.get("whiten", False)),
-                                 random_state=0)))
-    return Pipeline(steps) if steps else None
+    rows = preprocess.get("pca_rows", PCA_ROWS)
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < max(n_pca, 1):
+        raise ConfigError(f"preprocess pca_rows must be a number of rows of at least pca = {n_pca}, "
+                          f"not {rows!r}")
+    # copy=False: it is fitted on rows gathered for it alone (no second 1.1 GB copy)
+    pca = (PCA(n_components=n_pca, whiten=bool(preprocess.get("whiten", False)),
+               svd_solver="randomized", iterated_power=1, copy=False, random_state=0)
+           if n_pca else None)
+    return Preprocessing(bool(preprocess.get("standardize", True)), pca, rows)
 
 
 @dataclass
@@ -167,7 +196,7 @@ class ClassicSpec:
         """Build everything for ``n_train`` training images of ``image_shape``, fitting nothing.
 
         The kernel SVM is built as it will run at that size (exact or Nystroem); PCA is checked
-        against the feature dimension and the sample count.
+        against the feature dimension.
 
         Raises
         ------
@@ -181,11 +210,11 @@ class ClassicSpec:
                 clf = build_classifier(cand.classifier)
                 if isinstance(clf, RBFSVM):
                     clf.make_estimator(n_train, dim)
-                n_pca = cand.preprocess.get("pca", 0) or 0
-                if n_pca > min(dim, n_train):
-                    raise ConfigError(f"pca = {n_pca} components, more than the "
-                                      f"{min(dim, n_train)} that {n_train} samples of {dim} "
-                                      "features allow")
+                pca = build_preprocess(cand.preprocess).pca
+                if pca is not None and pca.n_components > dim:
+                    # (fewer training rows than components: fewer components, see .training)
+                    raise ConfigError(f"pca = {pca.n_components} components, more than the "
+                                      f"{dim} features")
         except (ConfigError, ValueError) as exc:
             raise ConfigError(f"pipeline {self.name!r} on {n_train} training images of "
                               f"{'x'.join(map(str, image_shape))}: {exc}") from None

@@ -16,8 +16,9 @@ Stages, in order:
 4. **Scores** of train, validation (from the selection fit: a true held-out figure) and test,
    the latter exactly once.
 
-The exact kernel SVM (small sets only), OpenCV's SVM and PCA need the matrix in memory: for
-them the blocks are gathered first. Saving the result is the artifact layer's job
+The exact kernel SVM (small sets only) and OpenCV's SVM need the matrix in memory: for them
+the blocks are gathered first. A PCA is fitted on a seeded sample of the rows (at most
+``pca_rows``), and the classifier reads the projected rows. Saving the result is the artifact layer's job
 (:mod:`cvpipe.models`).
 """
 
@@ -31,10 +32,12 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
+from sklearn.decomposition import PCA
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from cvpipe.classifiers.chunks import Chunks, Concat, Mapped, materialize, read_ahead
+from cvpipe.classifiers.chunks import Chunks, Concat, Mapped, gather_rows, in_memory, materialize, read_ahead
 from cvpipe.classifiers.fitted import ClassicModel, decision_scores
 from cvpipe.classifiers.linear_svm import LinearProblem, LinearSVM, fit_path
 from cvpipe.classifiers.mlp import MLPClassifier
@@ -92,14 +95,9 @@ def _metrics(pre: BaseEstimator | None, clf: BaseEstimator, chunks: Chunks, clas
     return classification_metrics(y, scores.argmax(1), classes, scores, kind)
 
 
-def _only_scaler(preprocess: dict[str, Any]) -> bool:
-    return not (preprocess.get("pca", 0) or 0)
-
-
-def _scaler_of(rows: Chunks, preprocess: dict[str, Any], runner: Runner
-               ) -> StandardScaler | None:
+def _scaler_of(rows: Chunks, standardize: bool, runner: Runner) -> StandardScaler | None:
     """The fitted standardisation of ``rows`` (one pass of sums), or None without one."""
-    if not preprocess.get("standardize", True):
+    if not standardize:
         return None
     return compute_stats(rows, None, with_gram=False, runner=runner).scaler()
 
@@ -120,35 +118,52 @@ def _scaled(rows: Chunks, pre: StandardScaler | None) -> Chunks:
     return Mapped(rows, standardise, rows.n_features)
 
 
+def _fit_pca(pca: PCA, rows: Chunks, max_rows: int) -> PCA:
+    """``pca`` fitted on ``rows``, or on a seeded sample of ``max_rows`` of them (sorted, so
+    that each block is read once), gathered in memory. Fewer rows than its components give
+    one component less than the rows (the rest would be noise, whitened to any size)."""
+    n = rows.n_rows
+    take = (np.arange(n) if n <= max_rows
+            else np.sort(np.random.default_rng(0).choice(n, max_rows, replace=False)))
+    if pca.n_components >= len(take):
+        log.info("PCA: %d components of %d rows, not %d", len(take) - 1, len(take), pca.n_components)
+        pca = clone(pca).set_params(n_components=max(len(take) - 1, 1))
+    return pca.fit(gather_rows(rows, take))
+
+
+def _projected(rows: Chunks, pca: PCA) -> Chunks:
+    """``rows`` through the fitted ``pca``, computed once and held in memory where the
+    projections fit in :data:`~cvpipe.classifiers.chunks.SMALL_BYTES` (an MLP reads them
+    every epoch), else projected a block at a time as they are read."""
+    return in_memory(Mapped(rows, pca.transform, pca.n_components_))
+
+
 def _fit_candidate(spec: ClassicSpec, rows: Chunks, eval_rows: Chunks | None, runner: Runner
                    ) -> tuple[BaseEstimator | None, BaseEstimator, float]:
     """Fit preprocessing and classifier of one candidate on ``rows``; (pre, clf, seconds)."""
     start = time.perf_counter()
     clf = build_classifier(spec.classifier)
-    if not _only_scaler(spec.preprocess):  # PCA: in memory
-        X, y = materialize(rows)
-        pre = build_preprocess(spec.preprocess)
-        Xp = pre.fit_transform(X) if pre is not None else X
-        if isinstance(clf, MLPClassifier) and eval_rows is not None:
-            Xv, yv = materialize(eval_rows)
-            clf.fit(Xp, y, eval_set=(pre.transform(Xv) if pre is not None else Xv, yv))
-        else:
-            clf.fit(Xp, y)
-        return pre, clf, time.perf_counter() - start
-    pre = _scaler_of(rows, spec.preprocess, runner)
-    scaled = _scaled(rows, pre)
+    preprocessing = build_preprocess(spec.preprocess)
+    pre = _scaler_of(rows, preprocessing.standardize, runner)
+    rows = _scaled(rows, pre)
+    eval_rows = _scaled(eval_rows, pre) if eval_rows is not None else None
+    if preprocessing.pca is not None:
+        pca = _fit_pca(preprocessing.pca, rows, preprocessing.pca_rows)
+        rows = _projected(rows, pca)
+        eval_rows = _projected(eval_rows, pca) if eval_rows is not None else None
+        pre = Pipeline([*([("scale", pre)] if pre is not None else []), ("pca", pca)])
     if isinstance(clf, MLPClassifier):
-        clf.fit_chunks(scaled, _scaled(eval_rows, pre) if eval_rows is not None else None)
+        clf.fit_chunks(rows, eval_rows)
     elif hasattr(clf, "fit_chunks"):
-        clf.fit_chunks(scaled, runner)
+        clf.fit_chunks(rows, runner)
     else:  # OpenCV's SVM: in memory
-        clf.fit(*materialize(scaled))
+        clf.fit(*materialize(rows))
     return pre, clf, time.perf_counter() - start
 
 
 def _linear_grid(spec: ClassicSpec) -> list[float] | None:
     """The C values of a linear SVM whose grid is over C alone (a path), else None."""
-    if spec.classifier.get("type") != "linear-svm" or not _only_scaler(spec.preprocess):
+    if spec.classifier.get("type") != "linear-svm" or build_preprocess(spec.preprocess).pca is not None:
         return None
     if set(spec.grid) - {"classifier.C"}:
         return None
@@ -220,7 +235,7 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
     if Cs is not None:
         start = time.perf_counter()
         template = build_classifier(spec.classifier)
-        standardize = bool(spec.preprocess.get("standardize", True))
+        standardize = build_preprocess(spec.preprocess).standardize
         problem = LinearProblem.prepare(fit_rows, standardize=standardize, runner=runner,
                                         device=template.torch_device())
         pre = problem.stats.scaler() if standardize else None
