@@ -18,8 +18,8 @@ Stages, in order:
 
 The exact kernel SVM (small sets only) and OpenCV's SVM need the matrix in memory: for them
 the blocks are gathered first. A PCA is fitted on a seeded sample of the rows (at most
-``pca_rows``), and the classifier reads the projected rows. Saving the result is the artifact layer's job
-(:mod:`cvpipe.models`).
+``pca_rows``), and the classifier reads the projected rows. Saving the result is the
+artifact layer's job (:mod:`cvpipe.models`).
 """
 
 from __future__ import annotations
