@@ -64,7 +64,7 @@ demo: $(STAMP) ## the quick comparison (it fetches, verifies and decodes what it
 serve: $(STAMP) ## serve ./models and ./reports on http://127.0.0.1:8000 (a page at /, docs at /docs)
 	$(BIN)/cvpipe serve --models models --reports reports --host 127.0.0.1 --port 8000
 
-compare-full: $(STAMP) ## the full comparison on all 60,000 images (49 to 51 min and 2.4 to 2.8 GB on 2 CPU cores)
+compare-full: $(STAMP) ## the full comparison on all 60,000 images (48 to 60 min and up to 3.5 GB on 2 CPU cores)
 	$(BIN)/cvpipe compare --profile full
 
 test: $(DEV_STAMP) ## run the whole test suite

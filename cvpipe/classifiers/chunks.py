@@ -27,7 +27,7 @@ from cvpipe.featurestore.blocks import read_block
 #: Rows per block of an in-memory matrix.
 DEFAULT_ROWS = 4096
 #: A matrix of at most this many bytes is read into memory once by iterative solvers (the
-#: whole comparison peaks at 3 GB in the patch pipelines; hog2+color2's 545 MB of train +
+#: whole comparison peaks at 3.5 GB in the patch pipelines; hog2+color2's 545 MB of train +
 #: validation rows, read from four stores and joined on every pass, took 23 s of refit).
 SMALL_BYTES = 1 << 30
 
