@@ -10,7 +10,7 @@ from cvpipe.cnn import CNNConfig, train_cnn
 from cvpipe.cnn.checkpoint import CheckpointError
 from cvpipe.cnn.train import TrainingError
 from cvpipe.data import load_cifar10
-from cvpipe.models import ArtifactError, CNNPipeline, checkpoint_dir_for, load_model
+from cvpipe.models import ArtifactError, CNNPipeline, checkpoint_dir_for, load_model, read_test_scores
 from tests import synthetic
 
 TINY = CNNConfig(epochs=3, batch_size=20, width=4, lr=0.2, device="cpu", seed=3, tta=False)
@@ -153,7 +153,8 @@ def test_trained_model_saves_loads_and_predicts_identically(tiny_cifar, tmp_path
     meta = CNNPipeline("cnn-tiny", TINY.replace(epochs=2, tta=True, amp=amp)).train(
         dataset, model_dir, progress=False)
     assert checkpoint_dir_for(model_dir).joinpath("last.json").is_file()
-    assert {p.name for p in model_dir.iterdir()} == {"model.json", "weights.safetensors", "curves.png"}
+    assert {p.name for p in model_dir.iterdir()} == {"model.json", "weights.safetensors", "curves.png",
+                                                     "test_scores.safetensors"}
     assert meta["kind"] == "cnn" and meta["input_size"] == [32, 32] and meta["features"] is None
     assert set(meta["metrics"]) == {"train", "val", "test"} and meta["metrics"]["test"]["n"] == 40
     assert meta["selection"]["best_epoch"] in (1, 2) and len(meta["history"]) == 2
@@ -168,6 +169,8 @@ def test_trained_model_saves_loads_and_predicts_identically(tiny_cifar, tmp_path
     assert labels.dtype == np.int64 and np.array_equal(labels, probs.argmax(1))
     # the loaded model scores the test split exactly as the trained one did
     assert (labels == test_y).mean() == pytest.approx(meta["metrics"]["test"]["accuracy"], abs=1e-7)
+    recorded = read_test_scores(model_dir, meta, (40, 10))  # the scores a report reads back
+    np.testing.assert_allclose(recorded, probs, rtol=1e-4, atol=1e-6)
     loss = -np.log(probs[np.arange(40), test_y]).mean()
     # (bfloat16 scores would be 2e-5 off)
     assert loss == pytest.approx(meta["metrics"]["test"]["loss"], rel=1e-6)

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 from cvpipe.cli import main
+from cvpipe.compare import runner
+from cvpipe.data.dataset import load_dataset
+from cvpipe.models import load_model, read_metadata, read_test_scores
 from tests import synthetic
 
 CONFIG = """
@@ -84,6 +87,28 @@ def test_second_run_reuses_unchanged_models_and_force_retrains(run, capsys):
     # Same config and seed: the classic pipeline's figures are reproduced exactly.
     first = json.loads((root / "reports" / "cifar10-tiny" / "results.json").read_text())["pipelines"][0]
     assert forced["pipelines"][0]["test_metrics"] == first["test_metrics"]
+
+
+def test_the_cnn_test_scores_are_recorded_and_used_where_the_loaded_model_gives_them(run, caplog):
+    root, _ = run
+    model_dir = root / "models" / "cifar10-tiny-cnn"
+    meta = read_metadata(model_dir)  # verifies every listed file's hash, the scores' included
+    assert meta["test_scores"]["file"] in meta["files"] and meta["test_scores"]["shape"] == [160, 10]
+    ds = load_dataset(source=root / "src", root=root / "data", limit_per_class=16, val_fraction=0.25,
+                      seed=0)
+    model = load_model(model_dir)
+    fresh, _ = model.scores(np.asarray(ds.split("test")[0]))
+    first = fresh[:runner.BATCH_FOR_LATENCY]
+    scores, kind, per_image = runner._test_scores(model, model_dir, ds, None, first)
+    assert kind == "probability" and per_image is None  # read back, not scored again
+    np.testing.assert_allclose(scores, fresh, rtol=1e-3, atol=1e-4)
+    # a model that does not give its recorded scores is scored again, and says so
+    off = np.roll(first, 1, axis=1)
+    scores, _, per_image = runner._test_scores(model, model_dir, ds, None, off)
+    assert per_image is not None and "scoring the test split again" in caplog.text
+    np.testing.assert_allclose(scores, fresh, rtol=1e-5, atol=1e-6)
+    # recorded for another test split (other shape): not used
+    assert read_test_scores(model_dir, meta, (161, 10)) is None
 
 
 def test_seeds_repeat_chosen_pipelines(run):

@@ -72,6 +72,9 @@ class TrainResult:
     stopped: str  # "completed" (steps or time budget used up) or "early_stopping"
     train_seconds: float
     plan: dict[str, Any] = field(default_factory=dict)
+    # float32 (n_test, n_classes) softmax of the test split, as the saved model gives it: set
+    # by fit_cnn, saved with the model so that a report need not score the split again
+    test_scores: np.ndarray | None = None
 
 
 @dataclass
@@ -322,17 +325,26 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "; ".join(changed) or "unknown difference"
 
 
-def score(result: TrainResult, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and cross-entropy of the trained model on a split (un-augmented; TTA as configured),
-    in float32 whatever the training's precision: as the saved model predicts
+def final_logits(result: TrainResult, images: np.ndarray) -> torch.Tensor:
+    """float32 (N, n_classes) logits of the trained model (un-augmented images; TTA as
+    configured), in float32 whatever the training's precision: as the saved model predicts
     (:class:`cvpipe.cnn.persist.CNNPredictor`), so the recorded figures are the served model's."""
     cfg = result.config
     mean = torch.tensor(result.mean).view(1, -1, 1, 1)
     std = torch.tensor(result.std).view(1, -1, 1, 1)
-    z = logits(result.model, images, mean, std, batch_size=cfg.eval_batch_size, tta=cfg.tta, amp=False,
-               channels_last=cfg.channels_last)
+    return logits(result.model, images, mean, std, batch_size=cfg.eval_batch_size, tta=cfg.tta, amp=False,
+                  channels_last=cfg.channels_last)
+
+
+def _metrics(z: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
     loss, accuracy = loss_and_accuracy(z, torch.from_numpy(np.array(labels, dtype=np.int64)))
     return {"accuracy": accuracy, "loss": loss, "n": len(labels)}
+
+
+def score(result: TrainResult, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and cross-entropy of the trained model on a split, scored as
+    :func:`final_logits` scores it."""
+    return _metrics(final_logits(result, images), labels)
 
 
 def _sample(split: tuple[np.ndarray, np.ndarray], size: int | None, seed: int
@@ -373,9 +385,12 @@ def fit_cnn(dataset: Any, config: CNNConfig | None = None, *, checkpoint_dir: st
     result = train_cnn(train, val, config, n_classes=len(classes), checkpoint_dir=checkpoint_dir,
                        progress=progress)
     started = time.perf_counter()
-    metrics = {"train": score(result, *_sample(train, result.config.train_score_images, result.config.seed)),
-               "val": score(result, *val)}
-    metrics["test"] = score(result, *dataset.split("test"))
+    train_sample = _sample(train, result.config.train_score_images, result.config.seed)
+    metrics = {"train": score(result, *train_sample), "val": score(result, *val)}
+    test_images, test_labels = dataset.split("test")
+    test_logits = final_logits(result, test_images)
+    metrics["test"] = _metrics(test_logits, test_labels)
+    result.test_scores = torch.softmax(test_logits, dim=1).cpu().numpy()
     eval_seconds = time.perf_counter() - started
     log.info("cnn: train %.4f, val %.4f, test %.4f accuracy (trained %.0f s)",
              metrics["train"]["accuracy"], metrics["val"]["accuracy"], metrics["test"]["accuracy"],

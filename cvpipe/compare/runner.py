@@ -32,7 +32,15 @@ from cvpipe.errors import ArtifactError, ConfigError
 from cvpipe.features import FeatureSpec
 from cvpipe.featurestore.dataset import Learned, StoreSettings, list_stores, split_features
 from cvpipe.metrics import classification_metrics
-from cvpipe.models import DataShape, Pipeline, library_versions, load_model, model_card, read_metadata
+from cvpipe.models import (
+    DataShape,
+    Pipeline,
+    library_versions,
+    load_model,
+    model_card,
+    read_metadata,
+    read_test_scores,
+)
 from cvpipe.storage import canonical_json, safe_name, write_json
 
 log = logging.getLogger(__name__)
@@ -71,14 +79,16 @@ def _train_one(pipeline: Pipeline, ds: Dataset, model_dir: Path, force: bool,
     return meta, False
 
 
-def _test_scores(model: Any, ds: Dataset, store: StoreSettings | None, first: np.ndarray
-                 ) -> tuple[np.ndarray, str, float | None]:
+def _test_scores(model: Any, model_dir: Path, ds: Dataset, store: StoreSettings | None,
+                 first: np.ndarray) -> tuple[np.ndarray, str, float | None]:
     """(scores, kind, seconds per image or None) of the test split by a loaded model.
 
     A classic model scores the test features in the store (the ones training wrote, found
     by the same key: its feature set and what it learned, as loaded from disk), and must
     give the scores its own path from images gives on the first test images (``first``:
-    those scores, checked here); a CNN scores the images.
+    those scores, checked here). A CNN's test scores were recorded in its folder when it
+    was trained: they are used where the loaded model gives the same on the first test
+    images, else (or where none were recorded) the CNN scores the images.
     """
     x_test = ds.split("test")[0]
     if isinstance(model, ClassicModel):
@@ -89,6 +99,14 @@ def _test_scores(model: Any, ds: Dataset, store: StoreSettings | None, first: np
             raise ArtifactError(f"{model.metadata.get('pipeline')}: the saved model does not give "
                                 "the stored test features' scores; run with --force")
         return scores, kind, None
+    recorded = read_test_scores(model_dir, model.metadata, (len(x_test), len(ds.classes)))
+    if recorded is not None:
+        if np.allclose(first, recorded[:len(first)], rtol=1e-3, atol=1e-4):
+            return recorded, "probability", None
+        # e.g. trained on a GPU (TF32 convolutions), loaded here on the CPU: score it here
+        log.warning("%s: its recorded test scores differ from the loaded model's (by up to %.2g); "
+                    "scoring the test split again", model.metadata.get("pipeline"),
+                    float(np.abs(first - recorded[:len(first)]).max()))
     start = time.perf_counter()
     parts = [model.scores(np.asarray(x_test[i: i + 2048])) for i in range(0, len(x_test), 2048)]
     seconds = time.perf_counter() - start
@@ -104,7 +122,7 @@ def _measure(model_dir: Path, ds: Dataset, store: StoreSettings | None = None) -
     t = time.perf_counter()
     first, _ = model.scores(batch)  # timed, and the scores a classic model's check compares
     batch_per_image = (time.perf_counter() - t) / max(len(batch), 1)
-    scores, kind, per_image = _test_scores(model, ds, store, first)
+    scores, kind, per_image = _test_scores(model, model_dir, ds, store, first)
     single = []
     for i in range(LATENCY_REPEATS):
         t = time.perf_counter()

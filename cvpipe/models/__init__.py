@@ -14,7 +14,9 @@ from cvpipe.models.artifact import (
     library_versions,
     model_card,
     read_metadata,
+    read_test_scores,
     write_artifact,
+    write_test_scores,
 )
 from cvpipe.models.base import DataShape, Pipeline
 from cvpipe.models.classic import ClassicPipeline
@@ -48,6 +50,8 @@ __all__ = [
     "load_pipeline_config",
     "model_card",
     "read_metadata",
+    "read_test_scores",
     "register_kind",
     "write_artifact",
+    "write_test_scores",
 ]

@@ -13,7 +13,9 @@ Layout::
 reached: crop, pad or stretch, :func:`cvpipe.images.resize`), ``features`` (the feature
 set, or null), ``metrics`` (per split),
 ``selection`` (which split chose which hyperparameters), ``dataset`` (source, checksum),
-``versions``, ``fit_seconds``, ``created`` and ``files`` ({name: sha256}).
+``versions``, ``fit_seconds``, ``created`` and ``files`` ({name: sha256}); optionally
+``test_scores`` (the file of the model's scores of the test split, recorded when it was
+trained: :func:`write_test_scores`).
 
 An artifact is built in a temporary folder and swapped in whole, so a crash never leaves a
 half-written model; a file whose hash differs from ``model.json`` (tampered or truncated) is
@@ -32,6 +34,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
 
 from cvpipe import __version__
 from cvpipe.errors import ArtifactError
@@ -41,6 +45,7 @@ from cvpipe.storage import holds, json_dumps, replace_dir, safe_name, sha256_fil
 FORMAT = "cvpipe-model"
 FORMAT_VERSION = 2
 CARD_KEYS = ("family", "features", "classifier", "description")
+TEST_SCORES = "test_scores.safetensors"
 
 
 class Predictor(Protocol):
@@ -149,6 +154,36 @@ def model_card(meta: dict[str, Any]) -> dict[str, Any]:
     """What a model is, for people and reports: family, features, classifier, description."""
     card = meta.get("card") if isinstance(meta.get("card"), dict) else {}
     return {key: card.get(key) for key in CARD_KEYS}
+
+
+def write_test_scores(directory: Path, scores: np.ndarray) -> dict[str, Any]:
+    """Save a model's (n_test, n_classes) scores of the test split in ``directory`` (an artifact
+    being written) as ``test_scores.safetensors``; returns the metadata that names the file.
+
+    A report reads them back (:func:`read_test_scores`) rather than scoring the split again,
+    after checking that the loaded model gives the same scores on the first test images.
+    """
+    scores = np.ascontiguousarray(scores, dtype=np.float32)
+    save_file({"scores": scores}, str(Path(directory) / TEST_SCORES))
+    (Path(directory) / TEST_SCORES).chmod(0o644)  # safetensors writes 0600
+    return {"test_scores": {"file": TEST_SCORES, "shape": list(scores.shape)}}
+
+
+def read_test_scores(model_dir: str | os.PathLike[str], meta: dict[str, Any],
+                     shape: tuple[int, int]) -> np.ndarray | None:
+    """The test scores a model recorded when trained (float32 ``shape``), or None where it
+    recorded none or scores of another shape (another test split)."""
+    recorded = meta.get("test_scores")
+    if not isinstance(recorded, dict) or recorded.get("shape") != list(shape):
+        return None
+    path = listed_file(model_dir, meta, recorded.get("file"))
+    try:
+        with safe_open(str(path), "np") as f:
+            if list(f.keys()) != ["scores"] or tuple(f.get_slice("scores").get_shape()) != shape:
+                raise ArtifactError(f"{path}: not the {shape} test scores model.json declares")
+            return f.get_tensor("scores").astype(np.float32, copy=False)
+    except (OSError, SafetensorError) as exc:
+        raise ArtifactError(f"{path}: unreadable ({exc})") from exc
 
 
 def listed_file(model_dir: str | os.PathLike[str], meta: dict[str, Any], name: Any) -> Path:

@@ -12,7 +12,7 @@ from cvpipe.cnn.train import fit_cnn, plot_curves
 from cvpipe.data.dataset import Dataset
 from cvpipe.errors import ConfigError
 from cvpipe.featurestore.dataset import StoreSettings
-from cvpipe.models.artifact import listed_file, write_artifact
+from cvpipe.models.artifact import listed_file, write_artifact, write_test_scores
 from cvpipe.models.base import DataShape, Pipeline
 
 CURVES = "curves.png"
@@ -94,9 +94,10 @@ class CNNPipeline(Pipeline):
                                       progress=progress)
         metadata = {**self.common_metadata(dataset), **description, "features": None}
 
-        def write_files(tmp: Path) -> None:
+        def write_files(tmp: Path) -> dict[str, Any]:
             save_weights(result.model, tmp)
             plot_curves(result.history, tmp / CURVES)
+            return write_test_scores(tmp, result.test_scores)
 
         return write_artifact(model_dir, metadata, write_files)
 
