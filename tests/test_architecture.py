@@ -53,3 +53,22 @@ def test_the_clis_subcommand_edges_are_in_the_import_graph():
     commands = {"cvpipe.data.cli", "cvpipe.models.cli", "cvpipe.compare.cli", "cvpipe.extract.cli",
                 "cvpipe.featurestore.cli", "service.serve"}
     assert commands <= graph.find_modules_directly_imported_by("cvpipe.cli")
+
+
+def test_the_command_line_help_imports_no_heavy_library():
+    """`cvpipe --help` builds every subcommand's parser: that must not import PyTorch,
+    scikit-learn, Flask or Dask (seconds each), only what the parsers name."""
+    code = ("import sys; from cvpipe.cli import build_parser; build_parser(); "
+            "print(' '.join(m for m in ('torch', 'sklearn', 'flask', 'dask', 'kymatio', 'numba', "
+            "'matplotlib') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
+    # and the lazy names still resolve to the modules' own objects
+    from cvpipe.features import FeatureSpec
+    from cvpipe.features.spec import FeatureSpec as defined
+    from cvpipe.models import ArtifactError, load_model
+    from cvpipe.models.pipelines import load_model as loader
+
+    assert FeatureSpec is defined and load_model is loader and issubclass(ArtifactError, Exception)

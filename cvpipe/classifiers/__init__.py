@@ -7,23 +7,19 @@
 * :class:`ClassicModel` -- the fitted pipeline: images in, class scores out.
 """
 
-from cvpipe.classifiers.fitted import ClassicModel
-from cvpipe.classifiers.kernel_svm import RBFSVM
-from cvpipe.classifiers.linear_svm import LinearSVM
-from cvpipe.classifiers.mlp import MLPClassifier
-from cvpipe.classifiers.opencv_svm import OpenCVSVM
-from cvpipe.classifiers.specs import CLASSIFIER_TYPES, ClassicSpec, build_classifier
-from cvpipe.classifiers.training import ClassicFit, fit_classic
+from __future__ import annotations
 
-__all__ = [
-    "CLASSIFIER_TYPES",
-    "RBFSVM",
-    "ClassicFit",
-    "ClassicModel",
-    "ClassicSpec",
-    "LinearSVM",
-    "MLPClassifier",
-    "OpenCVSVM",
-    "build_classifier",
-    "fit_classic",
-]
+import lazy_loader
+
+# The names below load their module on first use, so that importing one module of the
+# package (e.g. `cvpipe --help` building its parsers) does not import every library.
+__getattr__, __dir__, _lazy_names = lazy_loader.attach(__name__, submod_attrs={
+    "fitted": ["ClassicModel"],
+    "kernel_svm": ["RBFSVM"],
+    "linear_svm": ["LinearSVM"],
+    "mlp": ["MLPClassifier"],
+    "opencv_svm": ["OpenCVSVM"],
+    "specs": ["CLASSIFIER_TYPES", "ClassicSpec", "build_classifier"],
+    "training": ["ClassicFit", "fit_classic"],
+})
+__all__ = _lazy_names

@@ -17,62 +17,22 @@ shortcut.
 Pictures: :func:`hog_glyphs`, :func:`plot_hog`, :func:`plot_color_histogram`.
 """
 
-from cvpipe.features._common import resolve_backend
-from cvpipe.features._hog import BLOCK_NORMS, HOGParams, hog, hog_cells, hog_feature_count
-from cvpipe.features.color import (
-    SPACES,
-    ColorHistParams,
-    color_histogram,
-    color_histogram_size,
-    convert_color,
-)
-from cvpipe.features.patches import PatchFeatures
-from cvpipe.features.scattering import ScatteringTransformer
-from cvpipe.features.spec import (
-    FEATURE_NAMES,
-    RUNTIME_PARAMS,
-    FeatureComponent,
-    FeatureSpec,
-    extractor_state,
-    fit_to_shape,
-    make_features,
-    restore_extractor,
-)
-from cvpipe.features.transformers import (
-    ColorHistogramTransformer,
-    HOGTransformer,
-    ImageFeatureUnion,
-    PixelTransformer,
-)
-from cvpipe.features.visualize import hog_glyphs, plot_color_histogram, plot_hog
+from __future__ import annotations
 
-__all__ = [
-    "resolve_backend",
-    "BLOCK_NORMS",
-    "FEATURE_NAMES",
-    "RUNTIME_PARAMS",
-    "SPACES",
-    "ColorHistParams",
-    "ColorHistogramTransformer",
-    "FeatureComponent",
-    "FeatureSpec",
-    "HOGParams",
-    "HOGTransformer",
-    "ImageFeatureUnion",
-    "PatchFeatures",
-    "PixelTransformer",
-    "ScatteringTransformer",
-    "color_histogram",
-    "color_histogram_size",
-    "convert_color",
-    "hog",
-    "hog_cells",
-    "hog_feature_count",
-    "hog_glyphs",
-    "extractor_state",
-    "fit_to_shape",
-    "make_features",
-    "restore_extractor",
-    "plot_color_histogram",
-    "plot_hog",
-]
+import lazy_loader
+
+# The names below load their module on first use, so that importing one module of the
+# package (e.g. `cvpipe --help` building its parsers) does not import every library.
+__getattr__, __dir__, _lazy_names = lazy_loader.attach(__name__, submod_attrs={
+    "_common": ["resolve_backend"],
+    "_hog": ["BLOCK_NORMS", "HOGParams", "hog", "hog_cells", "hog_feature_count"],
+    "color": ["SPACES", "ColorHistParams", "color_histogram", "color_histogram_size", "convert_color"],
+    "patches": ["PatchFeatures"],
+    "scattering": ["ScatteringTransformer"],
+    "spec": ["FEATURE_NAMES", "RUNTIME_PARAMS", "FeatureComponent", "FeatureSpec", "extractor_state",
+            "fit_to_shape", "make_features", "restore_extractor"],
+    "transformers": ["ColorHistogramTransformer", "HOGTransformer", "ImageFeatureUnion",
+            "PixelTransformer"],
+    "visualize": ["hog_glyphs", "plot_color_histogram", "plot_hog"],
+})
+__all__ = _lazy_names

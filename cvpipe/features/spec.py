@@ -26,33 +26,33 @@ import hashlib
 import time
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cvpipe.errors import ConfigError
-from cvpipe.features.patches import PatchFeatures
-from cvpipe.features.scattering import ScatteringTransformer
-from cvpipe.features.transformers import (
-    ColorHistogramTransformer,
-    HOGTransformer,
-    ImageFeatureUnion,
-    PixelTransformer,
-    _ImageTransformer,
-)
 from cvpipe.storage import canonical_json, to_jsonable
+
+if TYPE_CHECKING:
+    from cvpipe.features.transformers import ImageFeatureUnion, _ImageTransformer
 
 #: Component names, in the order they are listed to users.
 FEATURE_NAMES = ("hog", "color", "pixels", "scattering", "patches")
 _ALIASES = {"colour": "color", "hist": "color", "raw": "pixels", "learned": "patches",
             "scatter": "scattering"}
-_CLASSES: dict[str, type[_ImageTransformer]] = {
-    "hog": HOGTransformer,
-    "color": ColorHistogramTransformer,
-    "pixels": PixelTransformer,
-    "scattering": ScatteringTransformer,
-    "patches": PatchFeatures,
-}
+
+
+@functools.cache
+def _classes() -> dict[str, type[_ImageTransformer]]:
+    """Each component kind's transformer class, imported on first use (they bring
+    scikit-learn, kymatio and PyTorch: a spec parsed for a command's help needs none)."""
+    from cvpipe.features.patches import PatchFeatures
+    from cvpipe.features.scattering import ScatteringTransformer
+    from cvpipe.features.transformers import ColorHistogramTransformer, HOGTransformer, PixelTransformer
+
+    return {"hog": HOGTransformer, "color": ColorHistogramTransformer, "pixels": PixelTransformer,
+            "scattering": ScatteringTransformer, "patches": PatchFeatures}
+
 #: A kind's revision, in its key when set: raised when its values change for the same
 #: parameters, so that stores of the old values are not reused (scattering 2: negative
 #: rounding errors no longer make the log compression NaN).
@@ -80,7 +80,7 @@ def _component_name(name: Any) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"a feature component needs a name, not {name!r}")
     kind = _ALIASES.get(name.strip().lower(), name.strip().lower())
-    if kind not in _CLASSES:
+    if kind not in FEATURE_NAMES:
         raise ConfigError(f"unknown feature {name!r}; choose from {', '.join(FEATURE_NAMES)} "
                           "(joined with '+')")
     return kind
@@ -103,7 +103,7 @@ class FeatureComponent:
         if runtime:
             raise ConfigError(f"feature {kind!r}: {', '.join(runtime)} say where features are "
                               "computed, not what they are; they are not part of a feature set")
-        known = set(_CLASSES[kind]._get_param_names()) - RUNTIME_PARAMS
+        known = set(_classes()[kind]._get_param_names()) - RUNTIME_PARAMS
         unknown = sorted(set(params) - known)
         if unknown:
             raise ConfigError(f"feature {kind!r} has no parameter {', '.join(map(repr, unknown))}; "
@@ -117,12 +117,12 @@ class FeatureComponent:
 
     def transformer(self, **runtime: Any) -> _ImageTransformer:
         """A new, unfitted transformer for this component."""
-        return _CLASSES[self.kind](**self.params, **runtime)
+        return _classes()[self.kind](**self.params, **runtime)
 
     @property
     def stateful(self) -> bool:
         """True when the component learns from training images (``fit`` is not a formality)."""
-        return hasattr(_CLASSES[self.kind], "get_state")
+        return hasattr(_classes()[self.kind], "get_state")
 
     def describe(self) -> str:
         """What this component computes, in a few words (the transformer's ``describe``)."""
@@ -246,7 +246,7 @@ class FeatureSpec:
             if key in RUNTIME_PARAMS:
                 raise ConfigError(f"{key} says where features are computed, not what they are; "
                                   "it is not part of a feature set")
-            takers = [k for k in kinds if key in _CLASSES[k]._get_param_names()]
+            takers = [k for k in kinds if key in _classes()[k]._get_param_names()]
             if not takers:
                 raise ConfigError(f"no component of {name!r} takes a parameter {key!r}")
             for k in takers:
@@ -349,6 +349,8 @@ class FeatureSpec:
             est._validated_params()
         if len(steps) == 1:
             return steps[0]
+        from cvpipe.features.transformers import ImageFeatureUnion
+
         return ImageFeatureUnion(list(zip(self.step_names(), steps, strict=True)))
 
     def fit(self, images: Any, *, cache: MutableMapping[str, Any] | None = None, **runtime: Any
@@ -437,7 +439,7 @@ def fit_to_shape(extractor: Any, image_shape: tuple[int, ...]) -> Any:
     ``(H, W, C)`` without any image: its parameters are checked once, here, and a batch of
     another shape is refused. Returns the extractor."""
     parts = [t for _, t in getattr(extractor, "transformer_list", [("", extractor)])]
-    if any(isinstance(t, PatchFeatures) for t in parts):
+    if any(isinstance(t, _classes()["patches"]) for t in parts):
         raise ConfigError("learned features are fitted on training images, not to a shape")
     return extractor.fit(np.zeros((1, *image_shape), np.uint8))
 

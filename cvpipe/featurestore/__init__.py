@@ -16,26 +16,16 @@ finds and reuses it, an interrupted one resumes where it stopped. See
 :func:`cvpipe.featurestore.dask.extract_dask` runs the same extraction on a Dask cluster.
 """
 
-from cvpipe.featurestore.core import ExtractPlan, ExtractResult, plan_extraction
-from cvpipe.featurestore.local import extract
-from cvpipe.featurestore.sources import DatasetSource, FileSource, open_input
-from cvpipe.featurestore.store import (
-    DEFAULT_CHUNK_ROWS,
-    FORMATS,
-    FeatureStore,
-    load_features,
-)
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_CHUNK_ROWS",
-    "FORMATS",
-    "DatasetSource",
-    "ExtractPlan",
-    "ExtractResult",
-    "FeatureStore",
-    "FileSource",
-    "extract",
-    "load_features",
-    "open_input",
-    "plan_extraction",
-]
+import lazy_loader
+
+# The names below load their module on first use, so that importing one module of the
+# package (e.g. `cvpipe --help` building its parsers) does not import every library.
+__getattr__, __dir__, _lazy_names = lazy_loader.attach(__name__, submod_attrs={
+    "core": ["ExtractPlan", "ExtractResult", "plan_extraction"],
+    "local": ["extract"],
+    "sources": ["DatasetSource", "FileSource", "open_input"],
+    "store": ["DEFAULT_CHUNK_ROWS", "FORMATS", "FeatureStore", "load_features"],
+})
+__all__ = _lazy_names

@@ -8,50 +8,22 @@
 * :func:`read_metadata`, :func:`write_artifact` -- the artifact format itself.
 """
 
-from cvpipe.errors import ArtifactError
-from cvpipe.models.artifact import (
-    Predictor,
-    library_versions,
-    model_card,
-    read_metadata,
-    read_test_scores,
-    write_artifact,
-    write_test_scores,
-)
-from cvpipe.models.base import DataShape, Pipeline
-from cvpipe.models.classic import ClassicPipeline
-from cvpipe.models.cnn import CNNPipeline, checkpoint_dir_for
-from cvpipe.models.inputs import ModelInput
-from cvpipe.models.pipelines import (
-    KINDS,
-    all_pipelines,
-    get_pipeline,
-    list_pipelines,
-    load_model,
-    load_pipeline_config,
-    register_kind,
-)
+from __future__ import annotations
 
-__all__ = [
-    "KINDS",
-    "ArtifactError",
-    "CNNPipeline",
-    "ClassicPipeline",
-    "DataShape",
-    "ModelInput",
-    "Pipeline",
-    "Predictor",
-    "all_pipelines",
-    "checkpoint_dir_for",
-    "get_pipeline",
-    "library_versions",
-    "list_pipelines",
-    "load_model",
-    "load_pipeline_config",
-    "model_card",
-    "read_metadata",
-    "read_test_scores",
-    "register_kind",
-    "write_artifact",
-    "write_test_scores",
-]
+import lazy_loader
+
+from cvpipe.errors import ArtifactError as ArtifactError  # re-exported
+
+# The names below load their module on first use, so that importing one module of the
+# package (e.g. `cvpipe --help` building its parsers) does not import every library.
+__getattr__, __dir__, _lazy_names = lazy_loader.attach(__name__, submod_attrs={
+    "artifact": ["Predictor", "library_versions", "model_card", "read_metadata", "read_test_scores",
+            "write_artifact", "write_test_scores"],
+    "base": ["DataShape", "Pipeline"],
+    "classic": ["ClassicPipeline"],
+    "cnn": ["CNNPipeline", "checkpoint_dir_for"],
+    "inputs": ["ModelInput"],
+    "pipelines": ["KINDS", "all_pipelines", "get_pipeline", "list_pipelines", "load_model",
+            "load_pipeline_config", "register_kind"],
+})
+__all__ = sorted([*_lazy_names, "ArtifactError"])

@@ -15,11 +15,8 @@ from cvpipe.config import models_dir
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.errors import ConfigError
 from cvpipe.featurestore.cli import add_engine_arguments, engine
-from cvpipe.featurestore.dataset import StoreSettings
 from cvpipe.images import IMAGE_FORMATS
 from cvpipe.models.artifact import model_card, read_metadata
-from cvpipe.models.base import DataShape
-from cvpipe.models.pipelines import get_pipeline, list_pipelines, load_model
 from cvpipe.storage import recover_all, safe_name
 
 log = logging.getLogger(__name__)
@@ -58,6 +55,12 @@ def _run_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _train(args: argparse.Namespace) -> int:
+    # the pipelines bring scikit-learn and PyTorch: imported by the commands that run them,
+    # not by every `cvpipe --help`
+    from cvpipe.featurestore.dataset import StoreSettings
+    from cvpipe.models.base import DataShape
+    from cvpipe.models.pipelines import get_pipeline
+
     pipeline = get_pipeline(args.pipeline, args.config).configure(_run_options(args))
     name = safe_name(args.name or args.pipeline, "model name")
     target = models_dir(args.models_dir) / name
@@ -84,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cvpipe.metrics import classification_metrics, format_metrics
+    from cvpipe.models.pipelines import load_model
 
     path = _model_path(args.model, args.models_dir)
     model = load_model(path)
@@ -114,6 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from cvpipe.images import load_images
+    from cvpipe.models.pipelines import load_model
 
     model = load_model(_model_path(args.model, args.models_dir))
     meta = model.metadata
@@ -223,6 +228,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _pipelines(args: argparse.Namespace) -> int:
+    from cvpipe.models.pipelines import list_pipelines
+
     for name, desc in list_pipelines(args.config):
         print(f"{name:<28} {desc}")
     return 0
