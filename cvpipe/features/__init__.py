@@ -30,9 +30,9 @@ __getattr__, __dir__, _lazy_names = lazy_loader.attach(__name__, submod_attrs={
     "patches": ["PatchFeatures"],
     "scattering": ["ScatteringTransformer"],
     "spec": ["FEATURE_NAMES", "RUNTIME_PARAMS", "FeatureComponent", "FeatureSpec", "extractor_state",
-            "fit_to_shape", "make_features", "restore_extractor"],
+             "fit_to_shape", "make_features", "restore_extractor"],
     "transformers": ["ColorHistogramTransformer", "HOGTransformer", "ImageFeatureUnion",
-            "PixelTransformer"],
+                     "PixelTransformer"],
     "visualize": ["hog_glyphs", "plot_color_histogram", "plot_hog"],
 })
 __all__ = _lazy_names

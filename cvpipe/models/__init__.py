@@ -18,12 +18,12 @@ from cvpipe.errors import ArtifactError as ArtifactError  # re-exported
 # package (e.g. `cvpipe --help` building its parsers) does not import every library.
 __getattr__, __dir__, _lazy_names = lazy_loader.attach(__name__, submod_attrs={
     "artifact": ["Predictor", "library_versions", "model_card", "read_metadata", "read_test_scores",
-            "write_artifact", "write_test_scores"],
+                 "write_artifact", "write_test_scores"],
     "base": ["DataShape", "Pipeline"],
     "classic": ["ClassicPipeline"],
     "cnn": ["CNNPipeline", "checkpoint_dir_for"],
     "inputs": ["ModelInput"],
     "pipelines": ["KINDS", "all_pipelines", "get_pipeline", "list_pipelines", "load_model",
-            "load_pipeline_config", "register_kind"],
+                  "load_pipeline_config", "register_kind"],
 })
 __all__ = sorted([*_lazy_names, "ArtifactError"])
