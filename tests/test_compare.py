@@ -51,6 +51,10 @@ def test_compare_trains_every_pipeline_and_writes_the_report(run):
         assert r["test_accuracy"] == pytest.approx(r["stored_test_accuracy"], abs=1e-6), name
         assert r["latency_ms_single"] > 0 and r["model_bytes"] > 0 and not r["reused"]
         assert len(r["test_metrics"]["confusion_matrix"]) == 10
+        # every file readable by the service, which may run as another user (safetensors writes 0600)
+        model_dir = root / "models" / f"cifar10-tiny-{name}"
+        assert {p.name: p.stat().st_mode & 0o777 for p in model_dir.iterdir()} == {
+            p.name: 0o644 for p in model_dir.iterdir()}, name
     assert rows["hog+color-mlp"]["test_accuracy"] > 0.5  # learnable synthetic data
     assert results["dataset"]["test"] == 160 and results["dataset"]["limit_per_class"] == 16
     s = results["summary"]

@@ -94,9 +94,7 @@ class CNNPredictor:
 def save_weights(model: nn.Module, directory: Path) -> None:
     """Write the model's state (weights and batch-norm statistics) as ``weights.safetensors``."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    path = Path(directory) / WEIGHTS
-    save_file(tensors, str(path), metadata={"format": "cvpipe-cnn"})
-    path.chmod(0o644)  # safetensors writes 0600; a model is read by the service, maybe as another user
+    save_file(tensors, str(Path(directory) / WEIGHTS), metadata={"format": "cvpipe-cnn"})
 
 
 def load_predictor(weights: str | Path, meta: dict[str, Any], device: str = "cpu") -> CNNPredictor:

@@ -93,7 +93,10 @@ def write_artifact(model_dir: str | os.PathLike[str], metadata: dict[str, Any],
     with replace_dir(model_dir, owned=holds("model.json")) as tmp:
         more = write_files(tmp)
         more = more if isinstance(more, dict) else {}
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        written = [p for p in sorted(tmp.iterdir()) if p.is_file()]
+        for path in written:  # safetensors writes 0600; the service may read as another user
+            path.chmod(0o644)
+        files = {p.name: sha256_file(p) for p in written}
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -165,7 +168,6 @@ def write_test_scores(directory: Path, scores: np.ndarray) -> dict[str, Any]:
     """
     scores = np.ascontiguousarray(scores, dtype=np.float32)
     save_file({"scores": scores}, str(Path(directory) / TEST_SCORES))
-    (Path(directory) / TEST_SCORES).chmod(0o644)  # safetensors writes 0600
     return {"test_scores": {"file": TEST_SCORES, "shape": list(scores.shape)}}
 
 
