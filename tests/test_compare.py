@@ -84,6 +84,16 @@ def test_second_run_reuses_unchanged_models_and_force_retrains(run, capsys):
     assert main(args + ["--run", "again", "--pipelines", "color-linear-svm,cnn"]) == 0
     results = json.loads((root / "reports" / "again" / "results.json").read_text())
     assert all(r["reused"] for r in results["pipelines"])
+    # a reused model's row still says what its training took, and how its features were come by
+    first_rows = {r["pipeline"]: r for r in json.loads(
+        (root / "reports" / "cifar10-tiny" / "results.json").read_text())["pipelines"]}
+    for r in results["pipelines"]:
+        trained = first_rows[r["pipeline"]]
+        assert r["training_seconds"] == trained["training_seconds"] > 0
+        assert r["training_seconds"] <= trained["run_seconds"]
+        assert r["trained_features_status"] == trained["features_status"]
+        assert r["features_status"] == "model reused"
+    assert "computed (then)" in capsys.readouterr().out  # the command's table says so too
     assert (root / "models" / "cifar10-tiny-color-linear-svm" / "model.json").read_text() == before
     assert main(args + ["--run", "forced", "--pipelines", "color-linear-svm", "--force"]) == 0
     forced = json.loads((root / "reports" / "forced" / "results.json").read_text())

@@ -104,14 +104,19 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _table(results: dict) -> str:
-    head = (f"{'pipeline':<30}{'train':>7}{'val':>7}{'test':>7}{'fit s':>8}{'run s':>8}{'ms/img':>8}"
-            "  model    features")
+    # "run s": this run's seconds for the pipeline; "trained s": those of the run that trained
+    # its model (this one, or an earlier one whose model was reused), features as they were then
+    head = (f"{'pipeline':<30}{'train':>7}{'val':>7}{'test':>7}{'fit s':>8}{'trained s':>10}"
+            f"{'run s':>7}{'ms/img':>8}  model    features")
     lines = [head, "-" * len(head)]
     for r in results["pipelines"]:
+        trained = r.get("training_seconds")
+        features = r.get("trained_features_status", "")
         lines.append(f"{r['pipeline']:<30}{r['train_accuracy']:>7.3f}{r['val_accuracy']:>7.3f}"
-                     f"{r['test_accuracy']:>7.3f}{r['fit_seconds']:>8.1f}{r.get('run_seconds', 0):>8.0f}"
+                     f"{r['test_accuracy']:>7.3f}{r['fit_seconds']:>8.1f}"
+                     f"{'n/a' if trained is None else f'{trained:.0f}':>10}{r.get('run_seconds', 0):>7.0f}"
                      f"{r['latency_ms_single']:>8.2f}  {'reused ' if r['reused'] else 'trained'}  "
-                     f"{r.get('features_status', '')}")
+                     f"{features + ' (then)' if r['reused'] and features else features}")
     return "\n".join(lines)
 
 

@@ -33,6 +33,8 @@ COLUMNS = [  # (key, header, format)
     ("features_status", "features", "{}"),
     ("fit_seconds", "fit s", "{:.1f}"),
     ("train_seconds", "train s", "{:.1f}"),
+    # the run that trained the model: this one, or an earlier one whose model this run reused
+    ("training_seconds", "training run s", "{:.0f}"),
     ("latency_ms_single", "latency ms (1 img)", "{:.2f}"),
     ("latency_ms_per_image_batch", "ms/img (batch)", "{:.3f}"),
     ("model_bytes", "model size", "{}"),

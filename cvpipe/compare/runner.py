@@ -61,22 +61,29 @@ def _reuse_key(pipeline: Pipeline, ds: Dataset) -> str:
 
 
 def _train_one(pipeline: Pipeline, ds: Dataset, model_dir: Path, force: bool,
-               store: StoreSettings | None = None) -> tuple[dict[str, Any], bool]:
-    """Train (or reuse) one pipeline's model; returns (metadata, reused)."""
+               store: StoreSettings | None = None) -> tuple[dict[str, Any], bool, float | None]:
+    """Train (or reuse) one pipeline's model; returns (metadata, reused, training seconds).
+
+    The seconds are those of the run that trained the model (features, selection, refit),
+    kept with the reuse key, so that a later run's report still says what the model cost
+    (None for a model trained before they were kept)."""
     key = _reuse_key(pipeline, ds)
     marker = model_dir.parent / ".compare" / f"{model_dir.name}.json"
     if not force and (model_dir / "model.json").exists() and marker.exists():
         try:
-            if json.loads(marker.read_text()).get("key") == key:
+            recorded = json.loads(marker.read_text())
+            if recorded.get("key") == key:
                 log.info("%s: configuration unchanged, reusing %s", pipeline.name, model_dir)
-                return read_metadata(model_dir), True
+                return read_metadata(model_dir), True, recorded.get("training_seconds")
         except (OSError, ValueError):
             pass
     log.info("%s: training", pipeline.name)
+    start = time.perf_counter()
     meta = pipeline.train(ds, model_dir, store=store)
+    seconds = round(time.perf_counter() - start, 1)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"key": key, "pipeline": pipeline.name})
-    return meta, False
+    write_json(marker, {"key": key, "pipeline": pipeline.name, "training_seconds": seconds})
+    return meta, False, seconds
 
 
 def _test_scores(model: Any, model_dir: Path, ds: Dataset, store: StoreSettings | None,
@@ -226,12 +233,13 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
         name = pipeline.name
         model_dir = models_root / f"{prefix}{name}"
         t0 = time.perf_counter()
-        meta, reused = _train_one(pipeline, ds, model_dir, force or retrain, store)
+        meta, reused, training_seconds = _train_one(pipeline, ds, model_dir, force or retrain, store)
         seconds = time.perf_counter() - t0
         measured = _measure(model_dir, ds, store)
         arrays[name] = measured.pop("scores")
         m = meta["metrics"]
         card = model_card(meta)
+        features_status = (meta.get("feature_store") or {}).get("status", "pixels")
         rows.append({
             "pipeline": name,
             "model": model_dir.name,
@@ -260,9 +268,11 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
             "selection": meta.get("selection"),
             "history": meta.get("history"),
             "reused": reused,
-            "features_status": ("model reused" if reused else
-                                (meta.get("feature_store") or {}).get("status", "pixels")),
+            "features_status": ("model reused" if reused else features_status),
             "run_seconds": round(seconds, 1),
+            # the run that trained the model (this one, or an earlier one): its features and seconds
+            "trained_features_status": features_status,
+            "training_seconds": training_seconds,
             **{k: v for k, v in measured.items() if k != "test_metrics"},
             "test_metrics": measured["test_metrics"],
         })
