@@ -11,7 +11,9 @@ comparison scored) to ``/v1/models/<name>/predict`` in batches, and compares for
     python benchmarks/rescore.py --models models --limit-per-class 300     # make demo's models
 
 One JSON line per model (name, recorded and API test accuracy, equal, agreement with the local
-predictions, images per second through the API), then a summary line.
+predictions, images per second through the API), then a summary line. A model whose accuracy
+was recorded on another number of test images (a quick-profile model among full-profile ones)
+is not compared: its line says so and which ``--limit-per-class`` matches it.
 """
 
 from __future__ import annotations
@@ -46,9 +48,21 @@ def served_labels(client: Client, name: str, pngs: list[bytes], batch: int) -> l
     return labels
 
 
-def rescore(model_dir: Path, client: Client, x: np.ndarray, y: np.ndarray, pngs: list[bytes],
-            batch: int, local: bool) -> dict[str, Any]:
-    meta = read_metadata(model_dir)
+def scored_elsewhere(meta: dict[str, Any], n_images: int) -> str | None:
+    """Why the model's recorded test accuracy cannot be compared with one on ``n_images``
+    test images (it was recorded on another number of them), or None."""
+    recorded_on = (meta.get("dataset") or {}).get("test")
+    if recorded_on is None or int(recorded_on) == n_images:
+        return None
+    n_classes = len(meta.get("classes") or []) or 1
+    hint = (f"; rerun with --limit-per-class {int(recorded_on) // n_classes}"
+            if int(recorded_on) % n_classes == 0 else "")
+    return (f"its test accuracy was recorded on {int(recorded_on):,} test images, "
+            f"not the {n_images:,} sent{hint}")
+
+
+def rescore(model_dir: Path, meta: dict[str, Any], client: Client, x: np.ndarray, y: np.ndarray,
+            pngs: list[bytes], batch: int, local: bool) -> dict[str, Any]:
     classes = list(meta["classes"])
     start = time.perf_counter()
     labels = served_labels(client, model_dir.name, pngs, batch)
@@ -90,23 +104,34 @@ def main(argv: list[str] | None = None) -> int:
     pngs = [png_bytes(img) for img in x]
     port = free_port()
     server = Server(Path(args.models), port, args.workers, 4, {})
-    lines = []
+    lines, skipped = [], []
     try:
         server.wait_ready()
         client = Client(port)
         for model_dir in models:
-            line = rescore(model_dir, client, x, y, pngs, args.batch, args.local)
+            meta = read_metadata(model_dir)
+            reason = scored_elsewhere(meta, len(y))
+            if reason is not None:
+                skipped.append({"model": model_dir.name, "not_compared": reason})
+                print(json.dumps(skipped[-1]), flush=True)
+                continue
+            line = rescore(model_dir, meta, client, x, y, pngs, args.batch, args.local)
             print(json.dumps(line), flush=True)
             lines.append(line)
     finally:
         server.stop()
     summary = {"models": len(lines), "equal": sum(line["equal"] for line in lines),
-               "server": server.command}
+               "not_compared": len(skipped), "server": server.command}
     if args.local:
         summary["identical_to_local"] = sum(line["agreement_with_local"] == 1.0 for line in lines)
     print(json.dumps(summary), flush=True)
     if args.out:
-        Path(args.out).write_text("".join(json.dumps(line) + "\n" for line in [*lines, summary]))
+        Path(args.out).write_text("".join(json.dumps(line) + "\n"
+                                          for line in [*lines, *skipped, summary]))
+    if not lines:
+        print(f"no model in {args.models} was scored on these {len(y):,} test images; "
+              "see --limit-per-class", file=sys.stderr)
+        return 1
     return 0 if summary["equal"] == len(lines) else 1
 
 
