@@ -13,7 +13,8 @@ comparison scored) to ``/v1/models/<name>/predict`` in batches, and compares for
 One JSON line per model (name, recorded and API test accuracy, equal, agreement with the local
 predictions, images per second through the API), then a summary line. A model whose accuracy
 was recorded on another number of test images (a quick-profile model among full-profile ones)
-is not compared: its line says so and which ``--limit-per-class`` matches it.
+is not compared: its line says so and which ``--limit-per-class`` matches it; so is a model of
+another dataset (its source's checksum differs).
 """
 
 from __future__ import annotations
@@ -48,10 +49,15 @@ def served_labels(client: Client, name: str, pngs: list[bytes], batch: int) -> l
     return labels
 
 
-def scored_elsewhere(meta: dict[str, Any], n_images: int) -> str | None:
+def scored_elsewhere(meta: dict[str, Any], n_images: int, checksum: str | None = None) -> str | None:
     """Why the model's recorded test accuracy cannot be compared with one on ``n_images``
-    test images (it was recorded on another number of them), or None."""
-    recorded_on = (meta.get("dataset") or {}).get("test")
+    test images of the dataset whose source has ``checksum`` (it was recorded on another
+    dataset, or on another number of its test images), or None."""
+    dataset = meta.get("dataset") or {}
+    if checksum and dataset.get("checksum") and dataset["checksum"] != checksum:
+        return (f"trained and scored on {dataset.get('name', 'another dataset')} "
+                f"({dataset['checksum'][:19]}...), not the CIFAR-10 copy sent ({checksum[:19]}...)")
+    recorded_on = dataset.get("test")
     if recorded_on is None or int(recorded_on) == n_images:
         return None
     n_classes = len(meta.get("classes") or []) or 1
@@ -99,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if not models:
         p.error(f"no models in {args.models}")
     options = {"limit_per_class": args.limit_per_class} if args.limit_per_class else {}
-    x, y = load_cifar10(args.source, **options).split("test")
+    cifar = load_cifar10(args.source, **options)
+    x, y = cifar.split("test")
     x, y = np.asarray(x), np.asarray(y)
     pngs = [png_bytes(img) for img in x]
     port = free_port()
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         client = Client(port)
         for model_dir in models:
             meta = read_metadata(model_dir)
-            reason = scored_elsewhere(meta, len(y))
+            reason = scored_elsewhere(meta, len(y), cifar.checksum)
             if reason is not None:
                 skipped.append({"model": model_dir.name, "not_compared": reason})
                 print(json.dumps(skipped[-1]), flush=True)

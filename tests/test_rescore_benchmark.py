@@ -1,5 +1,6 @@
-"""benchmarks/rescore.py compares a model only with a score on as many test images as its
-recorded one (a quick-profile model among full-profile ones is named, not called unequal)."""
+"""benchmarks/rescore.py compares a model only with a score on the same dataset and as many
+test images as its recorded one (a quick-profile model among full-profile ones, or an MNIST
+model beside CIFAR-10 ones, is named, not called unequal)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def test_no_limit_is_suggested_when_the_count_is_not_per_class():
 
 def test_a_model_without_a_recorded_count_is_compared():
     assert scored_elsewhere({"classes": CLASSES}, 10000) is None
+
+
+def test_a_model_of_another_dataset_is_named_not_compared():
+    meta = {"dataset": {"name": "mnist5k-png", "checksum": "sha256:" + "0" * 64, "test": 10000},
+            "classes": CLASSES}
+    reason = scored_elsewhere(meta, 10000, "sha256:" + "1" * 64)
+    assert reason is not None and "mnist5k-png" in reason
+    assert scored_elsewhere(meta, 10000, "sha256:" + "0" * 64) is None
