@@ -18,12 +18,19 @@ CONFIG = """
 [compare]
 seed = 0
 val_fraction = 0.25
-pipelines = ["color-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"]
+pipelines = ["color-linear-svm", "color-tta-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"]
 
 [profiles.tiny]
 limit_per_class = 16
 model_prefix = "tiny-"
 options = { cnn = { epochs = 2, width = 8, batch_size = 32, eval_batch_size = 64, train_score_images = 50 } }
+
+# scored by the mean of each image's features and those of its four moved copies: the report's
+# re-scoring of the saved model (its own path from images) must agree with the stored copies'
+[pipelines.color-tta-linear-svm]
+features = { name = "color" }
+classifier = { type = "linear-svm", params = { C = 0.01 } }
+test_time_shifts = 4
 """
 
 
@@ -44,7 +51,7 @@ def test_compare_trains_every_pipeline_and_writes_the_report(run):
     out = root / "reports" / "cifar10-tiny"
     results = json.loads((out / "results.json").read_text())
     rows = {r["pipeline"]: r for r in results["pipelines"]}
-    assert set(rows) == {"color-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"}
+    assert set(rows) == {"color-linear-svm", "color-tta-linear-svm", "hog+color-mlp", "pixels-softmax", "cnn"}
     for name, r in rows.items():
         assert (root / "models" / f"cifar10-tiny-{name}" / "model.json").exists()
         # The report re-scores the saved model: it must agree with training-time scoring.
@@ -173,7 +180,7 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
         driver.save_screenshot(str(shot))
     finally:
         driver.quit()
-    assert rows == 4
+    assert rows == 5  # one per pipeline
     assert len(images) >= 8 and all(done and width > 100 for done, width, _ in images), images
     words = {w for _, _, alt in images for w in alt.replace(":", " ").split()}
     assert {"accuracy", "Confusion", "Misclassified", "HOG"} <= words

@@ -301,3 +301,51 @@ def test_block_products_by_either_blas_equal_numpys(monkeypatch, torch_blas):
     for A in (X, readonly, X[::-1], X.astype(np.float64)):
         np.testing.assert_allclose(blocks.matmul(A, W), A @ W, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(blocks.matmul_t(A, G), A.T @ G, rtol=1e-4, atol=1e-4)
+
+
+def test_test_time_shifts_score_validation_and_test_by_the_mean_of_shifted_copies(tiny, tmp_path):
+    from cvpipe.featurestore.sources import augment
+    from cvpipe.models import ClassicPipeline, load_model
+
+    store = StoreSettings(root=tmp_path / "store", progress=False)
+    spec = ClassicSpec.from_dict("tta", {"features": PATCHES, "test_time_shifts": 4,
+                                         "classifier": {"type": "linear-svm", "params": {"C": 0.01}}})
+    assert spec.test_time_variants() == [(False, 0, 0), (False, 2, 0), (False, -2, 0), (False, 0, 2),
+                                         (False, 0, -2)]
+    fit = fit_classic(tiny, spec, progress=False, store=store)
+    # train once; validation and test, each with its four moved copies
+    assert len(fit.features["stores"]) == 1 + 5 + 5
+    assert fit.selection["test_time_shifts"] == 4
+    x, y = (np.asarray(a) for a in tiny.split("test"))
+    model = fit.model
+    by_hand = np.mean([model.feature_extractor.transform(augment(x, v))
+                       for v in spec.test_time_variants()], axis=0)
+    np.testing.assert_allclose(model.features_of(x), by_hand, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model.features_of(x), model.feature_extractor.transform(x))
+    # the stored copies' mean (what test was scored on) and the model's own path agree
+    assert fit.metrics["test"]["accuracy"] == pytest.approx(float((model.predict(x) == y).mean()))
+
+    meta = ClassicPipeline(spec).train(tiny, tmp_path / "model", progress=False, store=store)
+    assert meta["spec"]["test_time_shifts"] == 4
+    loaded = load_model(tmp_path / "model")
+    assert loaded.test_time_shifts == 4
+    np.testing.assert_allclose(loaded.scores(x)[0], model.scores(x)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-1, 25, "2", True, 1.5])
+def test_test_time_shifts_out_of_range_are_refused(bad):
+    with pytest.raises(ConfigError, match="test_time_shifts"):
+        ClassicSpec.from_dict("bad", {"features": {"name": "color"},
+                                      "classifier": {"type": "linear-svm"}, "test_time_shifts": bad})
+
+
+def test_rows_averaged_across_matrices_must_be_the_same_rows():
+    from cvpipe.classifiers.chunks import Mean, materialize
+
+    X, y = np.arange(24, dtype=np.float32).reshape(6, 4), np.arange(6)
+    mean = Mean([ArrayChunks(X, y, rows=4), ArrayChunks(3 * X, y, rows=4)])
+    np.testing.assert_array_equal(materialize(mean)[0], 2 * X)
+    with pytest.raises(ValueError, match="same rows"):
+        Mean([ArrayChunks(X, y, rows=4), ArrayChunks(X, y, rows=3)])  # other blocks
+    with pytest.raises(ValueError, match="same rows"):
+        materialize(Mean([ArrayChunks(X, y, rows=4), ArrayChunks(X, y[::-1].copy(), rows=4)]))

@@ -10,8 +10,9 @@ seeded random order of the blocks, for stochastic training). Two kinds exist:
 
 Each block is addressed by a small picklable :class:`ChunkRef` that reads its own rows
 wherever it runs (this process or a Dask worker), so statistics can be computed where the
-data is. :class:`Concat` joins several sources (train + validation for a refit) and
-:class:`Mapped` applies a fitted transform to every block on the fly.
+data is. :class:`Concat` joins several sources (train + validation for a refit),
+:class:`Mapped` applies a fitted transform to every block on the fly and :class:`Mean`
+averages the features of the same rows from several sources (test-time shifts).
 """
 
 from __future__ import annotations
@@ -177,6 +178,48 @@ class Concat:
 
     def labels(self) -> np.ndarray:
         return np.concatenate([p.labels() for p in self.parts])
+
+
+@dataclass(frozen=True)
+class MeanRef:
+    """One block of rows, the mean of the same block of several matrices."""
+
+    refs: tuple[ChunkRef, ...]
+
+    @property
+    def n_rows(self) -> int:
+        return self.refs[0].n_rows
+
+    def read(self) -> tuple[np.ndarray, np.ndarray]:
+        X, y = self.refs[0].read()
+        total = np.array(X, np.float32)
+        for ref in self.refs[1:]:
+            more, labels = ref.read()
+            if not np.array_equal(labels, y):
+                raise ValueError("matrices averaged row by row must hold the same rows")
+            total += more
+        total /= np.float32(len(self.refs))
+        return total, y
+
+
+class Mean:
+    """Several matrices of the same rows in the same blocks (the features of the same images
+    and of altered copies of them), averaged row by row: what a model scores with
+    test-time shifts."""
+
+    def __init__(self, parts: Sequence[Chunks]):
+        parts = list(parts)
+        shapes = {(p.n_rows, p.n_features, tuple(r.n_rows for r in p.refs())) for p in parts}
+        if not parts or len(shapes) != 1:
+            raise ValueError("matrices averaged row by row need the same rows, width and blocks")
+        self.parts = parts
+        self.n_rows, self.n_features = parts[0].n_rows, parts[0].n_features
+
+    def refs(self) -> list[ChunkRef]:
+        return [MeanRef(refs) for refs in zip(*(p.refs() for p in self.parts), strict=True)]
+
+    def labels(self) -> np.ndarray:
+        return self.parts[0].labels()
 
 
 def in_memory(chunks: Chunks, budget: int = SMALL_BYTES) -> Chunks:

@@ -9,6 +9,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from cvpipe.features import FeatureSpec
+from cvpipe.featurestore.sources import augment, test_time_variants
 
 
 def decision_scores(classifier: BaseEstimator, x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -36,6 +37,9 @@ class ClassicModel:
         Fitted classifier.
     metadata : dict
         What the model's ``model.json`` holds (empty before it is saved).
+    test_time_shifts : int
+        Describe each image by the mean of its features and those of its copies moved by the
+        first ``test_time_shifts`` of :data:`cvpipe.featurestore.sources.SHIFTS` (0: by its own).
     """
 
     features: FeatureSpec
@@ -43,8 +47,10 @@ class ClassicModel:
     classifier: BaseEstimator
     metadata: dict[str, Any] = field(default_factory=dict)
     extractor: Any = None  # fitted; built from ``features`` when None (stateless features only)
+    test_time_shifts: int = 0
 
     def __post_init__(self) -> None:
+        self.test_time_variants = test_time_variants(self.test_time_shifts)  # checked here
         if self.extractor is None:
             if self.features.stateful:
                 raise ValueError(f"features {self.features.name!r} learn from images: pass the "
@@ -52,9 +58,23 @@ class ClassicModel:
             self.extractor = self.features.build()
         self.feature_extractor = self.extractor
 
+    def features_of(self, images: np.ndarray) -> np.ndarray:
+        """Feature vectors of uint8 (N, H, W[, C]) images: with test-time shifts, the mean of
+        the features of each image and of its shifted copies, added in the order the stored
+        features' mean (:class:`cvpipe.classifiers.chunks.Mean`) adds them."""
+        feats = self.feature_extractor.transform(images)
+        if len(self.test_time_variants) == 1:
+            return feats
+        images = np.asarray(images)
+        total = np.array(feats, np.float32)
+        for variant in self.test_time_variants[1:]:
+            total += self.feature_extractor.transform(augment(images, variant))
+        total /= np.float32(len(self.test_time_variants))
+        return total
+
     def transform(self, images: np.ndarray) -> np.ndarray:
         """Preprocessed feature vectors of uint8 (N, H, W, C) images."""
-        feats = self.feature_extractor.transform(images)
+        feats = self.features_of(images)
         return self.preprocess.transform(feats) if self.preprocess is not None else feats
 
     def scores(self, images: np.ndarray) -> tuple[np.ndarray, str]:

@@ -34,7 +34,7 @@ from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.opencv_svm import OpenCVSVM
 from cvpipe.errors import ConfigError
 from cvpipe.features import FeatureSpec
-from cvpipe.featurestore.sources import training_variants
+from cvpipe.featurestore.sources import test_time_variants, training_variants
 
 #: classifier type -> (estimator class, fixed parameters)
 CLASSIFIERS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
@@ -47,7 +47,7 @@ CLASSIFIERS: dict[str, tuple[type[BaseEstimator], dict[str, Any]]] = {
 CLASSIFIER_TYPES = tuple(CLASSIFIERS)
 PREPROCESS_OPTIONS = ("standardize", "pca", "whiten", "pca_rows")
 SPEC_KEYS = ("features", "classifier", "preprocess", "grid", "augment_flip", "augment_shifts",
-             "description")
+             "test_time_shifts", "description")
 
 
 def build_classifier(classifier: Mapping[str, Any]) -> BaseEstimator:
@@ -139,6 +139,9 @@ class ClassicSpec:
     grid: dict[str, list] = field(default_factory=dict)
     augment_flip: bool = False  # add horizontally flipped training images
     augment_shifts: int = 0  # add copies moved by the first n of featurestore.sources.SHIFTS
+    # score each image by the mean of its features and those of its copies moved by the first
+    # n of featurestore.sources.SHIFTS (validation, test and prediction; training rows as they are)
+    test_time_shifts: int = 0
     description: str = ""
 
     @classmethod
@@ -163,7 +166,10 @@ class ClassicSpec:
         return spec
 
     def to_dict(self) -> dict[str, Any]:
+        # the keys added later are left out at their defaults: older models' specs read the same
         shifts = {"augment_shifts": self.augment_shifts} if self.augment_shifts else {}
+        if self.test_time_shifts:
+            shifts["test_time_shifts"] = self.test_time_shifts
         return {"features": self.features.to_dict(), "classifier": self.classifier,
                 "preprocess": self.preprocess, "grid": self.grid,
                 "augment_flip": self.augment_flip, **shifts, "description": self.description}
@@ -173,6 +179,10 @@ class ClassicSpec:
         per copy, the images themselves first."""
         return training_variants(self.augment_flip, self.augment_shifts)
 
+    def test_time_variants(self) -> list[tuple[bool, int, int]]:
+        """The copies an image is scored by (their features averaged), the image first."""
+        return test_time_variants(self.test_time_shifts)
+
     def validate(self) -> None:
         """Check the grid's keys and build the classifier and preprocessing of every candidate."""
         if not isinstance(self.augment_flip, bool):
@@ -180,6 +190,7 @@ class ClassicSpec:
         if isinstance(self.augment_shifts, bool) or not isinstance(self.augment_shifts, int):
             raise ConfigError(f"augment_shifts is a whole number, not {self.augment_shifts!r}")
         self.training_variants()  # the range
+        self.test_time_variants()
         for key, values in self.grid.items():
             part, _, option = key.partition(".")
             if part not in ("classifier", "preprocess") or not option:

@@ -37,14 +37,25 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
-from cvpipe.classifiers.chunks import Chunks, Concat, Mapped, gather_rows, in_memory, materialize, read_ahead
+from cvpipe.classifiers.chunks import (
+    Chunks,
+    Concat,
+    Mapped,
+    Mean,
+    gather_rows,
+    in_memory,
+    materialize,
+    read_ahead,
+)
 from cvpipe.classifiers.fitted import ClassicModel, decision_scores
 from cvpipe.classifiers.linear_svm import LinearProblem, LinearSVM, fit_path
 from cvpipe.classifiers.mlp import MLPClassifier
 from cvpipe.classifiers.row_stats import LOCAL, Runner, compute_stats
 from cvpipe.classifiers.specs import ClassicSpec, build_classifier, build_preprocess
 from cvpipe.data.dataset import Dataset
+from cvpipe.features import FeatureSpec
 from cvpipe.featurestore.dataset import (
+    Learned,
     StoredFeatures,
     StoreSettings,
     learned_extractor,
@@ -174,6 +185,16 @@ def _linear_grid(spec: ClassicSpec) -> list[float] | None:
 # the pipeline
 
 
+def scored_rows(ds: Dataset, features: FeatureSpec, split: str, learned: Learned,
+                store: StoreSettings, variants: list[tuple[bool, int, int]]
+                ) -> tuple[Chunks, list[StoredFeatures]]:
+    """The rows a model is scored on for ``split``, and the stores they come from: the split's
+    stored features, or with test-time shifts (``variants``, the images themselves first:
+    :meth:`ClassicSpec.test_time_variants`) the mean of those of each copy."""
+    stores = [split_features(ds, features, split, learned, store, variant=v) for v in variants]
+    return (stores[0] if len(stores) == 1 else Mean(stores)), stores
+
+
 def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress: bool = True,
                 store: StoreSettings | None = None, runner: Runner = LOCAL) -> ClassicFit:
     """Select, fit and score one classic pipeline on a dataset.
@@ -197,8 +218,12 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
     classes = list(ds.classes)
     learned = learned_extractor(ds, spec.features, store)
     train = split_features(ds, spec.features, "train", learned, store)
-    val = split_features(ds, spec.features, "val", learned, store)
-    parts: list[StoredFeatures] = [train, val]
+    # val_eval: the rows candidates are scored on (the mean over the test-time shifts, if any);
+    # val: the split's own features, added to the training rows by the refit
+    test_time = spec.test_time_variants()
+    val_eval, val_stores = scored_rows(ds, spec.features, "val", learned, store, test_time)
+    val = val_stores[0]
+    parts: list[StoredFeatures] = [train, *val_stores]
     fit_rows: Chunks = train
     variants = spec.training_variants()[1:]  # mirror images and shifted copies, if any
     if variants:
@@ -215,7 +240,7 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
     def record(params: dict[str, Any], cand: ClassicSpec, pre: Any, clf: BaseEstimator,
                secs: float) -> None:
         nonlocal best
-        y, scores, _ = score_chunks(pre, clf, val)
+        y, scores, _ = score_chunks(pre, clf, val_eval)
         val_acc = float((scores.argmax(1) == y).mean())
         rec = {"params": params, "val_accuracy": val_acc, "fit_seconds": round(secs, 3)}
         if isinstance(clf, MLPClassifier):
@@ -255,13 +280,13 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
     else:
         for params in candidates:
             cand = spec.with_params(params)
-            pre, clf, secs = _fit_candidate(cand, fit_rows, val, runner)
+            pre, clf, secs = _fit_candidate(cand, fit_rows, val_eval, runner)
             record(params, cand, pre, clf, secs)
             bar.update()
     bar.close()
     assert best is not None
     rec, chosen, pre, clf = best
-    val_metrics = _metrics(pre, clf, val, classes)
+    val_metrics = _metrics(pre, clf, val_eval, classes)
 
     all_rows: Chunks = Concat([fit_rows, val]) if refit else fit_rows
     if refit:
@@ -292,14 +317,15 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
             pre, clf, fit_seconds = _fit_candidate(final, all_rows, None, runner)
         n_fit_images = all_rows.n_rows
         train_split = "train_full"
-        # the unaugmented train + validation
+        # the unaugmented train + validation (without test-time shifts: those would describe
+        # every training image again, as many times)
         train_eval: Chunks = Concat([train, val])
     else:
         fit_seconds = rec["fit_seconds"]
         n_fit_images = fit_rows.n_rows
         train_split, train_eval = "train", train
 
-    test = split_features(ds, spec.features, "test", learned, store)
+    test, test_stores = scored_rows(ds, spec.features, "test", learned, store, test_time)
     speed = train.images_per_second
     train_seconds = learned.fit_seconds + n_fit_images / speed + fit_seconds
     metrics = {"train": {**_metrics(pre, clf, train_eval, classes), "split": train_split},
@@ -307,7 +333,7 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
                "test": _metrics(pre, clf, test, classes)}  # the only look at test
     log.info("%s: train %.4f val %.4f test %.4f, fit %.1f s", spec.name, metrics["train"]["accuracy"],
              metrics["val"]["accuracy"], metrics["test"]["accuracy"], fit_seconds)
-    stores = [*parts, test]
+    stores = [*parts, *test_stores]
     features = {
         "status": _status(stores, learned.reused),
         "seconds": round(sum(s.seconds for s in stores), 3),
@@ -315,13 +341,16 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
         "stores": sorted({url for s in stores for url in s.urls}),
     }
     return ClassicFit(
-        model=ClassicModel(spec.features, pre, clf, extractor=learned.extractor),
+        model=ClassicModel(spec.features, pre, clf, extractor=learned.extractor,
+                           test_time_shifts=spec.test_time_shifts),
         chosen=chosen,
         metrics=metrics,
         selection={
             "split": "val", "metric": "accuracy", "chosen": rec["params"], "candidates": records,
             "refit_on": "train_full (train + val)" if refit else "none (fit on train)",
             "test": "scored once, after selection",
+            **({"test_time_shifts": spec.test_time_shifts,
+                "train_scored": "without the test-time shifts"} if spec.test_time_shifts else {}),
         },
         feature_dim=int(train.n_features),
         fit_seconds=fit_seconds,

@@ -23,14 +23,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cvpipe.classifiers.fitted import ClassicModel
-from cvpipe.classifiers.training import score_chunks
+from cvpipe.classifiers.training import score_chunks, scored_rows
 from cvpipe.compare import stats
 from cvpipe.compare.config import CompareConfig, Profile
 from cvpipe.config import models_dir as default_models_dir
 from cvpipe.data.dataset import Dataset, load_dataset
 from cvpipe.errors import ArtifactError, ConfigError
 from cvpipe.features import FeatureSpec
-from cvpipe.featurestore.dataset import Learned, StoreSettings, list_stores, split_features
+from cvpipe.featurestore.dataset import Learned, StoreSettings, list_stores
 from cvpipe.metrics import classification_metrics
 from cvpipe.models import (
     DataShape,
@@ -100,7 +100,8 @@ def _test_scores(model: Any, model_dir: Path, ds: Dataset, store: StoreSettings 
     x_test = ds.split("test")[0]
     if isinstance(model, ClassicModel):
         learned = Learned(model.feature_extractor, 0.0, True)
-        stored = split_features(ds, model.features, "test", learned, store or StoreSettings(progress=False))
+        stored, _ = scored_rows(ds, model.features, "test", learned, store or StoreSettings(progress=False),
+                                model.test_time_variants)
         _, scores, kind = score_chunks(model.preprocess, model.classifier, stored)
         if not np.allclose(first, scores[:len(first)], rtol=1e-3, atol=1e-4):
             raise ArtifactError(f"{model.metadata.get('pipeline')}: the saved model does not give "

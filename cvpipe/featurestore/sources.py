@@ -429,13 +429,22 @@ def training_variants(flip: bool, shifts: int) -> list[tuple[bool, int, int]]:
     return [(m, 0, 0) for m in mirrors] + [(m, dy, dx) for dy, dx in SHIFTS[:shifts] for m in mirrors]
 
 
+def test_time_variants(shifts: int) -> list[tuple[bool, int, int]]:
+    """The (mirrored, rows down, columns right) copies a classic model describes an image by at
+    prediction with ``test_time_shifts``: the image, then it moved by the first ``shifts`` of
+    :data:`SHIFTS`; its features are their mean."""
+    if isinstance(shifts, bool) or not isinstance(shifts, int) or not 0 <= shifts <= len(SHIFTS):
+        raise ConfigError(f"test_time_shifts is a whole number from 0 to {len(SHIFTS)}, not {shifts!r}")
+    return [(False, 0, 0)] + [(False, dy, dx) for dy, dx in SHIFTS[:shifts]]
+
+
 def augment(images: np.ndarray, variant: tuple[bool, int, int]) -> np.ndarray:
-    """``images`` (n, H, W, C) mirrored and/or shifted by whole pixels, edges reflected."""
+    """``images`` (n, H, W[, C]) mirrored and/or shifted by whole pixels, edges reflected."""
     flip, dy, dx = variant
     out = images[:, :, ::-1] if flip else images
     if dy or dx:
         p = max(abs(dy), abs(dx))
-        padded = np.pad(out, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
+        padded = np.pad(out, ((0, 0), (p, p), (p, p)) + ((0, 0),) * (out.ndim - 3), mode="reflect")
         h, w = images.shape[1:3]
         out = padded[:, p - dy:p - dy + h, p - dx:p - dx + w]
     return np.ascontiguousarray(out)

@@ -139,4 +139,8 @@ class ClassicPipeline(Pipeline):
                                               tuple(stored["image_shape"]))
             except (KeyError, TypeError, ValueError, OSError, SafetensorError) as exc:
                 raise ArtifactError(f"{model_dir}: cannot restore the learned features ({exc})") from exc
-        return ClassicModel(features, preprocess, classifier, meta, extractor=extractor)
+        try:
+            return ClassicModel(features, preprocess, classifier, meta, extractor=extractor,
+                                test_time_shifts=(meta.get("spec") or {}).get("test_time_shifts", 0))
+        except ConfigError as exc:
+            raise ArtifactError(f"{model_dir}: model.json: {exc}") from exc
