@@ -14,7 +14,9 @@ Stages, in order:
 3. **Refit** of the chosen candidate on train + validation (``refit=True``; an MLP keeps the
    number of epochs that early stopping chose; a linear SVM starts from the chosen weights).
 4. **Scores** of train, validation (from the selection fit: a true held-out figure) and test,
-   the latter exactly once.
+   the latter exactly once. With ``test_time_shifts``, validation and test are scored on the
+   mean of the stored features of each image and of its moved copies (:func:`scored_rows`),
+   as the saved model scores the images it is sent; train on its own features.
 
 The exact kernel SVM (small sets only) and OpenCV's SVM need the matrix in memory: for them
 the blocks are gathered first. A PCA is fitted on a seeded sample of the rows (at most
