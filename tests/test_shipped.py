@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import requests
 
 from cvpipe.cli import main
 from cvpipe.compare.config import load_compare_config
+from cvpipe.errors import ConfigError
 from cvpipe.features import FeatureSpec
 from cvpipe.images import decode
 from cvpipe.models import ClassicPipeline, DataShape, load_model
@@ -159,7 +161,7 @@ def test_every_shipped_profile_builds_every_pipeline_for_its_sizes():
         per_class = profile.limit_per_class or 5000  # CIFAR-10: 5,000 training images a class
         shape = DataShape.planned([per_class] * 10, cfg.val_fraction, (32, 32, 3))
         plan = cfg.check(profile, shape)
-        assert [p.name for p in plan] == cfg.pipelines
+        assert [p.name for p in plan] == cfg.pipelines + profile.add_pipelines
         for p in plan:
             if isinstance(p, ClassicPipeline) and p.spec.classifier["type"] == "rbf-svm":
                 from cvpipe.classifiers import build_classifier
@@ -169,6 +171,22 @@ def test_every_shipped_profile_builds_every_pipeline_for_its_sizes():
     # the quick profile runs the exact kernel SVM, the full one its Nystroem approximation
     assert {m for (prof, _), m in methods.items() if prof == "quick"} == {"exact"}
     assert {m for (prof, _), m in methods.items() if prof == "full"} == {"nystroem"}
+
+
+def test_the_frontier_profile_is_the_full_one_and_the_k6400_pipelines_after_it():
+    """Its ladder is the full profile's, model for model (the same names and options: a full
+    run's models are reused), then the two K = 6,400 pipelines."""
+    cfg = load_compare_config()
+    full, frontier = cfg.profiles["full"], cfg.profiles["frontier"]
+    assert full.add_pipelines == [] and frontier.model_prefix == full.model_prefix
+    assert frontier.options == full.options and frontier.limit_per_class is None
+    planned = cfg.plan(frontier)
+    assert [p.name for p in planned[:len(cfg.pipelines)]] == cfg.pipelines
+    added = {p.name: p for p in planned[len(cfg.pipelines):]}
+    assert list(added) == ["patches-k6400-linear-svm", "patches-k6400-tta-linear-svm"]
+    specs = [p.spec for p in added.values()]
+    assert specs[0].features == specs[1].features  # one dictionary, one set of stores
+    assert (specs[0].test_time_shifts, specs[1].test_time_shifts) == (0, 4)
 
 
 def test_the_full_profile_learns_the_papers_dictionary_and_the_quick_one_a_cheaper_one():
@@ -216,6 +234,34 @@ def test_a_bad_config_fails_before_any_training_naming_the_pipeline(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and name in err and says in err, err
     assert not (tmp_path / "models").exists()  # not even the valid first pipeline was trained
+
+
+@pytest.mark.parametrize(("added", "says"), [
+    ('"hog-mlp"', "must be a list"),
+    ('["color-linear-svm"]', "already in [compare] pipelines"),
+    ('["hog-mlp", "hog-mlp"]', "twice"),
+    ('["no-such-pipeline"]', "unknown pipeline 'no-such-pipeline'"),
+])
+def test_a_profile_adds_known_pipelines_once(tmp_path, added, says):
+    (tmp_path / "c.toml").write_text('[compare]\npipelines = ["color-linear-svm"]\n'
+                                     f'[profiles.more]\nadd_pipelines = {added}\n')
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        cfg = load_compare_config(tmp_path / "c.toml")
+        cfg.plan(cfg.profiles["more"])
+
+
+def test_a_profile_runs_its_added_pipelines_after_the_comparisons_and_may_set_their_options(tmp_path):
+    (tmp_path / "c.toml").write_text(
+        '[compare]\npipelines = ["color-linear-svm"]\n[profiles.more]\n'
+        'add_pipelines = ["hog-mlp"]\noptions = { "hog-mlp" = { seed = 7 } }\n'
+        '[profiles.plain]\noptions = { "hog-mlp" = { seed = 7 } }\n')
+    cfg = load_compare_config(tmp_path / "c.toml")
+    planned = cfg.plan(cfg.profiles["more"])
+    assert [p.name for p in planned] == ["color-linear-svm", "hog-mlp"]
+    assert [p.name for p in cfg.plan(cfg.profiles["more"], ["hog-mlp"])] == ["hog-mlp"]
+    # options of a pipeline the run leaves out are a mistake, as before
+    with pytest.raises(ConfigError, match="does not run"):
+        cfg.plan(cfg.profiles["plain"])
 
 
 def test_compare_check_trains_nothing(tmp_path, capsys):

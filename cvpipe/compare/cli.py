@@ -133,10 +133,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cvpipe compare --profile quick --limit-per-class 50 --set cnn.time_budget=30; "
         "cvpipe compare --dataset ../shared/datasets/mnist5k-png.tar.gz --profile full")
     p.add_argument("--profile", default="quick",
-                   help="'quick' (a subsample, minutes on a CPU) or 'full' (all 60,000 images); "
-                   "profiles are declared in the config (default: quick)")
+                   help="'quick' (a subsample, minutes on a CPU), 'full' (all 60,000 images) or "
+                   "'frontier' (the full run, then the K = 6,400 patch pipelines); profiles are "
+                   "declared in the config (default: quick)")
     p.add_argument("--config", help="comparison TOML (default: cvpipe/compare.toml)")
-    p.add_argument("--pipelines", help="comma-separated subset of the config's pipelines")
+    p.add_argument("--pipelines", help="comma-separated pipelines to run instead of the config's "
+                   "and the profile's (any of `cvpipe models pipelines`)")
     p.add_argument("--limit-per-class", type=int, metavar="N",
                    help="use the first N images of each class in train and test (overrides the profile)")
     p.add_argument("--set", action="append", metavar="PIPELINE.OPTION=VALUE",

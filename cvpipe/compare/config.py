@@ -11,6 +11,7 @@ A comparison file holds::
     limit_per_class = 300
     model_prefix = "quick-"
     options = { cnn = { time_budget = 120 } }   # run options per pipeline name
+    add_pipelines = ["my-svm"]                   # run these too, after [compare]'s
 
     [pipelines.my-svm]        # optional: pipelines of its own (override built-ins by name)
     ...
@@ -32,7 +33,7 @@ from cvpipe.models import DataShape, Pipeline, all_pipelines, load_pipeline_conf
 from cvpipe.storage import safe_name
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "compare.toml"
-PROFILE_KEYS = ("limit_per_class", "model_prefix", "options")
+PROFILE_KEYS = ("limit_per_class", "model_prefix", "options", "add_pipelines")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Profile:
     limit_per_class: int | None = None
     model_prefix: str = ""
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # pipeline name -> options
+    add_pipelines: list[str] = field(default_factory=list)  # run after [compare]'s pipelines
 
     def with_overrides(self, limit_per_class: int | None = None,
                        options: dict[str, dict[str, Any]] | None = None) -> Profile:
@@ -50,7 +52,8 @@ class Profile:
         merged = {k: dict(v) for k, v in self.options.items()}
         for name, opts in (options or {}).items():
             merged.setdefault(name, {}).update(opts)
-        return Profile(self.name, limit_per_class or self.limit_per_class, self.model_prefix, merged)
+        return Profile(self.name, limit_per_class or self.limit_per_class, self.model_prefix, merged,
+                       list(self.add_pipelines))
 
 
 @dataclass
@@ -69,15 +72,17 @@ class CompareConfig:
         return self.profiles[name]
 
     def plan(self, profile: Profile, names: list[str] | None = None) -> list[Pipeline]:
-        """The pipelines of a run (all declared, or ``names``), configured for ``profile``."""
+        """The pipelines of a run (the comparison's and the profile's own, or ``names``),
+        configured for ``profile``."""
         known = {**all_pipelines(), **self.declared}
-        names = names or self.pipelines
+        whole_run = not names
+        names = names or [*self.pipelines, *profile.add_pipelines]
         missing = [n for n in names if n not in known]
         if missing:
             raise ConfigError(f"{self.path}: unknown pipeline {', '.join(map(repr, missing))}; known: "
                               f"{', '.join(sorted(known))}")
         extra = sorted(set(profile.options) - set(names))
-        if extra and names is self.pipelines:
+        if extra and whole_run:
             raise ConfigError(f"{self.path}: profile {profile.name!r} sets options of "
                               f"{', '.join(extra)}, which the comparison does not run")
         return [known[n].configure({"seed": self.seed, **profile.options.get(n, {})}) for n in names]
@@ -122,7 +127,15 @@ def load_compare_config(path: str | os.PathLike[str] | None = None) -> CompareCo
         prefix = str(p.get("model_prefix", ""))
         if prefix:
             safe_name(prefix, f"{path}: profile {name!r} model_prefix")
-        profiles[name] = Profile(name, limit, prefix, options)
+        added = p.get("add_pipelines", [])
+        if not isinstance(added, list) or not all(isinstance(n, str) for n in added):
+            raise ConfigError(f"{path}: profile {name!r}: add_pipelines must be a list of "
+                              "pipeline names")
+        twice = sorted(set(added) & set(pipelines)) or sorted({n for n in added if added.count(n) > 1})
+        if twice:
+            raise ConfigError(f"{path}: profile {name!r}: add_pipelines lists {', '.join(twice)} "
+                              "twice or already in [compare] pipelines")
+        profiles[name] = Profile(name, limit, prefix, options, added)
     if not profiles:
         raise ConfigError(f"{path}: no [profiles.<name>] tables")
     declared = load_pipeline_config(path) if "pipelines" in data else {}
