@@ -110,6 +110,28 @@ def test_second_run_reuses_unchanged_models_and_force_retrains(run, capsys):
     assert forced["pipelines"][0]["test_metrics"] == first["test_metrics"]
 
 
+def test_a_profile_that_adds_pipelines_reuses_the_models_of_the_one_it_extends(run):
+    """Like the shipped frontier profile after the full one: the same model names and options,
+    so only the added pipeline trains, after the others."""
+    root, args = run
+    more = root / "more.toml"
+    more.write_text(CONFIG + """
+[profiles.tiny-more]
+limit_per_class = 16
+model_prefix = "tiny-"
+add_pipelines = ["hog-linear-svm"]
+options = { cnn = { epochs = 2, width = 8, batch_size = 32, eval_batch_size = 64, train_score_images = 50 } }
+""")
+    at = args.index("--profile")
+    more_args = args[:at] + ["--profile", "tiny-more", "--config", str(more)] + args[at + 4:]
+    assert main(more_args) == 0
+    rows = json.loads((root / "reports" / "cifar10-tiny-more" / "results.json").read_text())["pipelines"]
+    assert [r["pipeline"] for r in rows] == ["color-linear-svm", "color-tta-linear-svm", "hog+color-mlp",
+                                             "pixels-softmax", "cnn", "hog-linear-svm"]
+    assert [r["reused"] for r in rows] == [True] * 5 + [False]
+    assert (root / "models" / "cifar10-tiny-hog-linear-svm" / "model.json").exists()
+
+
 def test_the_cnn_test_scores_are_recorded_and_used_where_the_loaded_model_gives_them(run, caplog):
     root, _ = run
     model_dir = root / "models" / "cifar10-tiny-cnn"
