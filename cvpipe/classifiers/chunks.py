@@ -17,7 +17,7 @@ averages the features of the same rows from several sources (test-time shifts).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -192,14 +192,27 @@ class MeanRef:
 
     def read(self) -> tuple[np.ndarray, np.ndarray]:
         X, y = self.refs[0].read()
-        total = np.array(X, np.float32)
-        for ref in self.refs[1:]:
-            more, labels = ref.read()
-            if not np.array_equal(labels, y):
-                raise ValueError("matrices averaged row by row must hold the same rows")
-            total += more
-        total /= np.float32(len(self.refs))
-        return total, y
+
+        def others() -> Iterator[np.ndarray]:
+            for ref in self.refs[1:]:
+                more, labels = ref.read()
+                if not np.array_equal(labels, y):
+                    raise ValueError("matrices averaged row by row must hold the same rows")
+                yield more
+
+        return mean_of(X, others()), y
+
+
+def mean_of(first: np.ndarray, others: Iterable[np.ndarray]) -> np.ndarray:
+    """The float32 mean of ``first`` and ``others``, added in that order: stored features
+    (:class:`Mean`) and a model's own from images average alike, to the last bit."""
+    total = np.array(first, np.float32)
+    count = 1
+    for more in others:
+        total += more
+        count += 1
+    total /= np.float32(count)
+    return total
 
 
 class Mean:

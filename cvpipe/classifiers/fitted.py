@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from cvpipe.classifiers.chunks import mean_of
 from cvpipe.features import FeatureSpec
 from cvpipe.featurestore.sources import augment, test_time_variants
 
@@ -66,11 +67,8 @@ class ClassicModel:
         if len(self.test_time_variants) == 1:
             return feats
         images = np.asarray(images)
-        total = np.array(feats, np.float32)
-        for variant in self.test_time_variants[1:]:
-            total += self.feature_extractor.transform(augment(images, variant))
-        total /= np.float32(len(self.test_time_variants))
-        return total
+        return mean_of(feats, (self.feature_extractor.transform(augment(images, variant))
+                               for variant in self.test_time_variants[1:]))
 
     def transform(self, images: np.ndarray) -> np.ndarray:
         """Preprocessed feature vectors of uint8 (N, H, W, C) images."""

@@ -131,7 +131,8 @@ def load_compare_config(path: str | os.PathLike[str] | None = None) -> CompareCo
         if not isinstance(added, list) or not all(isinstance(n, str) for n in added):
             raise ConfigError(f"{path}: profile {name!r}: add_pipelines must be a list of "
                               "pipeline names")
-        twice = sorted(set(added) & set(pipelines)) or sorted({n for n in added if added.count(n) > 1})
+        listed = [*pipelines, *added]
+        twice = sorted({n for n in added if listed.count(n) > 1})
         if twice:
             raise ConfigError(f"{path}: profile {name!r}: add_pipelines lists {', '.join(twice)} "
                               "twice or already in [compare] pipelines")
