@@ -174,6 +174,17 @@ def test_unknown_pipeline_fails_before_training(run, capsys):
     assert "unknown pipeline 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, message", [(["--seeds", "0"], "--seeds must be at least 1"),
+                                            (["--force", "--retrain"], "give one")])
+def test_bad_flags_fail_before_the_data_is_read_and_under_check(tmp_path, capsys, flags, message):
+    # the source does not exist: the flags' error, not the source's, shows they come first,
+    # and --check refuses what the run itself would refuse
+    args = ["compare", "--check", "--source", str(tmp_path / "missing"), "--data-root", str(tmp_path)]
+    assert main(args + flags) == 2
+    assert message in capsys.readouterr().err
+    assert main(args) == 2 and "missing" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(not (shutil.which("chromium") and shutil.which("chromedriver")),
                     reason="Debian's chromium and chromium-driver are not installed (.ci/run installs them)")
 def test_report_renders_in_headless_chromium(run, tmp_path):

@@ -39,8 +39,14 @@ def _compare(args: argparse.Namespace) -> int:
     from cvpipe.data.cli import dataset_options
 
     cfg = load_compare_config(args.config)
+    # every flag checked before the data is read and before --check says "ok": a check that
+    # passes must not leave the run itself to refuse its flags
     if args.run:
         safe_name(args.run, "--run")  # before hours of work, not after
+    if args.seeds < 1:
+        raise ConfigError("--seeds must be at least 1")
+    if args.force and args.retrain:
+        raise ConfigError("--force recomputes features and retrains; --retrain retrains only: give one")
     data = dataset_options(args)
     data["data_root"] = data.pop("root")
     if args.limit_per_class is not None and args.limit_per_class < 2:
@@ -60,11 +66,7 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"{len(plan)} pipelines checked; nothing trained")
         return 0
     start = time.perf_counter()
-    if args.seeds < 1:
-        raise ConfigError("--seeds must be at least 1")
     seed_pipelines = [p.strip() for p in args.seed_pipelines.split(",")] if args.seed_pipelines else None
-    if args.force and args.retrain:
-        raise ConfigError("--force recomputes features and retrains; --retrain retrains only: give one")
     with engine(args) as client:
         results = run_comparison(cfg, profile, models_root=args.models_dir, force=args.force,
                                  retrain=args.retrain, pipelines=pipelines, seeds=args.seeds,
