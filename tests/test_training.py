@@ -144,7 +144,7 @@ def test_builtin_pipelines_parse_and_bad_configs_are_clear(tmp_path):
         load_pipeline_config(bad)
 
 
-def test_cli_train_evaluate_predict(tmp_path, capsys):
+def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     src = tmp_path / "src"
     synthetic.write_image_folder(src, n_train=12, n_test=4)
     config = tmp_path / "p.toml"
@@ -171,8 +171,15 @@ def test_cli_train_evaluate_predict(tmp_path, capsys):
     bad.write_bytes(b"nope")
     code = main(["predict", "quick", str(bad), "--models-dir", str(tmp_path / "models")])
     assert code == 2 and "bad.png" in capsys.readouterr().err
+    for top_k in ("0", "-2"):  # [:-2] would list every class but two, [:0] none: refused
+        code = main(["predict", "quick", str(png), "--top-k", top_k,
+                     "--models-dir", str(tmp_path / "models")])
+        assert code == 2 and "--top-k must be at least 1" in capsys.readouterr().err
     assert main(["models", "list", "--models-dir", str(tmp_path / "models")]) == 0
-    assert "quick" in capsys.readouterr().out
+    listed = capsys.readouterr().out
+    assert listed.split()[:3] == ["quick", "hog+color", "linear-svm"]
+    monkeypatch.setenv("CVPIPE_MODELS_DIR", str(tmp_path / "models"))
+    assert main(["models"]) == 0 and capsys.readouterr().out == listed  # no action: list
 
 
 def test_feature_params_option_overrides_one_components_parameters():

@@ -19,6 +19,8 @@ from cvpipe.images import IMAGE_FORMATS
 from cvpipe.models.artifact import model_card, read_metadata
 from cvpipe.storage import recover_all, safe_name
 
+MODELS_DIR_HELP = "the models folder (default $CVPIPE_MODELS_DIR or ./models)"
+
 log = logging.getLogger(__name__)
 
 
@@ -120,6 +122,8 @@ def _predict(args: argparse.Namespace) -> int:
     from cvpipe.images import load_images
     from cvpipe.models.pipelines import load_model
 
+    if args.top_k < 1:  # argsort's [:k] would take every class but the last -k, or none
+        raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
     model = load_model(_model_path(args.model, args.models_dir))
     meta = model.metadata
     taken = model.input
@@ -153,9 +157,12 @@ def _list(args: argparse.Namespace) -> int:
                          meta.get("created", "")))
     if not rows:
         print(f"no models in {root}")
+    # columns as wide as their longest entry: compare's names carry a prefix
+    widths = [max(len(row[i]) for row in rows) for i in range(3)] if rows else []
     for name, features, classifier, test, created in rows:
         acc = f"{test:.4f}" if test is not None else "-"
-        print(f"{name:<32} {features:<14} {classifier:<11} test {acc}  {created}")
+        print(f"{name:<{widths[0]}}  {features:<{widths[1]}}  {classifier:<{widths[2]}}  "
+              f"test {acc}  {created}")
     return 0
 
 
@@ -173,7 +180,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="pipeline name (see 'cvpipe models pipelines')")
     train.add_argument("--config", help="TOML file declaring [pipelines.<name>] tables")
     train.add_argument("--name", help="model name (default: the pipeline name)")
-    train.add_argument("--models-dir", help="where models go (default $CVPIPE_MODELS_DIR or ./models)")
+    train.add_argument("--models-dir", help=MODELS_DIR_HELP)
     train.add_argument("--force", action="store_true",
                        help="retrain even if the model exists, recomputing its stored features")
     train.add_argument("--retrain", action="store_true",
@@ -197,8 +204,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description="Accuracy, per-class precision/recall/F1, log loss and the "
                         "confusion matrix of a saved model on a dataset split.")
     ev.add_argument("model", help="model name in the models folder, or a model folder")
-    ev.add_argument("--split", default="test", choices=("train", "val", "train_full", "test"))
-    ev.add_argument("--models-dir")
+    ev.add_argument("--split", default="test", choices=("train", "val", "train_full", "test"),
+                    help="the split to score (default test; train_full is train + val)")
+    ev.add_argument("--models-dir", help=MODELS_DIR_HELP)
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_source_arguments(ev)
     ev.set_defaults(func=_evaluate)
@@ -209,18 +217,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "were (EXIF orientation, alpha on white) and resized to its input.")
     pr.add_argument("model", help="model name in the models folder, or a model folder")
     pr.add_argument("images", nargs="+", help="image files")
-    pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--models-dir")
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--top-k", type=int, default=3, metavar="K",
+                    help="the K best classes of each image, with their scores (default 3)")
+    pr.add_argument("--models-dir", help=MODELS_DIR_HELP)
+    pr.add_argument("--json", action="store_true", help="print the results as JSON")
     pr.set_defaults(func=_predict)
 
     models = sub.add_parser("models", help="list saved models and built-in pipelines",
-                            description="'list': the models of the models folder with their feature "
-                            "set, classifier and test accuracy; 'pipelines': the pipelines "
-                            "'cvpipe train --pipeline' and 'cvpipe compare' know.")
-    msub = models.add_subparsers(dest="models_command", metavar="<action>", required=True)
-    ls = msub.add_parser("list", help="saved models with their test accuracy")
-    ls.add_argument("--models-dir")
+                            description="'list' (the default): the models of the models folder "
+                            "with their feature set, classifier and test accuracy; 'pipelines': "
+                            "the pipelines 'cvpipe train --pipeline' and 'cvpipe compare' know.")
+    # no action lists the saved models, as 'list' does
+    models.set_defaults(func=_list, models_dir=None)
+    msub = models.add_subparsers(dest="models_command", metavar="<action>")
+    ls = msub.add_parser("list", help="saved models with their test accuracy (the default)")
+    ls.add_argument("--models-dir", help=MODELS_DIR_HELP)
     ls.set_defaults(func=_list)
     pipes = msub.add_parser("pipelines", help="built-in (or --config) pipeline names")
     pipes.add_argument("--config")
