@@ -301,6 +301,21 @@ def test_cli_bad_configuration_is_one_clear_line(dataset, tmp_path, capsys, para
     assert len(err) == 1 and err[0].startswith("cvpipe: error: ") and match in err[0]
 
 
+@pytest.mark.parametrize(("features", "params", "match"), [
+    ("bogus", None, "unknown feature 'bogus'"),
+    ("hog", '{"bogus": 1}', "takes a parameter 'bogus'"),
+    ("hog", '{"orientations": -1}', "'orientations' parameter"),
+])
+def test_cli_checks_the_features_before_reading_the_data(tmp_path, capsys, features, params, match):
+    # the source does not exist: the features' error, not the source's, shows they come first
+    args = ["extract", "--features", features, "--split", "test",
+            "--source", str(tmp_path / "missing"), "--data-root", str(tmp_path)]
+    assert main(args + (["--feature-params", params] if params else [])) == 2
+    assert match in capsys.readouterr().err
+    assert main(["extract", "--features", "hog", *args[3:]]) == 2
+    assert "missing" in capsys.readouterr().err
+
+
 def test_cli_image_folder(tmp_path, capsys):
     synthetic.write_image_folder(tmp_path / "imgs", n_train=1, n_test=1)
     assert main(["extract", "--features", "color", "--input", str(tmp_path / "imgs"),

@@ -73,14 +73,18 @@ def _extract(args: argparse.Namespace) -> int:
         size = size or taken.size
         convert = {"channels": taken.channels, "fit": taken.fit}
     else:
-        features = _features_arg(args.features)
-    params = _params_arg(args.feature_params)
+        from cvpipe.features import FeatureSpec
+
+        # checked here, before a dataset is decoded or a URL list read for it; the parsed spec
+        # carries its parameters down
+        features = FeatureSpec.parse(_features_arg(args.features), _params_arg(args.feature_params),
+                                     drop_runtime=True)
     if args.input:
         source = open_input(args.input, size or (32, 32), **convert)
     else:
         source = DatasetSource(load_from_args(args), args.split)
     progress = not (args.no_progress or args.quiet)
-    common = dict(params=params, out=args.out, root=args.data_root, chunk_rows=args.chunk_size,
+    common = dict(out=args.out, root=args.data_root, chunk_rows=args.chunk_size,
                   fmt=args.format, force=args.force, progress=progress)
     with engine(args) as client:
         if client is not None:
