@@ -156,6 +156,13 @@ def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     assert main(["evaluate", "quick", "--json", *common]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == 40 and len(metrics["confusion_matrix"]) == 10
+    # 1% of 12 images per class rounds to no validation images: refused in one line, not a trace
+    few = ["--val-fraction", "0.01", *common]
+    assert main(["evaluate", "quick", "--split", "val", *few]) == 2
+    assert "the val split of this data has no images" in capsys.readouterr().err
+    assert main(["train", "--pipeline", "quick", "--config", str(config), "--name", "q0", *few]) == 2
+    assert "needs training and validation images, the data gives 120 and 0" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "q0").exists()
 
     # Any size and format: a 50x70 RGBA PNG and a grayscale JPEG.
     x, _ = synthetic.make_images(1)

@@ -43,6 +43,15 @@ class DataShape:
         n_train, n_val = split_sizes(class_counts, val_fraction)
         return cls(n_train, n_val, tuple(image_shape))
 
+    def require_splits(self, pipeline: str) -> None:
+        """:class:`ConfigError` unless both the training and the validation split have images:
+        every pipeline selects on validation (a few images per class and a small validation
+        fraction round to none)."""
+        if self.n_train < 1 or self.n_val < 1:
+            raise ConfigError(f"pipeline {pipeline!r}: needs training and validation images, the "
+                              f"data gives {self.n_train} and {self.n_val} (a larger "
+                              "--limit-per-class or --val-fraction gives validation some)")
+
 
 def dataset_record(dataset: Dataset) -> dict[str, Any]:
     """The ``dataset`` block of ``model.json``: source, checksum, split and counts."""

@@ -83,6 +83,7 @@ class ClassicPipeline(Pipeline):
                 "classifier": self.spec.classifier["type"], "description": self.description}
 
     def check(self, shape: DataShape) -> None:
+        shape.require_splits(self.name)
         factor = len(self.spec.training_variants())
         self.spec.check(shape.n_train * factor, shape.image_shape)
         if self.refit:

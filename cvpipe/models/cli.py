@@ -101,6 +101,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if list(ds.classes) != list(meta["classes"]):
         raise ConfigError(f"model classes {meta['classes']} differ from the dataset's {ds.classes}")
     images, labels = ds.split(args.split)
+    if not len(labels):  # a few images per class and a small validation fraction leave none
+        raise ConfigError(f"the {args.split} split of this data has no images: nothing to score")
     start = time.perf_counter()
     scores = []
     for i in range(0, len(images), 4096):

@@ -84,9 +84,7 @@ class CNNPipeline(Pipeline):
         if min(h, w) < smallest:
             raise ConfigError(f"pipeline {self.name!r}: {h}x{w} images are too small for the CNN "
                               f"(it halves them three times; at least {smallest}x{smallest})")
-        if shape.n_train < 1 or shape.n_val < 1:
-            raise ConfigError(f"pipeline {self.name!r}: needs training and validation images "
-                              f"({shape.n_train} and {shape.n_val})")
+        shape.require_splits(self.name)
 
     def train(self, dataset: Dataset, model_dir: Path, *, progress: bool = True,
               store: StoreSettings | None = None) -> dict[str, Any]:
