@@ -10,6 +10,8 @@ ENV_DATA_ROOT = "CVPIPE_DATA_ROOT"
 ENV_CIFAR10_SOURCE = "CVPIPE_CIFAR10_SOURCE"
 ENV_CIFAR10_CHECKSUM = "CVPIPE_CIFAR10_CHECKSUM"
 ENV_MODELS_DIR = "CVPIPE_MODELS_DIR"
+#: Where saved models are, as every command's --models-dir help says it (see models_dir).
+MODELS_DIR_DEFAULT = f"${ENV_MODELS_DIR} or ./models"
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cvpipe.config import ENV_MODELS_DIR, models_dir
+from cvpipe.config import ENV_MODELS_DIR, MODELS_DIR_DEFAULT, models_dir
 from cvpipe.errors import ConfigError, CvpipeError
 from service.config import SETTINGS
 
@@ -285,7 +285,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Set CVPIPE_API_TOKEN to require a bearer token on predict "
         "and features; limits: CVPIPE_MAX_IMAGES, CVPIPE_MAX_CONTENT_LENGTH, CVPIPE_MAX_PIXELS.")
     p.add_argument("--models", "--models-dir", dest="models", metavar="DIR",
-                   help="models folder (default: $CVPIPE_MODELS_DIR or ./models)")
+                   help=f"models folder (default: {MODELS_DIR_DEFAULT})")
     p.add_argument("--reports", metavar="DIR",
                    help="comparison reports to list and open from the page at / (e.g. reports/)")
     p.add_argument("--host", default="127.0.0.1",

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cvpipe.config import MODELS_DIR_DEFAULT
 from cvpipe.errors import ConfigError
 from cvpipe.featurestore.cli import add_engine_arguments, engine
 from cvpipe.storage import safe_name
@@ -163,7 +164,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", help="report folder name under --reports-dir (default: "
                    "<dataset>-<profile>, e.g. cifar10-quick)")
     p.add_argument("--reports-dir", default=REPORTS_DIR, help="default: ./reports")
-    p.add_argument("--models-dir", help="default: $CVPIPE_MODELS_DIR or ./models")
+    p.add_argument("--models-dir", help=f"default: {MODELS_DIR_DEFAULT}")
     from cvpipe.data.cli import add_dataset_arguments
 
     add_dataset_arguments(p)

@@ -7,6 +7,7 @@ import json
 import textwrap
 from typing import Any
 
+from cvpipe.config import MODELS_DIR_DEFAULT
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.data.dataset import parse_size
 from cvpipe.errors import ConfigError
@@ -143,8 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--model", metavar="NAME|DIR",
                        help="the feature set of a trained classic model, as it was fitted (learned "
                        "patch features included); --input images are resized to its input size")
-    f.add_argument("--models-dir", help="where --model is looked for (default $CVPIPE_MODELS_DIR or "
-                   "./models)")
+    f.add_argument("--models-dir", help=f"where --model is looked for (default {MODELS_DIR_DEFAULT})")
     f.add_argument("--feature-params", metavar="JSON",
                    help="parameters for the feature set, e.g. '{\"hog__orientations\": 12, "
                    "\"color__space\": \"lab\"}'")

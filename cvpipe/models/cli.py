@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cvpipe.config import models_dir
+from cvpipe.config import MODELS_DIR_DEFAULT, models_dir
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.errors import ConfigError
 from cvpipe.featurestore.cli import add_engine_arguments, engine
@@ -19,7 +19,7 @@ from cvpipe.images import IMAGE_FORMATS
 from cvpipe.models.artifact import model_card, read_metadata
 from cvpipe.storage import recover_all, safe_name
 
-MODELS_DIR_HELP = "the models folder (default $CVPIPE_MODELS_DIR or ./models)"
+MODELS_DIR_HELP = f"the models folder (default {MODELS_DIR_DEFAULT})"
 
 log = logging.getLogger(__name__)
 
