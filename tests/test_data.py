@@ -18,7 +18,7 @@ from cvpipe.cli import main
 from cvpipe.data import catalog, load_cifar10, load_dataset, stratified_split
 from cvpipe.data import dataset as dataset_mod
 from cvpipe.data.download import download, download_key
-from cvpipe.errors import ChecksumError, DataError
+from cvpipe.errors import ChecksumError, ConfigError, DataError
 from tests import synthetic
 
 
@@ -167,6 +167,30 @@ def test_stratified_split_is_seeded_disjoint_and_stratified():
     tr2, va2 = stratified_split(labels, 0.2, seed=3)
     np.testing.assert_array_equal(va, va2)
     assert not np.array_equal(va, stratified_split(labels, 0.2, seed=4)[1])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"val_fraction": 1.0}, "val_fraction must be in"), ({"val_fraction": -0.1}, "val_fraction"),
+    ({"val_fraction": float("nan")}, "val_fraction"), ({"seed": -1}, "seed must be"),
+    ({"seed": 1.5}, "seed must be"), ({"seed": True}, "seed must be")])
+def test_split_options_are_refused_before_the_source_is_read(tmp_path, options, message):
+    # a source that does not exist: the option's error has to come first
+    with pytest.raises(ConfigError, match=message):
+        load_cifar10(tmp_path / "missing", tmp_path / "root", **options)
+    assert not (tmp_path / "root").exists() or not any((tmp_path / "root").rglob("*.npy"))
+    with pytest.raises(ConfigError, match=message):
+        stratified_split(np.repeat(np.arange(2), 5), **{"val_fraction": 0.1, **options})
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--val-fraction", "1.5", "val_fraction must be in"), ("--seed", "-1", "seed must be"),
+    ("--seed", "2.5", "expected a whole number"), ("--workers", "0", "at least 1, not 0")])
+def test_cli_refuses_split_and_engine_options_as_it_parses(tmp_path, capsys, flag, value, message):
+    # train, before it looks for the model or the data (both missing here)
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--pipeline", "hog-linear-svm", "--dataset", str(tmp_path / "none"),
+              "--models-dir", str(tmp_path / "models"), flag, value])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_dataset_split_names(image_folder, tmp_path):

@@ -9,6 +9,8 @@ from typing import Any
 
 from cvpipe.data.catalog import CATALOG
 from cvpipe.data.dataset import load_dataset, parse_size
+from cvpipe.data.splits import check_split_options
+from cvpipe.errors import ConfigError
 from cvpipe.images import DEFAULT_FIT, FIT_POLICIES
 
 
@@ -46,15 +48,32 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
             "test_fraction": args.test_fraction}
 
 
+def _split_option(number: type, field: str) -> Any:
+    """An argparse type for ``--val-fraction`` or ``--seed``: refused as it is parsed, so a
+    command that would not load data (a model that exists) does not let it pass."""
+    def parse(text: str) -> Any:
+        try:
+            value = number(text)
+        except ValueError:
+            kind = "a whole number" if number is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, not {text!r}") from None
+        try:
+            check_split_options(**{"val_fraction": 0.0, "seed": 0, field: value})
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+    return parse
+
+
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """The dataset options plus a subset and the validation split (data, train, evaluate,
     extract)."""
     g = add_dataset_arguments(parser)
     g.add_argument("--limit-per-class", type=int, metavar="N",
                    help="keep only the first N images of each class in each split")
-    g.add_argument("--val-fraction", type=float, default=0.1,
+    g.add_argument("--val-fraction", type=_split_option(float, "val_fraction"), default=0.1,
                    help="share of each class in train held out for validation (default 0.1)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=_split_option(int, "seed"), default=0,
                    help="seed of the validation split (and of a drawn test split; default 0)")
 
 

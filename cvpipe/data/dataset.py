@@ -38,7 +38,7 @@ from cvpipe.data import readers
 from cvpipe.data.catalog import CatalogEntry, identify_idx, is_catalogued, lookup
 from cvpipe.data.checksums import file_digests, memo_digests, parse_expected, verify
 from cvpipe.data.download import download, download_key, public_location
-from cvpipe.data.splits import stratified_split
+from cvpipe.data.splits import check_split_options, stratified_split
 from cvpipe.errors import ChecksumError, DataError
 from cvpipe.images import DEFAULT_FIT, FIT_POLICIES, resize
 from cvpipe.storage import holds, json_dumps, replace_dir
@@ -346,6 +346,7 @@ def load_dataset(
         Decode again even if a cache exists.
     """
     root = data_root(root)
+    check_split_options(val_fraction, seed)
     if limit_per_class is not None and limit_per_class < 1:
         raise DataError(f"limit_per_class must be at least 1, got {limit_per_class}")
     if fit not in FIT_POLICIES:

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+
+from cvpipe.errors import ConfigError
+
+
+def check_split_options(val_fraction: float, seed: int) -> None:
+    """Refuse a validation share outside [0, 1) or a seed that is not a non-negative integer.
+
+    Raises
+    ------
+    ConfigError
+        Before any data is read: a dataset loader calls it first.
+    """
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, numbers.Real) \
+            or not 0.0 <= val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def val_count(class_count: int, val_fraction: float) -> int:
@@ -35,8 +54,7 @@ def stratified_split(
     train_idx, val_idx : ndarray of int64
         Sorted, disjoint indices covering ``range(N)``.
     """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    check_split_options(val_fraction, seed)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     val = []

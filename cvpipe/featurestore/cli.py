@@ -20,10 +20,21 @@ from cvpipe.config import data_root
 from cvpipe.errors import ConfigError
 
 
+def _worker_count(text: str) -> int:
+    """``--workers``' value: a count of at least 1 (0 would quietly mean no cluster)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {count}")
+    return count
+
+
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--scheduler``: where features are extracted and statistics computed."""
     e = p.add_argument_group("engine (default: this machine, all cores)")
-    e.add_argument("--workers", type=int, metavar="N",
+    e.add_argument("--workers", type=_worker_count, metavar="N",
                    help="start a local Dask cluster of N single-threaded worker processes")
     e.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="use a running Dask cluster (its workers must see the data root at the "
