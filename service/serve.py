@@ -147,6 +147,11 @@ def _serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--port {args.port}: must be from 1 to 65535")
     if args.workers < 1 or args.threads < 1:
         raise ConfigError("--workers and --threads must be at least 1")
+    if args.timeout < 0:  # gunicorn's 0 means never
+        raise ConfigError(f"--timeout {args.timeout}: must be 0 (never) or more seconds")
+    if args.switch_interval < 0:  # each worker would fail at sys.setswitchinterval
+        raise ConfigError(f"--switch-interval {args.switch_interval:g}: must be 0 (Python's own) "
+                          "or more milliseconds")
     folder = models_dir(args.models).resolve()
     if not folder.is_dir():
         raise ConfigError(f"models folder {folder} does not exist; train a model first "
@@ -299,7 +304,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="Python thread switch interval in the workers, in ms (default 1; Python's own "
                    "is 5): shorter trims tail latency when threads compete, 0 keeps Python's")
     p.add_argument("--timeout", type=int, default=60,
-                   help="seconds before a stuck worker is restarted (default 60)")
+                   help="seconds before a stuck worker is restarted (default 60; 0: never)")
     p.add_argument("--max-images", type=int, help="images per request (default 512, $CVPIPE_MAX_IMAGES)")
     p.add_argument("--top-k", type=int, help="classes per image by default (default 5, $CVPIPE_TOP_K)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")

@@ -190,6 +190,10 @@ def test_serve_refuses_clearly(tmp_path, tmp_path_factory, capsys):
         assert main(["serve", "--models", str(models), "--workers", "1",
                      "--port", str(busy.getsockname()[1])]) == 2
     assert "cannot listen" in capsys.readouterr().err
+    # a negative timeout or switch interval is refused, --check too (a worker would die of it)
+    for flag in ("--timeout", "--switch-interval"):
+        assert main(["serve", "--models", str(models), "--check", flag, "-1"]) == 2
+        assert f"{flag} -1: must be 0" in capsys.readouterr().err
     assert main(["serve", "--models", str(models), "--check"]) == 0
     assert SVM in capsys.readouterr().out
 

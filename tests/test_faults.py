@@ -43,7 +43,7 @@ def _disk_full(*_args, **_kwargs):
 
 # ------------------------------------------------------------------ names and other people's folders
 
-@pytest.mark.parametrize("name", [".", "..", "/tmp/elsewhere", "a/b", ".hidden", "../models2"])
+@pytest.mark.parametrize("name", [".", "..", "/tmp/elsewhere", "a/b", ".hidden", "../models2", ""])
 def test_unsafe_model_names_are_refused_and_nothing_is_touched(tiny, tmp_path, capsys, name):
     models = tmp_path / "models"
     models.mkdir()

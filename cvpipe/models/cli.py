@@ -64,7 +64,8 @@ def _train(args: argparse.Namespace) -> int:
     from cvpipe.models.pipelines import get_pipeline
 
     pipeline = get_pipeline(args.pipeline, args.config).configure(_run_options(args))
-    name = safe_name(args.name or args.pipeline, "model name")
+    # an empty --name is a mistake, not a request for the default
+    name = safe_name(args.pipeline if args.name is None else args.name, "model name")
     target = models_dir(args.models_dir) / name
     if args.force and args.retrain:
         raise ConfigError("--force recomputes features and retrains; --retrain retrains only: give one")
