@@ -175,7 +175,13 @@ def test_unknown_pipeline_fails_before_training(run, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [(["--seeds", "0"], "--seeds must be at least 1"),
-                                            (["--force", "--retrain"], "give one")])
+                                            (["--force", "--retrain"], "give one"),
+                                            (["--pipelines", ""], "an empty name"),
+                                            (["--pipelines", "nope"], "unknown pipeline 'nope'"),
+                                            (["--set", "hog-mlp.bogus=1"], "no option 'bogus'"),
+                                            (["--seeds", "2", "--seed-pipelines", "nope"],
+                                             "--seed-pipelines: nope not in this run"),
+                                            (["--seed-pipelines", "hog-mlp"], "--seeds 2 or more")])
 def test_bad_flags_fail_before_the_data_is_read_and_under_check(tmp_path, capsys, flags, message):
     # the source does not exist: the flags' error, not the source's, shows they come first,
     # and --check refuses what the run itself would refuse

@@ -33,6 +33,18 @@ def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _name_list(text: str | None, flag: str) -> list[str] | None:
+    """Comma-separated pipeline names; None when the flag is not given (an empty one is a
+    mistake: it would have run the whole comparison)."""
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",")]
+    if "" in names:
+        raise ConfigError(f"{flag} {text!r}: an empty name; give pipeline names separated by "
+                          "commas (cvpipe models pipelines lists them)")
+    return names
+
+
 def _compare(args: argparse.Namespace) -> int:
     from cvpipe.compare.config import load_compare_config
     from cvpipe.compare.report import write_report
@@ -53,9 +65,12 @@ def _compare(args: argparse.Namespace) -> int:
     if args.limit_per_class is not None and args.limit_per_class < 2:
         raise ConfigError("--limit-per-class must be at least 2")
     profile = cfg.profile(args.profile).with_overrides(args.limit_per_class, parse_set(args.set))
-    pipelines = [p.strip() for p in args.pipelines.split(",")] if args.pipelines else None
+    pipelines = _name_list(args.pipelines, "--pipelines")
+    seed_pipelines = _name_list(args.seed_pipelines, "--seed-pipelines")
+    if seed_pipelines and args.seeds < 2:
+        raise ConfigError("--seed-pipelines names what --seeds repeats: give --seeds 2 or more")
     if args.check:
-        ds, plan = prepare(cfg, profile, pipelines=pipelines, **data)
+        ds, plan = prepare(cfg, profile, pipelines=pipelines, seed_pipelines=seed_pipelines, **data)
         train, val = ds.split_indices()
         shape = "x".join(map(str, ds.image_shape))
         print(f"{ds.title} ({ds.name}), profile {profile.name}: {len(train)} training, "
@@ -67,7 +82,6 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"{len(plan)} pipelines checked; nothing trained")
         return 0
     start = time.perf_counter()
-    seed_pipelines = [p.strip() for p in args.seed_pipelines.split(",")] if args.seed_pipelines else None
     with engine(args) as client:
         results = run_comparison(cfg, profile, models_root=args.models_dir, force=args.force,
                                  retrain=args.retrain, pipelines=pipelines, seeds=args.seeds,

@@ -192,11 +192,20 @@ def run_name(ds: Dataset, profile: Profile) -> str:
 
 def prepare(cfg: CompareConfig, profile: Profile, *, source: str | None = None,
             data_root: str | None = None, pipelines: list[str] | None = None,
-            dataset: str | None = None, **data_options: Any
-            ) -> tuple[Dataset, list[Pipeline]]:
+            seed_pipelines: list[str] | None = None, dataset: str | None = None,
+            **data_options: Any) -> tuple[Dataset, list[Pipeline]]:
     """The run's dataset (``dataset``: a name or path, default CIFAR-10; ``data_options``: more
     :func:`cvpipe.data.load_dataset` options) and its pipelines, every one built for that data:
-    a mistake in the config fails here, in seconds, not after an hour of training."""
+    a mistake in the config fails here, in seconds, not after an hour of training.
+
+    Pipeline names, their options and ``seed_pipelines`` are checked before the data is read
+    (a download or a decoding); how each pipeline fits the data, after.
+    """
+    planned = {p.name for p in cfg.plan(profile, pipelines)}
+    unknown = [n for n in seed_pipelines or [] if n not in planned]
+    if unknown:
+        raise ConfigError(f"--seed-pipelines: {', '.join(unknown)} not in this run "
+                          f"({', '.join(sorted(planned))})")
     ds = load_dataset(dataset, data_root, source=source, limit_per_class=profile.limit_per_class,
                       val_fraction=cfg.val_fraction, seed=cfg.seed, **data_options)
     return ds, cfg.check(profile, DataShape.of(ds), pipelines)
@@ -221,7 +230,7 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
     profile = cfg.profile(profile) if isinstance(profile, str) else profile
     started = time.perf_counter()
     ds, plan = prepare(cfg, profile, source=source, data_root=data_root, pipelines=pipelines,
-                       dataset=dataset, **data_options)
+                       seed_pipelines=seed_pipelines, dataset=dataset, **data_options)
     models_root = default_models_dir(models_root)
     prefix = model_prefix(ds, profile)
     # every name this run derives, checked before the first model trains, not after
@@ -322,9 +331,6 @@ def _repeat_with_seeds(rows: list[dict[str, Any]], plan: list[Pipeline], ds: Dat
         classic = [r for r in rows if r["family"] == "classic"]
         names = [max(classic, key=lambda r: r["val_accuracy"])["pipeline"]] if classic else []
         names += [r["pipeline"] for r in rows if r["family"] == "cnn"]
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise ConfigError(f"--seed-pipelines: {', '.join(unknown)} not in this run")
     y_test = np.asarray(ds.split("test")[1])
     for row in rows:
         if row["pipeline"] not in names:
