@@ -243,6 +243,20 @@ def test_image_list_input_resizes_and_has_no_labels(tmp_path):
     assert written["train"][0].shape[1:] == (48, 48, 3)
 
 
+def test_one_image_file_is_one_row_and_a_changed_file_a_new_key(tmp_path):
+    synthetic.write_image_folder(tmp_path / "imgs", n_train=1, n_test=1, size=48)
+    photo = sorted((tmp_path / "imgs" / "train").rglob("*.png"))[0]
+    source = open_input(str(photo), (32, 32))  # an image, not a list of paths read as text
+    assert source.n == 1 and source.paths == [str(photo)]
+    res = extract(source, "color", out=tmp_path / "one")
+    feats, labels, _ = load_features(res.path)
+    assert feats.shape == (1, 128) and labels.tolist() == [-1]
+    key = source.fingerprint()["listing"]
+    other = sorted((tmp_path / "imgs" / "test").rglob("*.png"))[0]
+    photo.write_bytes(other.read_bytes() + b"\0")
+    assert open_input(str(photo), (32, 32)).fingerprint()["listing"] != key
+
+
 def test_unreadable_image_names_the_file(tmp_path):
     synthetic.write_image_folder(tmp_path / "imgs", n_train=1, n_test=1)
     bad = tmp_path / "imgs" / "train" / "cat" / "0003.png"

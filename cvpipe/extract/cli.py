@@ -154,8 +154,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     i = p.add_argument_group("image collection (instead of the dataset)")
     i.add_argument("--input", metavar="DIR|FILE|URL",
                    help="a folder of images (recursive, sorted by path; labels from the first "
-                   "folder level when every image is in one) or a text file of paths/URLs, one a "
-                   f"line (labels -1); read through fsspec. Protocols: {', '.join(ALLOWED_PROTOCOLS)} "
+                   "folder level when every image is in one), one image file, or a text file of "
+                   "paths/URLs, one a line (labels -1); read through fsspec. Protocols: "
+                   f"{', '.join(ALLOWED_PROTOCOLS)} "
                    f"(chained URLs a::b are refused); files over {MAX_FILE_BYTES >> 20} MiB and lists "
                    f"over {MAX_LIST_BYTES >> 20} MiB are refused; formats: {', '.join(IMAGE_FORMATS)}")
     o = p.add_argument_group("output")

@@ -357,6 +357,19 @@ class FileSource:
         return cls(paths, size, labels, classes, origin=url, listing_digest=h.hexdigest(), **convert)
 
     @classmethod
+    def from_image(cls, url: str, size: tuple[int, int], **convert: Any) -> FileSource:
+        """One image file; the fingerprint hashes its location, size and modification time
+        (or ETag), as :meth:`from_folder` does each file's."""
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(url)
+        info = fs.info(path)
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag")
+        digest = hashlib.sha256(f"{fs.unstrip_protocol(path)}|{info.get('size')}|{stamp}\n".encode())
+        return cls([path if _is_local(fs) else fs.unstrip_protocol(path)], size, origin=url,
+                   listing_digest=digest.hexdigest(), **convert)
+
+    @classmethod
     def from_list(cls, list_file: str, size: tuple[int, int], **convert: Any) -> FileSource:
         """Paths or URLs listed one a line in ``list_file`` (blank lines and ``#`` comments
         skipped), in the file's order; relative paths are relative to the list's folder.
@@ -385,8 +398,9 @@ def _is_local(fs: Any) -> bool:
 
 def open_input(spec: str, size: tuple[int, int], channels: int = 3,
                fit: str = DEFAULT_FIT) -> FileSource:
-    """A :class:`FileSource` from ``--input``: a folder (local or URL), else a list file; images
-    brought to ``size`` and ``channels`` (a model's, with its ``fit``)."""
+    """A :class:`FileSource` from ``--input``: a folder (local or URL), one image file (by its
+    name), else a list file; images brought to ``size`` and ``channels`` (a model's, with its
+    ``fit``)."""
     import fsspec
 
     check_location(spec)
@@ -399,8 +413,11 @@ def open_input(spec: str, size: tuple[int, int], channels: int = 3,
     if not exists:
         raise DataError(f"{spec}: no such folder or file")
     convert = {"channels": channels, "fit": fit}
-    return (FileSource.from_folder(spec, size, **convert) if is_dir
-            else FileSource.from_list(spec, size, **convert))
+    if is_dir:
+        return FileSource.from_folder(spec, size, **convert)
+    if is_image_name(path):  # photo.png is one image, not a list of paths to read as text
+        return FileSource.from_image(spec, size, **convert)
+    return FileSource.from_list(spec, size, **convert)
 
 
 # --------------------------------------------------------------------------------------------
