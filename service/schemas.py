@@ -35,7 +35,7 @@ MAX_TOP_K = 1000
 MIN_SIDE, MAX_SIDE = 8, 512
 #: ``size`` as text: "32" (square), "32x48" or "32,48" (height, width).
 SIZE_TEXT = r"^([0-9]{1,4})(?:[x,]([0-9]{1,4}))?$"
-_DIGITS = re.compile(r"[0-9]{1,9}")
+_DIGITS = re.compile(r"-?[0-9]{1,9}")  # a sign too: "-2" is below the minimum, not "not an integer"
 
 
 def _size_from_text(text: str) -> list[int]:

@@ -834,7 +834,8 @@ def test_options_are_read_by_their_documented_schemas():
     assert params.parse('{"orientations": 12}') == {"orientations": 12}
     for option, bad, why in [(size, "7", "minimum"), (size, [32], "too short"),
                              (size, "32x", "does not match"), (top_k, True, "not of type"),
-                             (top_k, "0", "minimum"), (params, "[1, 2]", "not of type"),
+                             (top_k, "0", "minimum"), (top_k, "-2", "-2 is less than the minimum"),
+                             (top_k, "1.5", "not of type"), (params, "[1, 2]", "not of type"),
                              (params, "{oops", "not JSON"), (params, "[" * 40 + "]" * 40, "deep")]:
         with pytest.raises(ApiError, match=why) as info:
             option.parse(bad)
