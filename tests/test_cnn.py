@@ -40,6 +40,23 @@ def test_config_from_dict_accepts_toml_style_keys_and_rejects_unknown():
     assert CNNConfig.from_dict(cfg.to_dict()) == cfg
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("flip", "no", "flip must be true or false, not 'no'"),  # a string would read as true
+    ("nesterov", 1, "nesterov must be true or false"), ("batch_size", 64.5, "whole number"),
+    ("batch_size", True, "whole number"), ("epochs", float("inf"), "finite number"),
+    ("lr", "nan", "lr must be a finite number or absent"), ("blocks", ["a", 1, 0, 1], "blocks"),
+    ("optimizer", 3, "optimizer must be a string")])
+def test_cnn_config_refuses_values_of_the_wrong_type(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        CNNConfig.from_dict({key: value})
+
+
+def test_cnn_config_takes_numbers_of_any_kind_where_they_fit():
+    cfg = CNNConfig.from_dict({"epochs": 5, "lr": 1, "tta": True, "batch_size": np.int64(64),
+                               "amp": None, "blocks": [0, 1, 0, 1]})
+    assert cfg.epochs == 5 and cfg.batch_size == 64 and cfg.blocks == (0, 1, 0, 1)
+
+
 def test_command_line_options_override_a_config_file():
     toml_table = {"options": {"optimizer": "adamw", "epochs": 30, "tta": True}}
     pipeline = CNNPipeline.from_table("cnn", toml_table)

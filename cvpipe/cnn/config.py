@@ -9,6 +9,10 @@ sets of settings (``recipe = "airbench"``).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -49,6 +53,34 @@ RECIPES: dict[str, dict[str, Any]] = {
         "alternate_flip": True, "lookahead": True, "tta": 2, "whiten_bias_epochs": 3.0,
     },
 }
+
+
+def _accepts(hint: Any, value: Any) -> bool:
+    """Whether ``value`` is of the field type ``hint`` (bool is no int here, a float is finite)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return any(_accepts(h, value) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(_accepts(typing.get_args(hint)[0], v) for v in value)
+    return True  # pragma: no cover - every field's type is one of the above
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    names = {type(None): "absent", bool: "true or false", int: "a whole number",
+             float: "a finite number", str: "a string"}
+    return names.get(hint, "a list of whole numbers")
 
 
 @dataclass(frozen=True)
@@ -179,6 +211,14 @@ class CNNConfig:
             if not ok:
                 raise ConfigError(f"cnn config: {message}")
 
+        # types first: a string "no" for a flag would read as true, 64.5 images per batch
+        # or an infinite epoch count would fail (or never end) hours later
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            check(_accepts(hints[f.name], value),
+                  f"{f.name} must be {_describe(hints[f.name])}, not {value!r}")
+
         check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}")
         check(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}")
         check(self.activation in ACTIVATIONS, f"activation must be one of {', '.join(ACTIVATIONS)}")
@@ -223,12 +263,9 @@ class CNNConfig:
         if unknown:
             raise ConfigError(f"cnn config: unknown key(s) {', '.join(unknown)}; "
                               f"known: {', '.join(sorted(known))}")
-        if "blocks" in clean:
-            clean["blocks"] = tuple(int(b) for b in clean["blocks"])
-        try:
-            return cls(**clean)
-        except TypeError as exc:  # a value of the wrong type, e.g. a string for epochs
-            raise ConfigError(f"cnn config: {exc}") from exc
+        if isinstance(clean.get("blocks"), list):  # TOML and JSON give a list; each count is checked
+            clean["blocks"] = tuple(clean["blocks"])
+        return cls(**clean)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
