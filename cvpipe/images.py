@@ -219,7 +219,7 @@ def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None
         with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as im:
             w, h = im.size
             if w * h > max_pixels:
-                raise ImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels}")
+                raise ImageError(f"{name}: {w}x{h} pixels is over the limit of {max_pixels} pixels")
             im.load()  # decode now, so a truncated file fails here
             if channels not in (None, 1, 3):
                 raise ValueError(f"channels must be 1, 3 or None, not {channels!r}")
@@ -229,8 +229,10 @@ def decode(data: bytes, name: str = "image", size: tuple[int, int] | None = None
                 pixels = pixels[..., None]
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
-        known = identify(data) if isinstance(exc, UnidentifiedImageError) else None
+    except Image.DecompressionBombError:  # Pillow's guard, at twice its own limit, comes first
+        raise ImageError(f"{name}: over the limit of {max_pixels} pixels") from None
+    except UnidentifiedImageError as exc:
+        known = identify(data)
         if known:
             raise UnsupportedFormat(f"{name}: {known} images are not accepted; send one of "
                                     f"{', '.join(IMAGE_FORMATS)}") from exc

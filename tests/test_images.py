@@ -123,6 +123,14 @@ def test_formats_outside_the_list_are_refused(tmp_path):
         load_cifar10(root, tmp_path / "data")
 
 
+@pytest.mark.parametrize("side", [8_000, 20_000])  # over the 40 M limit; over Pillow's own guard
+def test_an_image_over_the_pixel_limit_is_named_as_such(side):
+    from tests.test_api import bomb_png
+
+    with pytest.raises(ImageError, match="big.png: .*over the limit of 40000000 pixels"):
+        decode(bomb_png(side, side), "big.png")
+
+
 def test_peek_reads_headers_as_decoding_would():
     """One header reader for datasets and the API: sizes after EXIF orientation, gray or not,
     the PNG fast path equal to Pillow's reading, a rotated PNG read by Pillow."""
