@@ -163,6 +163,10 @@ def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     assert main(["train", "--pipeline", "quick", "--config", str(config), "--name", "q0", *few]) == 2
     assert "needs training and validation images, the data gives 120 and 0" in capsys.readouterr().err
     assert not (tmp_path / "models" / "q0").exists()
+    # images of another size than the model's: one line naming both, not a trace from its features
+    assert main(["evaluate", "quick", "--size", "24", *common]) == 2
+    assert "quick takes 32x32 images with 3 channels; this dataset's are 24x24 with 3: give " \
+        "--size 32x32" in capsys.readouterr().err
 
     # Any size and format: a 50x70 RGBA PNG and a grayscale JPEG.
     x, _ = synthetic.make_images(1)

@@ -101,6 +101,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         log.warning("model was trained on dataset %s, evaluating on %s", trained_on, ds.checksum)
     if list(ds.classes) != list(meta["classes"]):
         raise ConfigError(f"model classes {meta['classes']} differ from the dataset's {ds.classes}")
+    taken = model.input.shape
+    if tuple(ds.image_shape) != taken:  # the features would not fit, deep in the model
+        h, w, c = taken
+        raise ConfigError(
+            f"{meta['name']} takes {h}x{w} images with {c} channel{'s' if c > 1 else ''}; this "
+            f"dataset's are {'x'.join(map(str, ds.image_shape[:2]))} with {ds.image_shape[2]}"
+            + (f": give --size {h}x{w}" if ds.image_shape[2] == c else ""))
     images, labels = ds.split(args.split)
     if not len(labels):  # a few images per class and a small validation fraction leave none
         raise ConfigError(f"the {args.split} split of this data has no images: nothing to score")
