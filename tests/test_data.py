@@ -146,6 +146,16 @@ def test_limit_per_class(tmp_path):
     assert set(off.manifest["counts"]["train"].values()) == {3}
 
 
+def test_a_checksum_for_a_folder_or_a_url_that_is_not_fetched_is_refused(tmp_path):
+    synthetic.write_image_folder(tmp_path / "tiny")
+    with pytest.raises(DataError, match="--checksum checks an archive file; .* is a folder"):
+        load_dataset(tmp_path / "tiny", tmp_path / "root", checksum="md5:" + "0" * 32)
+    for url in ("ftp://example.org/x.tar.gz", "s3://bucket/x.tar.gz"):
+        with pytest.raises(DataError, match="only http://, https:// and file:// URLs"):
+            load_dataset(url, tmp_path / "root")
+    assert not (tmp_path / "root" / "cache").exists()
+
+
 def test_explicit_sha256_checksum(tmp_path):
     synthetic.write_image_folder(tmp_path / "tiny")
     archive = synthetic.tar_folder(tmp_path / "tiny", tmp_path / "tiny.tar.gz")

@@ -232,6 +232,9 @@ def resolve_source(dataset: str | os.PathLike[str] | None, root: Path,
             official = {f.url: f.md5 for e in ([entry] if entry else []) for f in e.files}
             want_md5 = expected[1] if expected and expected[0] == "md5" else None
             download(location, path, md5=want_md5 or official.get(location))
+    elif "://" in location:  # ftp://, s3://: read as a path it became 'ftp:/x', missing
+        raise DataError(f"{location}: only http://, https:// and file:// URLs are downloaded; "
+                        "fetch it yourself and give the local copy")
     else:
         path = Path(location).expanduser()
         if not path.exists():
@@ -244,6 +247,9 @@ def resolve_source(dataset: str | os.PathLike[str] | None, root: Path,
         raise DataError(f"{public_location(location) or path} holds the {fmt} format, not "
                         f"{entry.title}'s ({entry.format})")
     if path.is_dir():
+        if expected is not None:  # nothing to hold it against: a folder has no file digest
+            raise DataError(f"--checksum checks an archive file; {path} is a folder (give the "
+                            "archive, or leave out the checksum)")
         digests = _tree_digest(path)
         if fmt == "idx":
             entry = _check_idx_files(path, entry)
