@@ -392,8 +392,11 @@ def test_download_with_bad_checksum_leaves_nothing(tmp_path, http_server):
 
 def test_download_failure_is_clear(tmp_path, http_server):
     _, base = http_server
-    with pytest.raises(DataError, match="could not download .*404"):
+    with pytest.raises(DataError, match=r"could not download .*404.* point \$CVPIPE_CIFAR10_SOURCE"):
         load_cifar10(f"{base}/missing.tar.gz", tmp_path / "root")
+    # a URL of one's own: the hint names --dataset, not a catalogued dataset's variable
+    with pytest.raises(DataError, match="could not download .*404.* point --dataset at a local"):
+        load_dataset(f"{base}/mine.tar.gz", tmp_path / "root")
 
 
 def test_default_source_is_the_official_url(tmp_path, monkeypatch):

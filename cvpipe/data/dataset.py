@@ -231,7 +231,8 @@ def resolve_source(dataset: str | os.PathLike[str] | None, root: Path,
         if not path.exists():
             official = {f.url: f.md5 for e in ([entry] if entry else []) for f in e.files}
             want_md5 = expected[1] if expected and expected[0] == "md5" else None
-            download(location, path, md5=want_md5 or official.get(location))
+            download(location, path, md5=want_md5 or official.get(location),
+                     local_hint=f"${entry.env} (or --source)" if entry else "--dataset")
     elif "://" in location:  # ftp://, s3://: read as a path it became 'ftp:/x', missing
         raise DataError(f"{location}: only http://, https:// and file:// URLs are downloaded; "
                         "fetch it yourself and give the local copy")
