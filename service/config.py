@@ -124,7 +124,12 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         out[name] = value
     out["MODELS_DIR"] = str(out["MODELS_DIR"])
     out["ALLOWED_HOSTS"] = allowed_hosts(out["ALLOWED_HOSTS"])
-    out["API_TOKEN"] = out["API_TOKEN"] or None  # empty string: authentication off
+    token = out["API_TOKEN"]
+    if token and not token.strip():  # on, with a token no request could send
+        raise ConfigError(f"{ENV_API_TOKEN} is blank: unset it (or set it empty) for no "
+                          "authentication, or give a token")
+    # empty: authentication off; the newline of `$(cat token-file)` is not part of the token
+    out["API_TOKEN"] = token.strip() if token else None
     out["REPORTS_DIR"] = str(out["REPORTS_DIR"]) if out.get("REPORTS_DIR") else None
     return out
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -68,8 +69,11 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another "
-                              "--port or stop the program using it") from None
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                hint = "choose another --port or stop the program using it"
+            else:  # a name that does not resolve, an address of another machine
+                hint = "give an address of this machine as --host (127.0.0.1, or 0.0.0.0 for all)"
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; {hint}") from None
 
 
 def _url(host: str, port: int) -> str:

@@ -240,6 +240,12 @@ def test_settings_from_environment_then_overrides(monkeypatch):
         monkeypatch.delenv(env)
     with pytest.raises(ConfigError, match="TOP_K"):
         load_settings({"TOP_K": 0})
+    # a blank token would lock every client out; a file's newline is not part of the token
+    monkeypatch.setenv("CVPIPE_API_TOKEN", " \n")
+    with pytest.raises(ConfigError, match="CVPIPE_API_TOKEN is blank"):
+        load_settings()
+    monkeypatch.setenv("CVPIPE_API_TOKEN", "s3cret-token\n")
+    assert load_settings()["API_TOKEN"] == "s3cret-token"
 
 
 def test_version_changes_with_model_json():

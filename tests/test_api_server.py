@@ -190,6 +190,10 @@ def test_serve_refuses_clearly(tmp_path, tmp_path_factory, capsys):
         assert main(["serve", "--models", str(models), "--workers", "1",
                      "--port", str(busy.getsockname()[1])]) == 2
     assert "cannot listen" in capsys.readouterr().err
+    # an address that is not this machine's: the hint is about --host, not the port
+    assert main(["serve", "--models", str(models), "--workers", "1", "--host", "999.1.1.1",
+                 "--port", str(free_port())]) == 2
+    assert "give an address of this machine as --host" in capsys.readouterr().err
     # a negative timeout or switch interval is refused, --check too (a worker would die of it)
     for flag in ("--timeout", "--switch-interval"):
         assert main(["serve", "--models", str(models), "--check", flag, "-1"]) == 2
