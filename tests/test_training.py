@@ -182,6 +182,14 @@ def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     bad.write_bytes(b"nope")
     code = main(["predict", "quick", str(bad), "--models-dir", str(tmp_path / "models")])
     assert code == 2 and "bad.png" in capsys.readouterr().err
+    # among good files, a bad one costs its own answer only, in its place in the list
+    code = main(["predict", "quick", str(png), str(bad), str(jpg), "--json",
+                 "--models-dir", str(tmp_path / "models")])
+    captured = capsys.readouterr()
+    listed = json.loads(captured.out)
+    assert code == 2 and [r["image"] for r in listed] == [str(png), str(bad), str(jpg)]
+    assert "top" in listed[0] and "top" in listed[2] and "not an image" in listed[1]["error"]
+    assert "1 of 3 images could not be read" in captured.err
     for top_k in ("0", "-2"):  # [:-2] would list every class but two, [:0] none: refused
         code = main(["predict", "quick", str(png), "--top-k", top_k,
                      "--models-dir", str(tmp_path / "models")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from cvpipe.config import MODELS_DIR_DEFAULT, models_dir
 from cvpipe.data.cli import add_source_arguments, load_from_args
 from cvpipe.errors import ConfigError
 from cvpipe.featurestore.cli import add_engine_arguments, engine
-from cvpipe.images import IMAGE_FORMATS
+from cvpipe.images import IMAGE_FORMATS, ImageError
 from cvpipe.models.artifact import model_card, read_metadata
 from cvpipe.storage import recover_all, safe_name
 
@@ -128,6 +129,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Images scored at once by ``cvpipe predict`` (decoded, they are held together).
+PREDICT_BATCH = 1024
+
+
 def _predict(args: argparse.Namespace) -> int:
     from cvpipe.images import load_images
     from cvpipe.models.pipelines import load_model
@@ -137,21 +142,37 @@ def _predict(args: argparse.Namespace) -> int:
     model = load_model(_model_path(args.model, args.models_dir))
     meta = model.metadata
     taken = model.input
-    images = load_images(args.images, taken.size, taken.channels, taken.fit)
-    scores, kind = model.scores(images)
-    k = min(args.top_k, scores.shape[1])
-    results = []
-    for path, s in zip(args.images, scores, strict=True):
-        top = np.argsort(-s)[:k]
-        results.append({"image": str(path), "score_kind": kind,
-                        "top": [{"class": meta["classes"][i], "score": float(s[i])} for i in top]})
+    # one unreadable file costs its own line, not the others' answers
+    results: list[dict[str, Any]] = [{"image": str(path)} for path in args.images]
+    for start in range(0, len(results), PREDICT_BATCH):
+        read, images = [], []
+        for row in results[start:start + PREDICT_BATCH]:
+            try:
+                images.append(load_images([row["image"]], taken.size, taken.channels, taken.fit)[0])
+                read.append(row)
+            except ImageError as exc:
+                row["error"] = str(exc)
+        if images:
+            scores, kind = model.scores(np.stack(images))
+            k = min(args.top_k, scores.shape[1])
+            for row, s in zip(read, scores, strict=True):
+                row.update(score_kind=kind, top=[{"class": meta["classes"][i], "score": float(s[i])}
+                                                 for i in np.argsort(-s)[:k]])
+    failed = [r for r in results if "error" in r]
     if args.json:
         print(json.dumps(results, indent=2))
     else:
         for r in results:
+            if "error" in r:
+                continue
             best = ", ".join(f"{t['class']} {t['score']:.3f}" for t in r["top"])
-            print(f"{r['image']}: {best}" + ("" if kind == "probability" else "  (decision scores)"))
-    return 0
+            print(f"{r['image']}: {best}"
+                  + ("" if r["score_kind"] == "probability" else "  (decision scores)"))
+    for r in failed:
+        print(f"cvpipe: error: {r['error']}", file=sys.stderr)
+    if failed:
+        print(f"cvpipe: {len(failed)} of {len(results)} images could not be read", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -224,13 +245,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser("predict", help="classify image files with a saved model",
                         description="Classify image files of any size and mode in "
                         f"{', '.join(IMAGE_FORMATS)} format, decoded as the model's training images "
-                        "were (EXIF orientation, alpha on white) and resized to its input.")
+                        "were (EXIF orientation, alpha on white) and resized to its input. A file "
+                        "that cannot be read is named on stderr and the others are still "
+                        "classified; the exit status is then 2.")
     pr.add_argument("model", help="model name in the models folder, or a model folder")
     pr.add_argument("images", nargs="+", help="image files")
     pr.add_argument("--top-k", type=int, default=3, metavar="K",
                     help="the K best classes of each image, with their scores (default 3)")
     pr.add_argument("--models-dir", help=MODELS_DIR_HELP)
-    pr.add_argument("--json", action="store_true", help="print the results as JSON")
+    pr.add_argument("--json", action="store_true", help="print the results as JSON (an unreadable "
+                    "file's entry holds its error)")
     pr.set_defaults(func=_predict)
 
     models = sub.add_parser("models", help="list saved models and built-in pipelines",
