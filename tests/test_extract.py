@@ -337,6 +337,17 @@ def test_cli_image_folder(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("extracted 20 rows x 128 dims")
     _, labels, manifest = load_features(tmp_path / "o")
     assert manifest["classes"] == ["test", "train"]  # first folder level
+    # --out at a file, below a file, or where no folder can be made: one line, the file kept
+    photo = sorted((tmp_path / "imgs").rglob("*.png"))[0]
+    before = photo.read_bytes()
+    for out, message in ((photo, "is a file; features go in a folder"),
+                         (photo / "sub", "a file stands where a folder of its path should be"),
+                         (Path("/proc/cvpipe-out"), "cannot create the feature folder")):
+        for force in ([], ["--force"]):
+            assert main(["extract", "--features", "color", "--input", str(tmp_path / "imgs"),
+                         "--out", str(out), "--no-progress", *force]) == 2
+            assert message in capsys.readouterr().err
+    assert photo.read_bytes() == before
 
 
 def _run_until_killed(script: str, markers: Path, at_least: int, timeout: float = 60) -> None:

@@ -94,6 +94,9 @@ class FeatureStore:
         if self.local:
             self.path = str(Path(self.path).resolve())
             self.url = self.path
+            if Path(self.path).exists() and not Path(self.path).is_dir():
+                raise ConfigError(f"{self.url} is a file; features go in a folder: choose "
+                                  "another --out")
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.url!r})"
@@ -114,6 +117,9 @@ class FeatureStore:
                 return json.loads(f.read())
         except FileNotFoundError:
             return None
+        except NotADirectoryError:  # --out below a file: --force could not help
+            raise ConfigError(f"{self.url}: a file stands where a folder of its path should be; "
+                              "choose another --out") from None
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: unreadable ({exc}); use --force to extract again") from None
 
@@ -175,7 +181,11 @@ class FeatureStore:
         from zarr.codecs import BloscCodec
 
         self.clear()
-        self.fs.makedirs(self._p("done"), exist_ok=True)
+        try:
+            self.fs.makedirs(self._p("done"), exist_ok=True)
+        except OSError as exc:  # a read-only place, a parent that is a file, no permission
+            raise StorageError(f"cannot create the feature folder {self.url}: "
+                               f"{exc.strerror or exc}; choose another --out") from None
         n, d, rows = run["n"], run["d"], run["chunk_rows"]
         if run["format"] == "npy":
             self._create_npy(n, d)
