@@ -350,6 +350,13 @@ def test_summary_without_runs_says_what_to_do(tmp_path, capsys):
     (tmp_path / "reports" / "empty").mkdir(parents=True)
     assert main(["summary", "--reports-dir", str(tmp_path / "reports")]) == 2
     assert "no comparison results" in capsys.readouterr().err
+    # results.json that is not JSON, or JSON of another shape: skipped by name, no traceback
+    for name, text in (("broken", "{bad"), ("a-list", "[]"),
+                       ("odd", '{"pipelines": [{"family": "classic"}]}')):
+        (tmp_path / "reports" / name).mkdir()
+        (tmp_path / "reports" / name / "results.json").write_text(text)
+    assert main(["summary", "--reports-dir", str(tmp_path / "reports")]) == 2
+    assert "no comparison results" in capsys.readouterr().err
 
 
 def test_offline_named_dataset_says_which_variable_to_set(tmp_path, monkeypatch):

@@ -80,10 +80,13 @@ def collect(reports_dir: str | Path, all_runs: bool = False) -> list[dict[str, A
             continue
         try:
             results = json.loads(path.read_text())
+            line = _row(path.parent.name, results)
         except (OSError, ValueError) as exc:
             log.warning("skipping %s: %s", path, exc)
             continue
-        line = _row(path.parent.name, results)
+        except (AttributeError, KeyError, TypeError):  # JSON, but not what cvpipe compare writes
+            log.warning("skipping %s: not the results of a cvpipe compare run", path)
+            continue
         if line is not None:
             lines.append(line)
     if not lines:
