@@ -214,6 +214,42 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Pat
     return path
 
 
+def size_text(n: int) -> str:
+    """``n`` bytes for people: ``512 B``, ``3.9 MB``, ``2.1 GB`` (powers of 1,000)."""
+    value = float(n)
+    for unit in ("B", "KB", "MB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} GB"
+
+
+def reserved_npy(path: str | os.PathLike[str], dtype: Any, shape: tuple[int, ...], hint: str
+                 ) -> np.memmap:
+    """A new ``.npy`` file of ``shape`` and ``dtype``, open for writing as a memory map, its
+    whole size taken on the disk first.
+
+    A memory map written on a full disk kills the process with SIGBUS, nothing said and a
+    half-built folder left; reserving the space up front turns that into a
+    :class:`StorageError` here (``hint``: what the user can do), before any work. On a
+    filesystem without ``fallocate`` the space is taken as the map is written.
+    """
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    offset, nbytes = array.offset, array.nbytes
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), offset, max(nbytes, 1))
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                return array
+            del array
+            Path(path).unlink(missing_ok=True)
+            free = shutil.disk_usage(Path(path).parent).free
+            raise StorageError(f"{path}: {size_text(nbytes)} do not fit on the disk "
+                               f"({size_text(free)} free); {hint}") from None
+    return array
+
+
 def write_json(path: str | os.PathLike[str], value: Any) -> Path:
     """:func:`atomic_write` of ``value`` as indented JSON."""
     return atomic_write(path, json_dumps(value) + "\n")

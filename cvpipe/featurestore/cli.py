@@ -18,6 +18,7 @@ from typing import Any
 
 from cvpipe.config import data_root
 from cvpipe.errors import ConfigError
+from cvpipe.storage import size_text
 
 
 def _worker_count(text: str) -> int:
@@ -62,15 +63,6 @@ def engine(args: argparse.Namespace) -> Iterator[Any]:
         yield client
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} GB"  # pragma: no cover
-
-
 def _input_text(entry: dict[str, Any]) -> str:
     inp = entry.get("input") or {}
     if entry["kind"] == "learned":
@@ -98,9 +90,9 @@ def _list(args: argparse.Namespace) -> int:
     for e in entries:
         shape = f"{e['n']} x {e['d']}" if e["n"] else "-"
         state = "" if e["complete"] else "  (unfinished)"
-        print(f"{e['key']:<18}{e['kind']:<10}{str(e['features']):<10}{shape:>16}{_size(e['bytes']):>10}"
+        print(f"{e['key']:<18}{e['kind']:<10}{str(e['features']):<10}{shape:>16}{size_text(e['bytes']):>10}"
               f"  {_input_text(e)}{state}")
-    print(f"{len(entries)} stores, {_size(total)} in "
+    print(f"{len(entries)} stores, {size_text(total)} in "
           f"{Path(data_root(args.data_root), 'features')}; clear with 'cvpipe store clear KEY' or --all")
     return 0
 
@@ -126,7 +118,7 @@ def _clear(args: argparse.Namespace) -> int:
         else:
             shutil.rmtree(path)
         freed += e["bytes"]
-    print(f"cleared {len(chosen)} stores, {_size(freed)}")
+    print(f"cleared {len(chosen)} stores, {size_text(freed)}")
     return 0
 
 

@@ -42,7 +42,7 @@ import numpy as np
 
 from cvpipe.errors import ConfigError, DataError
 from cvpipe.features import FeatureSpec
-from cvpipe.storage import StorageError, atomic_write, canonical_json, json_dumps
+from cvpipe.storage import StorageError, atomic_write, canonical_json, json_dumps, reserved_npy
 
 log = logging.getLogger(__name__)
 
@@ -208,22 +208,12 @@ class FeatureStore:
         if not self.local:
             raise ConfigError(f"{self.url}: the npy format needs a local folder; use zarr")
         for name, shape, dtype in (("features.npy", (n, d), np.float32), ("labels.npy", (n,), np.int64)):
-            path = self._p(name)
-            header = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
-            offset, nbytes = header.offset, header.nbytes
+            array = reserved_npy(self._p(name), dtype, shape, hint="free some (cvpipe store clear) "
+                                 "or choose another data root")
             if name == "labels.npy":
-                header[:] = -2
-                header.flush()
-            del header
-            with open(path, "r+b") as f:
-                try:
-                    os.posix_fallocate(f.fileno(), offset, max(nbytes, 1))
-                except OSError as exc:
-                    if exc.errno == errno.ENOSPC:
-                        raise StorageError(f"{path}: {nbytes / 2**30:.2f} GiB of features do not fit "
-                                           "on the disk; free some (cvpipe store clear) or choose "
-                                           "another data root") from exc
-                    # a filesystem without fallocate: the space is taken as chunks are written
+                array[:] = -2
+                array.flush()
+            del array
 
     def _write_npy_rows(self, name: str, start: int, rows: np.ndarray) -> None:
         """Rows from ``start`` on, written at their offset with ordinary writes (an OSError on a

@@ -26,6 +26,7 @@ from cvpipe.data.readers.decoded import CIFAR10_CLASSES, SPLITS, DecodedDataset
 from cvpipe.data.splits import stratified_split
 from cvpipe.errors import DataError
 from cvpipe.images import DEFAULT_FIT, FIT_POLICIES, ImageError, decode, is_image_name, peek
+from cvpipe.storage import reserved_npy
 
 #: Encoded files read ahead of the decoding threads (bounds the memory they take).
 _READ_AHEAD = 1024
@@ -263,8 +264,8 @@ def read_image_folder(
         rows = [e for e in entries if e.split == split]
         shape = (len(rows), h, w, channels)
         if out_dir is not None:
-            images[split] = np.lib.format.open_memmap(out_dir / f"{split}_images.npy", "w+",
-                                                      np.uint8, shape)
+            images[split] = reserved_npy(out_dir / f"{split}_images.npy", np.uint8, shape,
+                                         hint="free some or choose another --data-root")
         else:
             images[split] = np.empty(shape, np.uint8)
         labels_out[split] = np.array([index[e.cls] for e in rows], dtype=np.int64)
