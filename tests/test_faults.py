@@ -303,6 +303,11 @@ def test_a_real_write_error_on_zarr_is_a_clear_storage_error(tiny, tmp_path, mon
     monkeypatch.setattr(zarr.Array, "__setitem__", _disk_full)
     with pytest.raises(StorageError, match="run again to resume"):
         extract(DatasetSource(ds, "test"), "color", out=tmp_path / "z", fmt="zarr", n_jobs=1)
+    monkeypatch.undo()
+    # full before the first chunk, while the empty arrays are declared (a traceback from zarr)
+    monkeypatch.setattr(zarr, "open_group", _disk_full)
+    with pytest.raises(StorageError, match=r"cannot create the feature folder .*\(the disk is full\)"):
+        extract(DatasetSource(ds, "test"), "color", out=tmp_path / "z2", fmt="zarr", n_jobs=1)
 
 
 # ------------------------------------------------------------------ loading only what is listed

@@ -177,15 +177,20 @@ class FeatureStore:
 
     def create(self, run: dict[str, Any]) -> None:
         """Start an extraction from nothing: empty arrays, no markers, ``run.json`` last."""
+        self.clear()
+        try:
+            self._create(run)
+        except OSError as exc:  # a full disk, a read-only place, a parent that is a file
+            hint = (" (the disk is full); free some space or" if exc.errno == errno.ENOSPC
+                    else ";")
+            raise StorageError(f"cannot create the feature folder {self.url}: "
+                               f"{exc.strerror or exc}{hint} choose another --out") from None
+
+    def _create(self, run: dict[str, Any]) -> None:
         import zarr
         from zarr.codecs import BloscCodec
 
-        self.clear()
-        try:
-            self.fs.makedirs(self._p("done"), exist_ok=True)
-        except OSError as exc:  # a read-only place, a parent that is a file, no permission
-            raise StorageError(f"cannot create the feature folder {self.url}: "
-                               f"{exc.strerror or exc}; choose another --out") from None
+        self.fs.makedirs(self._p("done"), exist_ok=True)
         n, d, rows = run["n"], run["d"], run["chunk_rows"]
         if run["format"] == "npy":
             self._create_npy(n, d)
