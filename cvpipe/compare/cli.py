@@ -11,7 +11,7 @@ from typing import Any
 from cvpipe.config import MODELS_DIR_DEFAULT
 from cvpipe.errors import ConfigError
 from cvpipe.featurestore.cli import add_engine_arguments, engine
-from cvpipe.storage import safe_name
+from cvpipe.storage import safe_name, size_text
 
 REPORTS_DIR = "reports"
 
@@ -98,7 +98,7 @@ def _compare(args: argparse.Namespace) -> int:
     run = results["run"]
     print(f"report: {html}  (also report.md, results.json)  in {time.perf_counter() - start:.0f} s, "
           f"peak memory {run['peak_rss_bytes'] / 1e9:.2f} GB; feature store "
-          f"{run['feature_store_bytes'] / 1e9:.2f} GB on disk (cvpipe store list)")
+          f"{size_text(run['feature_store_bytes'])} on disk (cvpipe store list)")
     models = sorted({Path(r['model_dir']).parent for r in results["pipelines"]})
     print(f"models: {', '.join(map(str, models))}; serve them with: "
           f"cvpipe serve --models {models[0]} --reports {out.parent} --host 127.0.0.1 --port 8000"
