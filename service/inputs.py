@@ -109,8 +109,8 @@ def read_images(request: Request, max_images: int, allowed_fields: tuple[str, ..
     max_images : int
         More images than this is a 413 ``too_many_images``.
     allowed_fields : tuple of str
-        Option names the endpoint understands (besides ``images``); any other body field is a
-        400, so a misspelt option is not silently ignored.
+        Option names the endpoint understands (besides ``images``); any other body field or
+        query parameter is a 400, so a misspelt option is not silently ignored.
 
     Returns
     -------
@@ -127,7 +127,11 @@ def read_images(request: Request, max_images: int, allowed_fields: tuple[str, ..
         field), 413 (too many images) or 415 (unsupported content type).
     """
     mimetype = request.mimetype
-    query: dict[str, Any] = {k: v for k, v in request.args.items() if k in allowed_fields}
+    unknown = [k for k in request.args if k not in allowed_fields]
+    if unknown:  # ?topk=1 would have been dropped: the default answered, nothing said
+        raise ApiError(400, "unknown_field", f"unknown query parameter {unknown[0]!r}; options are "
+                       f"{', '.join(allowed_fields) or 'none'}", {"field": unknown[0]})
+    query: dict[str, Any] = dict(request.args.items())
     if not mimetype:
         if not request.content_length and not request.get_data(cache=True):
             raise ApiError(400, "empty_body", f"The request has no body: {_USAGE}.")

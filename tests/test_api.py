@@ -451,6 +451,7 @@ def test_bad_inputs_get_clear_4xx_json_and_the_server_keeps_serving(client, loca
         (dict(json={"images": []}), 400, "no_images"),
         (dict(json={}), 400, "no_images"),
         (dict(json={"images": [b64(good)], "topk": 3}), 400, "unknown_field"),
+        (dict(data=good, content_type="image/png", query_string={"topk": 3}), 400, "unknown_field"),
         (dict(data=files(good, extra="1"), content_type="multipart/form-data"), 400, "unknown_field"),
         (dict(data={"images": "text, not a file"}, content_type="multipart/form-data"), 400, "bad_image"),
         (dict(data=b"--x\r\nContent-Disposition: form-data; name=images\r\n\r\nabc",
