@@ -271,6 +271,11 @@ def test_compare_check_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{len(load_compare_config().pipelines)} pipelines checked" in out
     assert not (tmp_path / "models").exists()
+    # the frontier's longer names keep the columns aligned: each family starts at one column
+    assert main(["compare", "--check", "--profile", "frontier", "--source", str(tmp_path / "src"),
+                 "--data-root", str(tmp_path / "data")]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ok  ")]
+    assert len(rows) == 19 and len({re.match(r"  ok  \S+ +", line).end() for line in rows}) == 1
 
 
 @pytest.mark.slow

@@ -75,10 +75,12 @@ def _compare(args: argparse.Namespace) -> int:
         shape = "x".join(map(str, ds.image_shape))
         print(f"{ds.title} ({ds.name}), profile {profile.name}: {len(train)} training, "
               f"{len(val)} validation, {len(ds.labels('test'))} test images of {shape}")
-        for p in plan:
-            card = p.card()
-            print(f"  ok  {p.name:<26} {card['family']:<8} {card['features'] or '-':<14} "
-                  f"{card['classifier']}")
+        cards = [(p.name, p.card()) for p in plan]
+        width = max(len(name) for name, _ in cards)  # the frontier's names pass 26 characters
+        features_width = max(len(card["features"] or "-") for _, card in cards)
+        for name, card in cards:
+            print(f"  ok  {name:<{width}} {card['family']:<8} "
+                  f"{card['features'] or '-':<{features_width}} {card['classifier']}")
         print(f"{len(plan)} pipelines checked; nothing trained")
         return 0
     start = time.perf_counter()
