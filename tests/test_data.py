@@ -156,6 +156,28 @@ def test_a_checksum_for_a_folder_or_a_url_that_is_not_fetched_is_refused(tmp_pat
     assert not (tmp_path / "root" / "cache").exists()
 
 
+def test_an_official_archive_is_resized_into_the_cache_with_its_space_reserved(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from cvpipe.images import resize
+    from cvpipe.storage import StorageError
+
+    path, md5, arrays = synthetic.write_official_archive(tmp_path / "off.tar.gz")
+    ds = load_cifar10(path, tmp_path / "root", checksum=f"md5:{md5}", size=(20, 24), fit="stretch")
+    x, _ = arrays["test"]
+    assert ds.images("test").shape == (len(x), 20, 24, 3)
+    np.testing.assert_array_equal(np.asarray(ds.images("test"))[3], resize(x[3], (20, 24), "stretch"))
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)  # a --size too large for the disk
+    with pytest.raises(StorageError, match="do not fit on the disk .* a smaller --size"):
+        load_cifar10(path, tmp_path / "full", checksum=f"md5:{md5}", size=(64, 64))
+    assert _no_cache_left(tmp_path / "full")
+
+
 def test_explicit_sha256_checksum(tmp_path):
     synthetic.write_image_folder(tmp_path / "tiny")
     archive = synthetic.tar_folder(tmp_path / "tiny", tmp_path / "tiny.tar.gz")

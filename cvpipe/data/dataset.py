@@ -41,7 +41,7 @@ from cvpipe.data.download import download, download_key, public_location
 from cvpipe.data.splits import check_split_options, stratified_split
 from cvpipe.errors import ChecksumError, DataError
 from cvpipe.images import DEFAULT_FIT, FIT_POLICIES, resize
-from cvpipe.storage import holds, json_dumps, replace_dir
+from cvpipe.storage import holds, json_dumps, replace_dir, reserved_npy
 
 log = logging.getLogger(__name__)
 
@@ -404,9 +404,16 @@ def _decode(src: Source, options: dict, out_dir: Path) -> readers.DecodedDataset
             keep = np.sort(np.concatenate(
                 [np.flatnonzero(y == c)[:limit] for c in range(len(decoded.classes))]))
             decoded.images[split], decoded.labels[split] = decoded.images[split][keep], y[keep]
-        if size is not None and decoded.images[split].shape[1:3] != size:
-            decoded.images[split] = np.stack(
-                [resize(img, size, options["fit"]) for img in decoded.images[split]])
+        source = decoded.images[split]
+        if size is not None and source.shape[1:3] != size:
+            # resized straight into the cache file, its space reserved first: a large --size
+            # fails here in one line, not as an exhausted memory or a full disk later
+            resized = reserved_npy(out_dir / f"{split}_images.npy", np.uint8,
+                                   (len(source), *size, source.shape[3]),
+                                   hint="free some, choose another --data-root or a smaller --size")
+            for i, img in enumerate(source):
+                resized[i] = resize(img, size, options["fit"])
+            decoded.images[split] = resized
     return decoded
 
 
