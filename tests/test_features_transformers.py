@@ -290,6 +290,16 @@ def test_non_finite_float_images_are_refused(data):
         hog(x, backend="numpy")
 
 
+@pytest.mark.parametrize("name", ["hog", "color", "pixels", "scattering", "patches", "hog+color",
+                                  "pixels+hog"])
+def test_no_images_give_no_rows(data, name):
+    # a chunk or a filtered batch can be empty: (0, d), the width of any other batch
+    small = {"patches__n_centroids": 8, "patches__n_patches": 2000} if "patches" in name else {}
+    est = make_features(name, device="cpu", **small).fit(data[0][:40])
+    empty = est.transform(data[0][:0])
+    assert empty.shape == (0, est.transform(data[0][:2]).shape[1])
+
+
 def test_fit_to_shape_fixes_the_input_shape_without_images(data):
     from cvpipe.features import FeatureSpec, fit_to_shape
 

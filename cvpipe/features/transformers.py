@@ -416,7 +416,7 @@ class PixelTransformer(_ImageTransformer):
         if is_tensor(images):
             images = images.detach().cpu().numpy()
         x = np.asarray(images)
-        flat = x.reshape(len(x), -1)
+        flat = x.reshape(len(x), int(np.prod(x.shape[1:])))  # -1 cannot be solved for 0 images
         if out is None:
             out = np.empty(flat.shape, dtype=np.float32)
         np.copyto(out, flat, casting="unsafe")
