@@ -45,7 +45,7 @@ def test_config_from_dict_accepts_toml_style_keys_and_rejects_unknown():
     ("nesterov", 1, "nesterov must be true or false"), ("batch_size", 64.5, "whole number"),
     ("batch_size", True, "whole number"), ("epochs", float("inf"), "finite number"),
     ("lr", "nan", "lr must be a finite number or absent"), ("blocks", ["a", 1, 0, 1], "blocks"),
-    ("optimizer", 3, "optimizer must be a string")])
+    ("optimizer", 3, "optimizer must be a string"), ("seed", -1, "seed must be a non-negative")])
 def test_cnn_config_refuses_values_of_the_wrong_type(key, value, message):
     with pytest.raises(ConfigError, match=message):
         CNNConfig.from_dict({key: value})

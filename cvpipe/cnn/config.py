@@ -242,6 +242,7 @@ class CNNConfig:
               "train_score_images must be positive (or absent: every train image)")
         check(self.arch in ARCHITECTURES, f"arch must be one of {', '.join(ARCHITECTURES)}")
         check(self.tta in (0, 1, 2), "tta must be 0 (off), 1 (mirror) or 2 (mirror and translate)")
+        check(self.seed >= 0, "seed must be a non-negative integer, as a classic pipeline's")
         check(self.bias_lr_scale > 0, "bias_lr_scale must be positive")
         check(self.whiten_bias_epochs >= 0, "whiten_bias_epochs must be >= 0")
 
