@@ -67,6 +67,10 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a first try: the commands and what they do, not "arguments are required"
+        parser.print_help()
+        return 2
     args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet)
     try:

@@ -194,6 +194,8 @@ def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
         code = main(["predict", "quick", str(png), "--top-k", top_k,
                      "--models-dir", str(tmp_path / "models")])
         assert code == 2 and "--top-k must be at least 1" in capsys.readouterr().err
+    assert main([]) == 2  # cvpipe alone: the help, with every command
+    assert "compare" in capsys.readouterr().out
     assert main(["models", "list", "--models-dir", str(tmp_path / "models")]) == 0
     listed = capsys.readouterr().out
     assert listed.split()[:3] == ["quick", "hog+color", "linear-svm"]
