@@ -130,9 +130,12 @@ def test_augment_shifts_out_of_range_is_refused(bad):
                                       "classifier": {"type": "linear-svm"}, "augment_shifts": bad})
 
 
-def test_store_list_and_clear_from_the_cli(tiny, tmp_path, capsys):
+def test_store_list_and_clear_from_the_cli(tiny, tmp_path, capsys, monkeypatch):
     fit_classic(tiny, _spec("c", {"name": "color"}), progress=False,
                 store=StoreSettings(root=tmp_path, progress=False))
+    monkeypatch.setenv("CVPIPE_DATA_ROOT", str(tmp_path))
+    assert main(["store"]) == 0  # alone, it lists
+    assert "3 stores" in capsys.readouterr().out
     assert main(["store", "list", "--data-root", str(tmp_path), "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert len(listed["stores"]) == 3 and listed["bytes"] == sum(e["bytes"] for e in listed["stores"]) > 0

@@ -196,6 +196,7 @@ def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
         assert code == 2 and "--top-k must be at least 1" in capsys.readouterr().err
     assert main([]) == 2  # cvpipe alone: the help, with every command
     assert "compare" in capsys.readouterr().out
+    assert main(["data"]) == 2 and "prepare" in capsys.readouterr().out  # its actions, none run
     assert main(["models", "list", "--models-dir", str(tmp_path / "models")]) == 0
     listed = capsys.readouterr().out
     assert listed.split()[:3] == ["quick", "hog+color", "linear-svm"]

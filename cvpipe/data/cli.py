@@ -108,7 +108,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="prepare and describe a dataset (CIFAR-10 by default)",
                           description="Prepare a dataset's cache and describe it: CIFAR-10 by "
                           "default, any catalogued dataset by name, or a path (--dataset).")
-    data_sub = data.add_subparsers(dest="data_command", metavar="<action>", required=True)
+    def usage(_args: argparse.Namespace) -> int:
+        data.print_help()  # 'cvpipe data' alone: its actions; none runs by default (a download)
+        return 2
+
+    data.set_defaults(func=usage)
+    data_sub = data.add_subparsers(dest="data_command", metavar="<action>")
 
     prepare = data_sub.add_parser(
         "prepare", help="download/verify/decode the dataset into the cache",

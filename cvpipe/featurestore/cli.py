@@ -131,8 +131,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "them with their size; 'clear' removes some or all (they are computed again when needed).",
         epilog="examples: cvpipe store list; cvpipe store list --json; "
         "cvpipe store clear 3f2a9c0d1e4b5a67; cvpipe store clear --all")
-    actions = p.add_subparsers(dest="action", metavar="<action>", required=True)
-    lst = actions.add_parser("list", help="every store: key, features, rows x dims, size, input")
+    # 'cvpipe store' alone lists, as 'cvpipe models' does
+    p.set_defaults(func=_list, json=False, data_root=None)
+    actions = p.add_subparsers(dest="action", metavar="<action>")
+    lst = actions.add_parser("list", help="every store: key, features, rows x dims, size, input "
+                             "(the default)")
     lst.add_argument("--json", action="store_true", help="print JSON")
     lst.add_argument("--data-root", help="default: $CVPIPE_DATA_ROOT or ./data")
     lst.set_defaults(func=_list)
