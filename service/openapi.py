@@ -121,7 +121,7 @@ def build_openapi(settings: Mapping[str, Any], models: list[str]) -> dict[str, A
               f"body, {settings['MAX_PIXELS']} pixels per image.")
     common_errors = {
         "400": _error("Bad input: empty body, not an image, truncated image, invalid base64, malformed "
-                      "JSON or multipart body, unknown field or invalid option."),
+                      "JSON or multipart body, unknown field or query parameter, or invalid option."),
         "401": _error("Missing or wrong bearer token (only when the server has CVPIPE_API_TOKEN)."),
         "413": _error("Body, image (pixels) or number of images over the server's limits."),
         "415": _error("Content-Type is not multipart/form-data, application/json, image/* or "
