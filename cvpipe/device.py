@@ -81,6 +81,22 @@ def cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def available_memory_bytes() -> int | None:
+    """Memory this machine can still give without swapping (Linux's ``MemAvailable``), or
+    None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - neither Linux nor POSIX
+        return None
+
+
 def n_workers(n_jobs: int | None) -> int:
     """Threads for ``n_jobs`` in joblib's convention: None or 1 = one, -1 = all cores, -2 = all
     but one, ..."""

@@ -444,6 +444,22 @@ def test_npy_store_that_does_not_fit_on_the_disk_fails_before_any_work(dataset, 
         extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / "full", fmt="npy")
 
 
+def test_chunks_that_would_not_fit_in_memory_shrink_or_are_refused(dataset, tmp_path, monkeypatch):
+    import cvpipe.device
+
+    # 64 KiB free: two chunks of 324 HOG values a row fit 12 rows each in half of it
+    monkeypatch.setattr(cvpipe.device, "available_memory_bytes", lambda: 64 * 1024)
+    with pytest.raises(ConfigError, match=r"--chunk-size 100: .* give --chunk-size 12 or less"):
+        extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / "big", chunk_rows=100)
+    assert not (tmp_path / "big").exists()  # refused before the folder is made
+    res = extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / "auto")  # the default shrinks
+    assert res.manifest["chunk_rows"] == 12 and res.manifest["n"] == 60
+    monkeypatch.undo()
+    feats, _, _ = load_features(res.path)
+    whole = extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / "whole")
+    np.testing.assert_array_equal(np.asarray(feats), np.asarray(load_features(whole.path)[0]))
+
+
 def test_npy_needs_a_local_folder(dataset, tmp_path):
     with pytest.raises(ConfigError, match="needs a local folder"):
         extract(DatasetSource(dataset, "test"), "hog", out=f"memory://{tmp_path.name}/npy", fmt="npy")

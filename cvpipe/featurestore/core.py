@@ -29,7 +29,7 @@ from cvpipe.featurestore.store import (
     extraction_key,
     load_features,
 )
-from cvpipe.storage import canonical_json
+from cvpipe.storage import canonical_json, size_text
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,27 @@ class ExtractResult:
                 f"{', resumed' if m['rows_computed'] < m['n'] else ''}) -> {self.path}")
 
 
+def _chunk_rows_that_fit(asked: int | None, n: int, d: int, shrink: bool) -> int:
+    """Rows per chunk: ``asked`` (--chunk-size) if two chunks of ``d`` features, one described
+    and one written, fit in half the memory available; the default (or, with ``shrink``, any
+    size) shrinks to fit, a size the user asked for is refused in one line instead of
+    exhausting the memory."""
+    from cvpipe.device import available_memory_bytes
+
+    rows = asked or DEFAULT_CHUNK_ROWS
+    available = available_memory_bytes()
+    per_row = 2 * d * 4  # float32, two chunks in flight
+    if available is None or min(rows, n) * per_row <= available // 2:
+        return rows
+    fit = max(1, available // 2 // per_row)
+    if asked is not None and not shrink:
+        raise ConfigError(f"--chunk-size {asked}: two chunks of {d:,} features in flight take "
+                          f"{size_text(min(rows, n) * per_row)}, over half the {size_text(available)} "
+                          f"of memory available; give --chunk-size {fit} or less")
+    log.info("chunks of %d rows (not %d): %d features a row in the memory available", fit, rows, d)
+    return fit
+
+
 def plan_extraction(
     source: ImageSource,
     features: str | dict[str, Any] | FeatureSpec,
@@ -127,13 +148,15 @@ def plan_extraction(
     fmt: str = "auto",
     force: bool = False,
     fitted: Any = None,
+    shrink_chunks: bool = False,
 ) -> ExtractPlan:
     """Validate the config, find the output folder and what is left to do there.
 
     Reads one image (the first) to check the config and learn D. A finished extraction
     with the same key is returned with ``manifest`` set (nothing to do) unless ``force``;
     an unfinished one with the same key resumes with its own chunk size; ``force`` starts
-    over.
+    over. ``chunk_rows`` too large for the memory available is refused, or with
+    ``shrink_chunks`` (a size the caller chose, not the user) made smaller.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -169,7 +192,7 @@ def plan_extraction(
             raise ConfigError(f"{store.url} holds features of another configuration or input "
                               f"(key {run.get('key')}); use --force to replace them")
     if force or run is None or run.get("key") != key or manifest is not None:
-        rows = chunk_rows or DEFAULT_CHUNK_ROWS
+        rows = _chunk_rows_that_fit(chunk_rows, source.n, d, shrink_chunks)
         final_fmt = fmt if fmt != "auto" else ("npz" if source.n * d * 4 <= NPZ_MAX_BYTES else "zarr")
         if final_fmt == "npz" and source.n * d * 4 > NPZ_MAX_BYTES:
             log.warning("%.0f MiB of features as .npz: packing holds them all in memory at the end; "

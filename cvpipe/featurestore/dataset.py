@@ -339,10 +339,10 @@ def stored_features(source: Any, spec: FeatureSpec, learned: Learned, settings: 
         rows = chunk_rows_for(d) if rows is None else min(rows, chunk_rows_for(d))
         fitted = est if single.stateful else None
         plan = plan_extraction(source, single, root=settings.root, chunk_rows=chunk_rows_for(d),
-                               fmt="npy", fitted=fitted)
+                               fmt="npy", fitted=fitted, shrink_chunks=True)
         if settings.must_redo(plan.store.url):
             plan = plan_extraction(source, single, root=settings.root, chunk_rows=chunk_rows_for(d),
-                                   fmt="npy", force=True, fitted=fitted)
+                                   fmt="npy", force=True, fitted=fitted, shrink_chunks=True)
         if plan.manifest is not None:
             results.append(reused(plan))
             continue
