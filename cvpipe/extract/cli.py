@@ -166,7 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    f"reads), or auto: npz up to {NPZ_MAX_BYTES >> 20} MiB of features, zarr above "
                    "(default auto)")
     o.add_argument("--chunk-size", type=int, metavar="ROWS",
-                   help=f"rows per chunk, the unit of work and resumption (default {DEFAULT_CHUNK_ROWS})")
+                   help=f"rows per chunk, the unit of work and resumption (default "
+                   f"{DEFAULT_CHUNK_ROWS}, fewer "
+                   "where two chunks of features would not fit in half the memory available)")
     o.add_argument("--force", action="store_true",
                    help="extract again, discarding a finished or partial result")
     o.add_argument("--json", action="store_true", help="print the manifest as JSON")
