@@ -190,6 +190,19 @@ def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     assert code == 2 and [r["image"] for r in listed] == [str(png), str(bad), str(jpg)]
     assert "top" in listed[0] and "top" in listed[2] and "not an image" in listed[1]["error"]
     assert "1 of 3 images could not be read" in captured.err
+    # a folder stands for the image files under it, sorted; one without any is an error line
+    photos, empty = tmp_path / "photos", tmp_path / "empty"
+    (photos / "sub").mkdir(parents=True)
+    empty.mkdir()
+    (photos / "sub" / "b.png").write_bytes(png.read_bytes())
+    (photos / "a.jpg").write_bytes(jpg.read_bytes())
+    (photos / "notes.txt").write_text("not an image")
+    code = main(["predict", "quick", str(photos), str(empty), "--json",
+                 "--models-dir", str(tmp_path / "models")])
+    listed = json.loads(capsys.readouterr().out)
+    assert code == 2 and [r["image"] for r in listed] == [
+        str(photos / "a.jpg"), str(photos / "sub" / "b.png"), str(empty)]
+    assert "top" in listed[0] and "a folder without image files" in listed[2]["error"]
     for top_k in ("0", "-2"):  # [:-2] would list every class but two, [:0] none: refused
         code = main(["predict", "quick", str(png), "--top-k", top_k,
                      "--models-dir", str(tmp_path / "models")])

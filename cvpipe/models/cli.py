@@ -129,6 +129,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_rows(given: list[str]) -> list[dict[str, Any]]:
+    """A row per file ``cvpipe predict`` classifies: each file given, and every image file
+    under each folder given (sorted by path); a folder without one is an error row."""
+    from cvpipe.images import IMAGE_EXTENSIONS, is_image_name
+
+    rows: list[dict[str, Any]] = []
+    for item in given:
+        folder = Path(item)
+        if not folder.is_dir():
+            rows.append({"image": item})
+            continue
+        found = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_name(p.name))
+        rows.extend({"image": f} for f in found)
+        if not found:
+            rows.append({"image": item, "error": f"{item}: a folder without image files "
+                         f"({', '.join(IMAGE_EXTENSIONS)})"})
+    return rows
+
+
 #: Images scored at once by ``cvpipe predict`` (decoded, they are held together).
 PREDICT_BATCH = 1024
 
@@ -143,10 +162,12 @@ def _predict(args: argparse.Namespace) -> int:
     meta = model.metadata
     taken = model.input
     # one unreadable file costs its own line, not the others' answers
-    results: list[dict[str, Any]] = [{"image": str(path)} for path in args.images]
+    results = _image_rows(args.images)
     for start in range(0, len(results), PREDICT_BATCH):
         read, images = [], []
         for row in results[start:start + PREDICT_BATCH]:
+            if "error" in row:
+                continue
             try:
                 images.append(load_images([row["image"]], taken.size, taken.channels, taken.fit)[0])
                 read.append(row)
@@ -249,7 +270,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "that cannot be read is named on stderr and the others are still "
                         "classified; the exit status is then 2.")
     pr.add_argument("model", help="model name in the models folder, or a model folder")
-    pr.add_argument("images", nargs="+", help="image files")
+    pr.add_argument("images", nargs="+", help="image files, or folders (every image file in "
+                    "them, sorted by path)")
     pr.add_argument("--top-k", type=int, default=3, metavar="K",
                     help="the K best classes of each image, with their scores (default 3)")
     pr.add_argument("--models-dir", help=MODELS_DIR_HELP)
