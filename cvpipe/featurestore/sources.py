@@ -363,7 +363,10 @@ class FileSource:
         import fsspec
 
         fs, path = fsspec.core.url_to_fs(url)
-        info = fs.info(path)
+        try:
+            info = fs.info(path)
+        except (OSError, ValueError) as exc:  # gone since it was found, a server that fails
+            raise DataError(f"{url}: cannot read ({exc})") from None
         stamp = info.get("mtime") or info.get("LastModified") or info.get("ETag") or info.get("etag")
         digest = hashlib.sha256(f"{fs.unstrip_protocol(path)}|{info.get('size')}|{stamp}\n".encode())
         return cls([path if _is_local(fs) else fs.unstrip_protocol(path)], size, origin=url,
