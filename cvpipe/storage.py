@@ -224,6 +224,23 @@ def size_text(n: int) -> str:
     return f"{value:.1f} GB"
 
 
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes free on the disk that holds ``path`` (or would: its nearest existing folder)."""
+    folder = Path(path).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def check_free(path: str | os.PathLike[str], nbytes: int, what: str, hint: str) -> None:
+    """:class:`StorageError` before any work if ``nbytes`` more do not fit on ``path``'s disk
+    (``what`` needs them; ``hint``: what the user can do)."""
+    free = free_bytes(path)
+    if nbytes > free:
+        raise StorageError(f"{what} need {size_text(nbytes)} more on the disk of {path} "
+                           f"({size_text(free)} free); {hint}")
+
+
 def reserved_npy(path: str | os.PathLike[str], dtype: Any, shape: tuple[int, ...], hint: str
                  ) -> np.memmap:
     """A new ``.npy`` file of ``shape`` and ``dtype``, open for writing as a memory map, its

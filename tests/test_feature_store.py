@@ -352,3 +352,55 @@ def test_rows_averaged_across_matrices_must_be_the_same_rows():
         Mean([ArrayChunks(X, y, rows=4), ArrayChunks(X, y, rows=3)])  # other blocks
     with pytest.raises(ValueError, match="same rows"):
         materialize(Mean([ArrayChunks(X, y, rows=4), ArrayChunks(X, y[::-1].copy(), rows=4)]))
+
+
+def _store_size(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    return manifest["n"] * (manifest["d"] * 4 + 8)
+
+
+@pytest.mark.parametrize("options", [
+    {"test_time_shifts": 4},
+    {"augment_flip": True, "augment_shifts": 2, "test_time_shifts": 2},
+])
+def test_what_a_fit_will_store_is_known_before_its_first_store(tiny, tmp_path, options, monkeypatch):
+    # the disk check adds up the stores a fit will write: exactly those it writes, each once
+    from pathlib import Path
+
+    import cvpipe.classifiers.training as training
+    from cvpipe.featurestore.dataset import learned_extractor, missing_store_bytes
+
+    store = StoreSettings(root=tmp_path, progress=False)
+    features = {"name": "patches", "params": {**PATCHES["params"], "flip_invariant": False}}
+    spec = ClassicSpec.from_dict("aug", {"features": features, **options,
+                                         "classifier": {"type": "linear-svm", "params": {"C": 0.01}}})
+    learned = learned_extractor(tiny, spec.features, store)
+    planned = missing_store_bytes(tiny, spec.features, learned, store, spec.stored_splits(refit=True))
+    seen = []
+    monkeypatch.setattr(training, "check_free", lambda path, n, *a: seen.append(n))
+    fit = fit_classic(tiny, spec, progress=False, store=store)
+    assert seen == [planned]
+    assert planned == sum(_store_size(Path(url)) for url in fit.features["stores"])
+    # once they are written, a second fit needs nothing more
+    assert missing_store_bytes(tiny, spec.features, learned, store, spec.stored_splits(True)) == 0
+    store.force = True  # made again: what they hold now is freed first
+    assert missing_store_bytes(tiny, spec.features, learned, store, spec.stored_splits(True)) == 0
+
+
+def test_a_fit_whose_stores_do_not_fit_on_the_disk_is_refused_before_writing_any(
+        tiny, tmp_path, monkeypatch, capsys):
+    import cvpipe.storage
+
+    monkeypatch.setattr(cvpipe.storage, "free_bytes", lambda path: 1000)
+    store = StoreSettings(root=tmp_path, progress=False)
+    with pytest.raises(cvpipe.storage.StorageError,
+                       match=r"p: its feature stores need [\d.]+ KB more on the disk of .*features "
+                             r"\(1.0 KB free\); free some \(cvpipe store clear\)"):
+        fit_classic(tiny, _spec("p", {"name": "hog"}), progress=False, store=store)
+    assert list_stores(tmp_path) == []  # nothing written
+    monkeypatch.undo()
+    fit_classic(tiny, _spec("p", {"name": "hog"}), progress=False, store=store)
+    monkeypatch.setattr(cvpipe.storage, "free_bytes", lambda path: 0)
+    # every store there already: another classifier on them needs no more disk
+    assert fit_classic(tiny, _spec("p", {"name": "hog"}, {"type": "mlp", "params": {
+        "hidden_sizes": [8], "max_epochs": 2}}), progress=False, store=store).features["status"] == "reused"

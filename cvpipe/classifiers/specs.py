@@ -183,6 +183,16 @@ class ClassicSpec:
         """The copies an image is scored by (their features averaged), the image first."""
         return test_time_variants(self.test_time_shifts)
 
+    def stored_splits(self, refit: bool) -> list[tuple[str, tuple[bool, int, int]]]:
+        """The (split, variant) feature stores a fit reads: the training images and their
+        copies, the validation and test images with their test-time copies, and with ``refit``
+        the validation images' training copies (see :func:`cvpipe.classifiers.fit_classic`)."""
+        test_time = self.test_time_variants()
+        copies = self.training_variants()[1:]
+        return [("train", (False, 0, 0)), *(("train", v) for v in copies),
+                *(("val", v) for v in test_time), *(("val", v) for v in copies if refit),
+                *(("test", v) for v in test_time)]
+
     def validate(self) -> None:
         """Check the grid's keys and build the classifier and preprocessing of every candidate."""
         if not isinstance(self.augment_flip, bool):

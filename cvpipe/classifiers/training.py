@@ -61,9 +61,11 @@ from cvpipe.featurestore.dataset import (
     StoredFeatures,
     StoreSettings,
     learned_extractor,
+    missing_store_bytes,
     split_features,
 )
 from cvpipe.metrics import classification_metrics
+from cvpipe.storage import check_free
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +221,10 @@ def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress:
     store = store or StoreSettings(progress=progress)
     classes = list(ds.classes)
     learned = learned_extractor(ds, spec.features, store)
+    # every store this fit will write, checked against the disk before the first is written
+    needed = missing_store_bytes(ds, spec.features, learned, store, spec.stored_splits(refit))
+    check_free(store.features_dir, needed, f"{spec.name}: its feature stores",
+               "free some (cvpipe store clear) or choose another data root")
     train = split_features(ds, spec.features, "train", learned, store)
     # val_eval: the rows candidates are scored on (the mean over the test-time shifts, if any);
     # val: the split's own features, added to the training rows by the refit

@@ -137,6 +137,28 @@ def _chunk_rows_that_fit(asked: int | None, n: int, d: int, shrink: bool) -> int
     return fit
 
 
+def locate_extraction(source: ImageSource, spec: FeatureSpec, *,
+                      out: str | os.PathLike[str] | None = None,
+                      root: str | os.PathLike[str] | None = None,
+                      fitted: Any = None) -> tuple[str, int, FeatureStore]:
+    """``(key, d, store)`` of ``spec``'s extraction of ``source``: its key, the features per
+    row and its folder. Reads the first image (for D), writes nothing."""
+    learned = ""
+    if spec.stateful:
+        if fitted is None:
+            raise ConfigError(f"features {spec.name!r} are learned from training images: extract "
+                              "them with a trained model's extractor (cvpipe extract --model NAME)")
+        digest = hashlib.sha256()
+        for name, array in sorted(extractor_state(fitted, spec).items()):
+            digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
+        learned = digest.hexdigest()
+    sample, _ = source.chunk(0, 1).read()
+    d = spec.check(tuple(sample.shape[1:]))
+    key = extraction_key(spec, source.fingerprint(), learned)
+    store = FeatureStore(out if out is not None else Path(data_root(root), "features", key))
+    return key, d, store
+
+
 def plan_extraction(
     source: ImageSource,
     features: str | dict[str, Any] | FeatureSpec,
@@ -165,20 +187,7 @@ def plan_extraction(
     if source.n < 1:
         raise DataError("the input has no images")
     spec = FeatureSpec.parse(features, params, drop_runtime=True)
-    learned = ""
-    if spec.stateful:
-        if fitted is None:
-            raise ConfigError(f"features {spec.name!r} are learned from training images: extract "
-                              "them with a trained model's extractor (cvpipe extract --model NAME)")
-        digest = hashlib.sha256()
-        for name, array in sorted(extractor_state(fitted, spec).items()):
-            digest.update(name.encode() + np.ascontiguousarray(array).tobytes())
-        learned = digest.hexdigest()
-    sample, _ = source.chunk(0, 1).read()
-    d = spec.check(tuple(sample.shape[1:]))
-    fingerprint = source.fingerprint()
-    key = extraction_key(spec, fingerprint, learned)
-    store = FeatureStore(out if out is not None else Path(data_root(root), "features", key))
+    key, d, store = locate_extraction(source, spec, out=out, root=root, fitted=fitted)
 
     manifest = store.manifest()
     if manifest is not None and manifest.get("key") == key and not force:

@@ -43,7 +43,7 @@ from cvpipe.errors import DataError
 from cvpipe.features import FeatureSpec, extractor_state, restore_extractor
 from cvpipe.features.spec import FeatureComponent
 from cvpipe.featurestore.blocks import ColumnBlock
-from cvpipe.featurestore.core import ExtractResult, plan_extraction, reused
+from cvpipe.featurestore.core import ExtractResult, locate_extraction, plan_extraction, reused
 from cvpipe.featurestore.local import run_local
 from cvpipe.featurestore.sources import DatasetSource
 from cvpipe.featurestore.store import FORMAT_VERSION, FeatureStore, open_npy
@@ -315,12 +315,45 @@ def split_features(ds: Any, spec: FeatureSpec, split: str, learned: Learned,
     ``variant`` (mirrored, rows down, columns right) describes the split's images mirrored
     left-right and/or shifted (:func:`cvpipe.featurestore.sources.training_variants`).
     """
-    order = ds.seed if split in ("train", "val", "train_full") else None
     flip, dy, dx = variant
-    source = DatasetSource(ds, split, order_seed=order, flip=flip, shift=(dy, dx))
     how = [*(["mirrored"] if flip else []), *([f"shifted {dy:+d}, {dx:+d}"] if dy or dx else [])]
     label = f"{split} ({', '.join(how)})" if how else split
-    return stored_features(source, spec, learned, settings, label, split=split)
+    return stored_features(_split_source(ds, split, variant), spec, learned, settings, label,
+                           split=split)
+
+
+def _split_source(ds: Any, split: str, variant: tuple[bool, int, int]) -> DatasetSource:
+    order = ds.seed if split in ("train", "val", "train_full") else None
+    flip, dy, dx = variant
+    return DatasetSource(ds, split, order_seed=order, flip=flip, shift=(dy, dx))
+
+
+def _components(spec: FeatureSpec, learned: Learned) -> list[tuple[FeatureSpec, Any]]:
+    """Each component of ``spec`` alone, with its fitted extractor if it learned one."""
+    steps = ([learned.extractor] if len(spec.components) == 1
+             else [e for _, e in learned.extractor.transformer_list])
+    singles = [component_spec(spec, i) for i in range(len(steps))]
+    return [(single, est if single.stateful else None) for single, est in zip(singles, steps, strict=True)]
+
+
+def missing_store_bytes(ds: Any, spec: FeatureSpec, learned: Learned, settings: StoreSettings,
+                        splits: list[tuple[str, tuple[bool, int, int]]]) -> int:
+    """Bytes the stores of ``splits`` (split, variant) would add to the disk: those not started
+    yet, or to be made again under ``force`` (less what they hold now). A started store has
+    its whole size reserved already."""
+    total, seen = 0, set()
+    for split, variant in splits:
+        source = _split_source(ds, split, variant)
+        for single, fitted in _components(spec, learned):
+            key, d, store = locate_extraction(source, single, root=settings.root, fitted=fitted)
+            if store.url in seen:
+                continue
+            seen.add(store.url)
+            run = store.run_info()
+            redo = settings.force and store.url not in settings.recomputed
+            if run is None or run.get("key") != key or redo:
+                total += max(0, source.n * (d * 4 + 8) - store_bytes(store.url))
+    return total
 
 
 def stored_features(source: Any, spec: FeatureSpec, learned: Learned, settings: StoreSettings,
@@ -330,14 +363,10 @@ def stored_features(source: Any, spec: FeatureSpec, learned: Learned, settings: 
     ``on_chunk``: called with each extracted chunk's metadata (and the component's name)."""
     start = time.perf_counter()
     image_shape = tuple(source.image_shape)
-    steps = ([learned.extractor] if len(spec.components) == 1
-             else [e for _, e in learned.extractor.transformer_list])
     results, rows = [], None
-    for i, est in enumerate(steps):
-        single = component_spec(spec, i)
+    for single, fitted in _components(spec, learned):
         d = single.n_features(image_shape)
         rows = chunk_rows_for(d) if rows is None else min(rows, chunk_rows_for(d))
-        fitted = est if single.stateful else None
         plan = plan_extraction(source, single, root=settings.root, chunk_rows=chunk_rows_for(d),
                                fmt="npy", fitted=fitted, shrink_chunks=True)
         if settings.must_redo(plan.store.url):
