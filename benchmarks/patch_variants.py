@@ -20,6 +20,7 @@ one per variant with its dictionary and encoding seconds (CPU, every core).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -33,7 +34,8 @@ sys.path.insert(0, str(ROOT))
 from cvpipe.classifiers.chunks import ArrayChunks  # noqa: E402
 from cvpipe.classifiers.linear_svm import LinearProblem, LinearSVM, fit_path  # noqa: E402
 from cvpipe.data import load_cifar10  # noqa: E402
-from cvpipe.features import make_features  # noqa: E402
+from cvpipe.errors import ConfigError  # noqa: E402
+from cvpipe.features import FeatureSpec, make_features  # noqa: E402
 
 #: The shipped patch features' parameters (cvpipe/pipelines.toml, patches-linear-svm).
 SHIPPED = {"flip_invariant": True, "pooling": [[1, 1], [2, 2], [3, 3]], "power": 0.5,
@@ -49,15 +51,33 @@ def parse(variant: str) -> tuple[dict, list[float]]:
             params[name.strip()] = json.loads(value)
         except json.JSONDecodeError:
             params[name.strip()] = value.strip()
-    return params, [float(c) for c in cs_text.split(",")] if cs_text else [0.0005, 0.001, 0.002]
+    try:
+        Cs = [float(c) for c in cs_text.split(",")] if cs_text else [0.0005, 0.001, 0.002]
+    except ValueError:
+        Cs = []
+    if not Cs or not all(c > 0 for c in Cs):
+        raise ValueError(f"{variant!r}: the C values after ':' are numbers above 0, such as 0.001,0.002")
+    return params, Cs
 
 
-def main(variants: list[str]) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split(
+        "\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("variants", nargs="*", metavar="VARIANT",
+                        default=["encoding=soft-split,alpha=0.25", "encoding=soft-split,alpha=0.5"],
+                        help="name=value,...:C,C,... (default: two soft-threshold variants)")
+    args = parser.parse_args(argv)
+    try:  # every variant read before an hour of encoding, not after
+        variants = [parse(v) for v in args.variants]
+        for params, _ in variants:
+            FeatureSpec.parse("patches", {**SHIPPED, **params})
+    except (ConfigError, ValueError) as exc:
+        parser.error(f"bad variant: {exc}")
     ds = load_cifar10()
     (x_train, y_train), (x_val, y_val) = ds.split("train"), ds.split("val")
     data = (np.asarray(x_train), np.asarray(y_train), np.asarray(x_val), np.asarray(y_val))
-    for variant in variants:
-        run_variant(*parse(variant), *data)
+    for params, Cs in variants:
+        run_variant(params, Cs, *data)
 
 
 def run_variant(changed: dict, Cs: list[float], x_train: np.ndarray, y_train: np.ndarray,
@@ -96,4 +116,4 @@ def _weights(svm: LinearSVM) -> tuple[np.ndarray, np.ndarray]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["encoding=soft-split,alpha=0.25", "encoding=soft-split,alpha=0.5"])
+    main()
