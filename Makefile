@@ -80,8 +80,13 @@ lint: $(DEV_STAMP) ## ruff, and the layer contracts (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-bench: $(DEV_STAMP) ## speed benchmarks (JSON on stdout)
-	@for b in benchmarks/*.py; do [ $$b = benchmarks/gpu.py ] || { echo "== $$b"; $(BIN)/python $$b; }; done
+# The speed benchmarks that measure against a peer in the same run and need nothing but
+# CIFAR-10. The others take a models folder (api, rescore, ui), arguments (augment_variants,
+# preconditioners) or hours (cnn, scale, the *_variants sweeps): see each one's --help.
+BENCHMARKS ?= features patch_encoding scattering mlp_precision dask_extract
+
+bench: $(DEV_STAMP) ## speed against the peers: scikit-image, OpenCV, kymatio, ... (CIFAR-10; JSON on stdout)
+	@set -e; for b in $(BENCHMARKS); do echo "== benchmarks/$$b.py"; $(BIN)/python benchmarks/$$b.py; done
 
 bench-gpu: $(DEV_STAMP) ## every GPU figure in one run (NVIDIA GPU; about 8 minutes; JSON on stdout)
 	bash benchmarks/gpu.sh
