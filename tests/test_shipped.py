@@ -274,8 +274,30 @@ def test_compare_check_trains_nothing(tmp_path, capsys):
     # the frontier's longer names keep the columns aligned: each family starts at one column
     assert main(["compare", "--check", "--profile", "frontier", "--source", str(tmp_path / "src"),
                  "--data-root", str(tmp_path / "data")]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ok  ")]
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("  ok  ")]
     assert len(rows) == 19 and len({re.match(r"  ok  \S+ +", line).end() for line in rows}) == 1
+    # what each pipeline's feature stores take: 12 x 10 images, one a class for validation,
+    # 2 x 10 test; K = 6,400 patch codes in 14 cells; training rows once, the others 5 times
+    from cvpipe.storage import size_text
+
+    (tta,) = [line for line in rows if "patches-k6400-tta" in line]
+    assert tta.endswith(f"stores {size_text((110 + 5 * 10 + 5 * 20) * (6400 * 14 * 4 + 8))}")
+    assert "cnn" in rows[16] and "stores" not in rows[16]
+    assert re.search(r"feature stores: up to [\d.]+ MB \(those already there included\), "
+                     r"[\d.]+ [KMG]B free on the disk of .*features\n", out)
+    assert "may stop for disk space" not in out
+
+
+def test_compare_check_says_when_the_stores_may_not_fit(tmp_path, capsys, monkeypatch):
+    import cvpipe.storage
+
+    synthetic.write_image_folder(tmp_path / "src", n_train=12, n_test=2)
+    monkeypatch.setattr(cvpipe.storage, "free_bytes", lambda path: 1000)
+    assert main(["compare", "--check", "--source", str(tmp_path / "src"), "--data-root",
+                 str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "1.0 KB free" in out and "the run may stop for disk space: free some" in out
 
 
 @pytest.mark.slow

@@ -62,10 +62,11 @@ from cvpipe.featurestore.dataset import (
     StoreSettings,
     learned_extractor,
     missing_store_bytes,
+    npy_store_bytes,
     split_features,
 )
 from cvpipe.metrics import classification_metrics
-from cvpipe.storage import check_free
+from cvpipe.storage import canonical_json, check_free
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,22 @@ def scored_rows(ds: Dataset, features: FeatureSpec, split: str, learned: Learned
     :meth:`ClassicSpec.test_time_variants`) the mean of those of each copy."""
     stores = [split_features(ds, features, split, learned, store, variant=v) for v in variants]
     return (stores[0] if len(stores) == 1 else Mean(stores)), stores
+
+
+def planned_store_bytes(ds: Dataset, spec: ClassicSpec, refit: bool = True) -> dict[tuple, int]:
+    """The bytes of each feature store :func:`fit_classic` writes for ``spec`` on ``ds``, keyed
+    by what names it before any dictionary is learned (component, parameters, split, variant):
+    pipelines sharing a store share a key. Stores already on disk are counted too."""
+    train, val = ds.split_indices()
+    rows = {"train": len(train), "val": len(val), "test": len(ds.labels("test"))}
+    image_shape = tuple(int(s) for s in ds.image_shape)
+    sizes = {}
+    for component in spec.features.components:
+        d = FeatureSpec(component.kind, (component,)).n_features(image_shape)
+        params = canonical_json(component.effective())
+        for split, variant in spec.stored_splits(refit):
+            sizes[(component.kind, params, split, variant)] = npy_store_bytes(rows[split], d)
+    return sizes
 
 
 def fit_classic(ds: Dataset, spec: ClassicSpec, *, refit: bool = True, progress: bool = True,

@@ -46,10 +46,14 @@ def _name_list(text: str | None, flag: str) -> list[str] | None:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from cvpipe.classifiers.training import planned_store_bytes
     from cvpipe.compare.config import load_compare_config
     from cvpipe.compare.report import write_report
     from cvpipe.compare.runner import prepare, run_comparison
+    from cvpipe.config import data_root
     from cvpipe.data.cli import dataset_options
+    from cvpipe.models import ClassicPipeline
+    from cvpipe.storage import free_bytes
 
     cfg = load_compare_config(args.config)
     # every flag checked before the data is read and before --check says "ok": a check that
@@ -78,10 +82,22 @@ def _compare(args: argparse.Namespace) -> int:
         cards = [(p.name, p.card()) for p in plan]
         width = max(len(name) for name, _ in cards)  # the frontier's names pass 26 characters
         features_width = max(len(card["features"] or "-") for _, card in cards)
-        for name, card in cards:
-            print(f"  ok  {name:<{width}} {card['family']:<8} "
-                  f"{card['features'] or '-':<{features_width}} {card['classifier']}")
+        classifier_width = max(len(card["classifier"]) for _, card in cards)
+        sizes = [planned_store_bytes(ds, p.seeded_spec(), p.refit)
+                 if isinstance(p, ClassicPipeline) else {} for p in plan]
+        for (name, card), size in zip(cards, sizes, strict=True):
+            stores = f"stores {size_text(sum(size.values()))}" if size else ""
+            print(f"  ok  {name:<{width}} {card['family']:<8} {card['features'] or '-':<{features_width}} "
+                  f"{card['classifier']:<{classifier_width}} {stores}".rstrip())
         print(f"{len(plan)} pipelines checked; nothing trained")
+        shared = {key: n for size in sizes for key, n in size.items()}  # a shared store once
+        features_dir = Path(data_root(data["data_root"]), "features")
+        free = free_bytes(features_dir)
+        print(f"feature stores: up to {size_text(sum(shared.values()))} (those already there "
+              f"included), {size_text(free)} free on the disk of {features_dir}")
+        if sum(shared.values()) > free:
+            print("  the run may stop for disk space: free some (cvpipe store clear) or choose "
+                  "another --data-root; each pipeline checks its own stores before writing them")
         return 0
     start = time.perf_counter()
     with engine(args) as client:
