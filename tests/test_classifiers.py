@@ -224,6 +224,7 @@ def test_mlp_auto_precision_is_bfloat16_only_where_the_cpu_multiplies_it(monkeyp
 
     X, y, Xt, _ = blobs
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     auto = MLPClassifier(hidden_sizes=(32,), max_epochs=2, precision="auto", device="cpu").fit(X, y)
     assert auto.precision_ == ("bfloat16" if units else "float32")
     # the training is the one that precision, given by name, gives

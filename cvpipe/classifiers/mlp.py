@@ -98,10 +98,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         stratified ``validation_fraction`` of the training data.
     precision : {"float32", "bfloat16", "auto"}
         The arithmetic of training's matrix products: bfloat16 (autocast; the weights and the
-        optimiser stay float32) is 2-3x faster on CPUs with AMX and on GPUs, but emulated and
-        several times slower than float32 on other CPUs; "auto" takes bfloat16 where the
-        device multiplies it in hardware (:func:`cvpipe.device.bfloat16_is_fast`), else
-        float32. Prediction is float32 either way.
+        optimiser stay float32) is 2-3x faster on CPUs with AMX and on GPUs, 1.5x with
+        AVX512_BF16 alone, but emulated and several times slower than float32 on other CPUs;
+        "auto" takes bfloat16 where the device multiplies it in hardware
+        (:func:`cvpipe.device.bfloat16_is_fast`), else float32. Prediction is float32 either way.
     device : str
         "auto" (CUDA if present, else CPU), "cpu" or "cuda[:N]".
     random_state : int
