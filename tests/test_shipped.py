@@ -298,6 +298,11 @@ def test_compare_check_says_when_the_stores_may_not_fit(tmp_path, capsys, monkey
                  str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
     assert "1.0 KB free" in out and "the run may stop for disk space: free some" in out
+    # the CNN alone stores no features: nothing to say of the disk
+    assert main(["compare", "--check", "--pipelines", "cnn", "--source", str(tmp_path / "src"),
+                 "--data-root", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "1 pipeline checked" in out and "feature stores" not in out and "free" not in out
 
 
 @pytest.mark.slow

@@ -89,8 +89,10 @@ def _compare(args: argparse.Namespace) -> int:
             stores = f"stores {size_text(sum(size.values()))}" if size else ""
             print(f"  ok  {name:<{width}} {card['family']:<8} {card['features'] or '-':<{features_width}} "
                   f"{card['classifier']:<{classifier_width}} {stores}".rstrip())
-        print(f"{len(plan)} pipelines checked; nothing trained")
+        print(f"{len(plan)} pipeline{'s' if len(plan) > 1 else ''} checked; nothing trained")
         shared = {key: n for size in sizes for key, n in size.items()}  # a shared store once
+        if not shared:  # the CNN alone stores no features
+            return 0
         features_dir = Path(data_root(data["data_root"]), "features")
         free = free_bytes(features_dir)
         print(f"feature stores: up to {size_text(sum(shared.values()))} (those already there "
