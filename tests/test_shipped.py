@@ -289,7 +289,7 @@ def test_compare_check_trains_nothing(tmp_path, capsys):
     assert "may stop for disk space" not in out
 
 
-def test_compare_check_says_when_the_stores_may_not_fit(tmp_path, capsys, monkeypatch):
+def test_compare_check_says_when_the_stores_may_not_fit(tmp_path, capsys, monkeypatch, caplog):
     import cvpipe.storage
 
     synthetic.write_image_folder(tmp_path / "src", n_train=12, n_test=2)
@@ -298,6 +298,20 @@ def test_compare_check_says_when_the_stores_may_not_fit(tmp_path, capsys, monkey
                  str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
     assert "1.0 KB free" in out and "the run may stop for disk space: free some" in out
+    # the run itself says so at its start, in a warning (an upper bound: stores may be there)
+    import logging
+
+    import cvpipe.compare.runner
+    from cvpipe.compare.config import load_compare_config
+    from cvpipe.compare.runner import run_comparison
+
+    monkeypatch.setattr(cvpipe.compare.runner, "free_bytes", lambda path: 1000)
+    cfg = load_compare_config()
+    with caplog.at_level(logging.WARNING, logger="cvpipe.compare.runner"), pytest.raises(
+            cvpipe.storage.StorageError, match="color-linear-svm: its feature stores need"):
+        run_comparison(cfg, "quick", source=str(tmp_path / "src"), data_root=str(tmp_path / "data"),
+                       models_root=tmp_path / "models", pipelines=["color-linear-svm"], progress=False)
+    assert "take up to" in caplog.text and "1.0 KB free" in caplog.text  # before the pipeline's refusal
     # the CNN alone stores no features: nothing to say of the disk
     assert main(["compare", "--check", "--pipelines", "cnn", "--source", str(tmp_path / "src"),
                  "--data-root", str(tmp_path / "data")]) == 0

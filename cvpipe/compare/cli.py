@@ -46,13 +46,11 @@ def _name_list(text: str | None, flag: str) -> list[str] | None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from cvpipe.classifiers.training import planned_store_bytes
     from cvpipe.compare.config import load_compare_config
     from cvpipe.compare.report import write_report
-    from cvpipe.compare.runner import prepare, run_comparison
+    from cvpipe.compare.runner import planned_stores, prepare, run_comparison
     from cvpipe.config import data_root
     from cvpipe.data.cli import dataset_options
-    from cvpipe.models import ClassicPipeline
     from cvpipe.storage import free_bytes
 
     cfg = load_compare_config(args.config)
@@ -83,21 +81,19 @@ def _compare(args: argparse.Namespace) -> int:
         width = max(len(name) for name, _ in cards)  # the frontier's names pass 26 characters
         features_width = max(len(card["features"] or "-") for _, card in cards)
         classifier_width = max(len(card["classifier"]) for _, card in cards)
-        sizes = [planned_store_bytes(ds, p.seeded_spec(), p.refit)
-                 if isinstance(p, ClassicPipeline) else {} for p in plan]
+        sizes, total = planned_stores(ds, plan)
         for (name, card), size in zip(cards, sizes, strict=True):
-            stores = f"stores {size_text(sum(size.values()))}" if size else ""
+            stores = f"stores {size_text(size)}" if size else ""
             print(f"  ok  {name:<{width}} {card['family']:<8} {card['features'] or '-':<{features_width}} "
                   f"{card['classifier']:<{classifier_width}} {stores}".rstrip())
         print(f"{len(plan)} pipeline{'s' if len(plan) > 1 else ''} checked; nothing trained")
-        shared = {key: n for size in sizes for key, n in size.items()}  # a shared store once
-        if not shared:  # the CNN alone stores no features
+        if not total:  # the CNN alone stores no features
             return 0
         features_dir = Path(data_root(data["data_root"]), "features")
         free = free_bytes(features_dir)
-        print(f"feature stores: up to {size_text(sum(shared.values()))} (those already there "
+        print(f"feature stores: up to {size_text(total)} (those already there "
               f"included), {size_text(free)} free on the disk of {features_dir}")
-        if sum(shared.values()) > free:
+        if total > free:
             print("  the run may stop for disk space: free some (cvpipe store clear) or choose "
                   "another --data-root; each pipeline checks its own stores before writing them")
         return 0

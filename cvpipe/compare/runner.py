@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cvpipe.classifiers.fitted import ClassicModel
-from cvpipe.classifiers.training import score_chunks, scored_rows
+from cvpipe.classifiers.training import planned_store_bytes, score_chunks, scored_rows
 from cvpipe.compare import stats
 from cvpipe.compare.config import CompareConfig, Profile
 from cvpipe.config import models_dir as default_models_dir
@@ -33,6 +33,7 @@ from cvpipe.features import FeatureSpec
 from cvpipe.featurestore.dataset import Learned, StoreSettings, list_stores
 from cvpipe.metrics import classification_metrics
 from cvpipe.models import (
+    ClassicPipeline,
     DataShape,
     Pipeline,
     library_versions,
@@ -41,7 +42,7 @@ from cvpipe.models import (
     read_metadata,
     read_test_scores,
 )
-from cvpipe.storage import canonical_json, safe_name, write_json
+from cvpipe.storage import canonical_json, free_bytes, safe_name, size_text, write_json
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,16 @@ def prepare(cfg: CompareConfig, profile: Profile, *, source: str | None = None,
     return ds, cfg.check(profile, DataShape.of(ds), pipelines)
 
 
+def planned_stores(ds: Dataset, plan: list[Pipeline]) -> tuple[list[int], int]:
+    """The bytes of the feature stores each pipeline of ``plan`` writes on ``ds`` (0 for the
+    CNN), and of the run's (a store pipelines share counted once): upper bounds, stores
+    already on disk included (a learned dictionary's stores are named only once it is)."""
+    sizes = [planned_store_bytes(ds, p.seeded_spec(), p.refit) if isinstance(p, ClassicPipeline)
+             else {} for p in plan]
+    shared = {key: n for size in sizes for key, n in size.items()}
+    return [sum(size.values()) for size in sizes], sum(shared.values())
+
+
 def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | None = None,
                    data_root: str | None = None, models_root: str | Path | None = None,
                    force: bool = False, pipelines: list[str] | None = None, seeds: int = 1,
@@ -238,6 +249,12 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
     for pipeline in plan:
         safe_name(f"{prefix}{pipeline.name}", "model name")
     store = StoreSettings(root=data_root, force=force, progress=progress, client=client)
+    _, stores_bytes = planned_stores(ds, plan)
+    if stores_bytes > free_bytes(store.features_dir):  # an upper bound: a warning, not a refusal
+        log.warning("this run's feature stores take up to %s, more than the %s free on the disk of "
+                    "%s; each pipeline checks its own before writing them (cvpipe store clear "
+                    "frees some)", size_text(stores_bytes), size_text(free_bytes(store.features_dir)),
+                    store.features_dir)
     rows, arrays = [], {}
     for pipeline in tqdm(plan, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
         name = pipeline.name
