@@ -284,7 +284,7 @@ def test_compare_check_trains_nothing(tmp_path, capsys):
     (tta,) = [line for line in rows if "patches-k6400-tta" in line]
     assert tta.endswith(f"stores {size_text((110 + 5 * 10 + 5 * 20) * (6400 * 14 * 4 + 8))}")
     assert "cnn" in rows[16] and "stores" not in rows[16]
-    assert re.search(r"feature stores: up to [\d.]+ MB \(those already there included\), "
+    assert re.search(r"feature stores: up to [\d.]+ MB \(those already there included; 0 B stored\), "
                      r"[\d.]+ [KMG]B free on the disk of .*features\n", out)
     assert "may stop for disk space" not in out
 
@@ -312,6 +312,20 @@ def test_compare_check_says_when_the_stores_may_not_fit(tmp_path, capsys, monkey
         run_comparison(cfg, "quick", source=str(tmp_path / "src"), data_root=str(tmp_path / "data"),
                        models_root=tmp_path / "models", pipelines=["color-linear-svm"], progress=False)
     assert "take up to" in caplog.text and "1.0 KB free" in caplog.text  # before the pipeline's refusal
+    # once its stores are there, the same run on the same full disk is not warned about
+    monkeypatch.undo()
+    run_comparison(cfg, "quick", source=str(tmp_path / "src"), data_root=str(tmp_path / "data"),
+                   models_root=tmp_path / "models", pipelines=["color-linear-svm"], progress=False)
+    for module in (cvpipe.storage, cvpipe.compare.runner):
+        monkeypatch.setattr(module, "free_bytes", lambda path: 1000)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cvpipe.compare.runner"):
+        run_comparison(cfg, "quick", source=str(tmp_path / "src"), data_root=str(tmp_path / "data"),
+                       models_root=tmp_path / "models", pipelines=["color-linear-svm"], progress=False)
+    assert "take up to" not in caplog.text
+    assert main(["compare", "--check", "--pipelines", "color-linear-svm", "--source",
+                 str(tmp_path / "src"), "--data-root", str(tmp_path / "data")]) == 0
+    assert "may stop for disk space" not in capsys.readouterr().out
     # the CNN alone stores no features: nothing to say of the disk
     assert main(["compare", "--check", "--pipelines", "cnn", "--source", str(tmp_path / "src"),
                  "--data-root", str(tmp_path / "data")]) == 0

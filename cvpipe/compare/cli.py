@@ -51,6 +51,7 @@ def _compare(args: argparse.Namespace) -> int:
     from cvpipe.compare.runner import planned_stores, prepare, run_comparison
     from cvpipe.config import data_root
     from cvpipe.data.cli import dataset_options
+    from cvpipe.featurestore.dataset import list_stores
     from cvpipe.storage import free_bytes
 
     cfg = load_compare_config(args.config)
@@ -91,9 +92,10 @@ def _compare(args: argparse.Namespace) -> int:
             return 0
         features_dir = Path(data_root(data["data_root"]), "features")
         free = free_bytes(features_dir)
-        print(f"feature stores: up to {size_text(total)} (those already there "
-              f"included), {size_text(free)} free on the disk of {features_dir}")
-        if total > free:
+        stored = sum(e["bytes"] for e in list_stores(data["data_root"]))
+        print(f"feature stores: up to {size_text(total)} (those already there included; "
+              f"{size_text(stored)} stored), {size_text(free)} free on the disk of {features_dir}")
+        if total - stored > free:
             print("  the run may stop for disk space: free some (cvpipe store clear) or choose "
                   "another --data-root; each pipeline checks its own stores before writing them")
         return 0

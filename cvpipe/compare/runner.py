@@ -250,11 +250,12 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
         safe_name(f"{prefix}{pipeline.name}", "model name")
     store = StoreSettings(root=data_root, force=force, progress=progress, client=client)
     _, stores_bytes = planned_stores(ds, plan)
-    if stores_bytes > free_bytes(store.features_dir):  # an upper bound: a warning, not a refusal
-        log.warning("this run's feature stores take up to %s, more than the %s free on the disk of "
-                    "%s; each pipeline checks its own before writing them (cvpipe store clear "
-                    "frees some)", size_text(stores_bytes), size_text(free_bytes(store.features_dir)),
-                    store.features_dir)
+    stored = sum(e["bytes"] for e in list_stores(data_root))
+    if stores_bytes - stored > free_bytes(store.features_dir):  # a bound: a warning, not a refusal
+        log.warning("this run's feature stores take up to %s (%s stored already), more than the %s "
+                    "free on the disk of %s; each pipeline checks its own before writing them "
+                    "(cvpipe store clear frees some)", size_text(stores_bytes), size_text(stored),
+                    size_text(free_bytes(store.features_dir)), store.features_dir)
     rows, arrays = [], {}
     for pipeline in tqdm(plan, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
         name = pipeline.name
