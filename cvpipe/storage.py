@@ -261,7 +261,7 @@ def reserved_npy(path: str | os.PathLike[str], dtype: Any, shape: tuple[int, ...
                 return array
             del array
             Path(path).unlink(missing_ok=True)
-            free = shutil.disk_usage(Path(path).parent).free
+            free = free_bytes(Path(path).parent)
             raise StorageError(f"{path}: {size_text(nbytes)} do not fit on the disk "
                                f"({size_text(free)} free); {hint}") from None
     return array
