@@ -15,6 +15,7 @@ from cvpipe.errors import ConfigError, DataError
 from cvpipe.features import FeatureSpec, make_features
 from cvpipe.featurestore import DatasetSource, FileSource, extract, load_features, open_input
 from cvpipe.featurestore.store import FeatureStore
+from cvpipe.storage import size_text
 from tests import synthetic
 
 CHUNK = 16
@@ -442,6 +443,29 @@ def test_npy_store_that_does_not_fit_on_the_disk_fails_before_any_work(dataset, 
     monkeypatch.setattr(os, "posix_fallocate", full)
     with pytest.raises(StorageError, match="do not fit on the disk"):
         extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / "full", fmt="npy")
+
+
+@pytest.mark.parametrize("fmt, factor", [("zarr", 1), ("npz", 2)])
+def test_a_compressed_store_that_may_not_fit_is_warned_about_and_written_all_the_same(
+        dataset, tmp_path, monkeypatch, caplog, fmt, factor):
+    import logging
+
+    import cvpipe.featurestore.core as core
+
+    bound = 60 * (324 * 4 + 8) * factor  # 60 test rows of 324 HOG values, uncompressed
+    monkeypatch.setattr(core, "free_bytes", lambda path: bound - 1)
+    with caplog.at_level(logging.WARNING, "cvpipe.featurestore.core"):
+        res = extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / fmt, fmt=fmt)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and f"60 rows x 324 values may take up to {size_text(bound)}" in warned[0]
+    assert f"({fmt}, before compression), and {size_text(bound - 1)} are free" in warned[0]
+    assert res.manifest["n"] == 60  # a bound, not a refusal: the rows were written
+    caplog.clear()
+    monkeypatch.setattr(core, "free_bytes", lambda path: bound)
+    with caplog.at_level(logging.WARNING, "cvpipe.featurestore.core"):
+        extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / f"{fmt}-2", fmt=fmt)
+        extract(DatasetSource(dataset, "test"), "hog", out=tmp_path / "npy", fmt="npy")  # reserved
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_chunks_that_would_not_fit_in_memory_shrink_or_are_refused(dataset, tmp_path, monkeypatch):

@@ -29,7 +29,7 @@ from cvpipe.featurestore.store import (
     extraction_key,
     load_features,
 )
-from cvpipe.storage import canonical_json, size_text
+from cvpipe.storage import canonical_json, free_bytes, size_text
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,26 @@ def locate_extraction(source: ImageSource, spec: FeatureSpec, *,
     return key, d, store
 
 
+def _warn_if_short(store: FeatureStore, n: int, d: int, fmt: str) -> None:
+    """A warning, before any image is described, when the features may not fit on the disk.
+
+    npy reserves its exact size when created (a refusal there); zarr and npz compress, so only
+    a bound is known: the rows uncompressed, and for npz twice that (the uncompressed file is
+    packed next to the compressed chunks). A disk that fills up mid-run stops it with the
+    chunks written kept, to resume from once space is freed.
+    """
+    if not store.local or fmt == "npy":
+        return
+    bound = n * (d * 4 + 8) * (2 if fmt == "npz" else 1)
+    free = free_bytes(store.path)
+    if bound > free:
+        log.warning("%s: %d rows x %d values may take up to %s on its disk (%s, before "
+                    "compression), and %s are free: compression may make them fit; if not, the "
+                    "run stops when the disk is full, keeps its finished chunks and resumes from "
+                    "them once space is freed", store.url, n, d, size_text(bound), fmt,
+                    size_text(free))
+
+
 def plan_extraction(
     source: ImageSource,
     features: str | dict[str, Any] | FeatureSpec,
@@ -219,6 +239,7 @@ def plan_extraction(
             "classes": source.classes(),
             "started": _now(),
         }
+        _warn_if_short(store, source.n, d, final_fmt)
         store.create(run)
         done: set[int] = set()
         log.info("new extraction %s: %d rows x %d dims in chunks of %d -> %s",
