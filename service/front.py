@@ -14,6 +14,8 @@ clients hold them all. This front does what a buffering reverse proxy (nginx's
    set, ``Connection: close``), and read its whole response (the worker is free as soon as
    it has written it).
 3. **Answer** the client with that response, at whatever speed the client reads, and close.
+   A refused request's connection is half-closed first and what its client still sends is
+   dropped for up to two seconds, so that it reads the answer instead of a reset.
 
 Requests are parsed with h11 (HTTP/1.1, chunked bodies, ``Expect: 100-continue``); the bytes
 buffered across all connections are bounded by ``max_buffered`` (past it: 503).
@@ -40,6 +42,10 @@ log = logging.getLogger("cvpipe.front")
 MAX_HEADER_BYTES = 16 * 1024
 #: Longest response accepted from the API (reports' figures are the largest: a few MB).
 MAX_RESPONSE_BYTES = 256 << 20
+#: How long, and how many bytes, a refused request's body is read and dropped before the
+#: connection is closed (see ``_linger``).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 << 20
 #: Hop-by-hop headers and framing the front sets itself.
 _DROPPED = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"expect",
             b"te", b"trailer", b"upgrade", b"proxy-connection", b"x-forwarded-for"}
@@ -104,6 +110,7 @@ class Front:
             except _Refused as refused:
                 writer.write(_answer(refused.status, refused.reason, refused.message))
                 await writer.drain()
+                await _linger(reader, writer)
                 return
             if request is None:  # closed before a request
                 return
@@ -214,6 +221,33 @@ class Front:
             return _answer(504, "Gateway Timeout", "The API did not answer in time.")
         finally:
             writer.close()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After a refusal, half-close and drop what the client still sends, for a moment.
+
+    A socket closed with unread bytes resets the connection: a client still sending the body
+    it declared (curl, requests) then fails with a broken pipe or a reset and never reads the
+    413 or 408 already sent. Closing our side only once the client stops sending (at most
+    :data:`LINGER_SECONDS`, :data:`LINGER_BYTES`) lets it read the answer (nginx's lingering
+    close); the coroutine costs no worker.
+    """
+    with contextlib.suppress(OSError, RuntimeError):
+        if writer.can_write_eof():
+            writer.write_eof()
+    loop = asyncio.get_running_loop()
+    deadline, dropped = loop.time() + LINGER_SECONDS, 0
+    while dropped < LINGER_BYTES:
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        try:
+            data = await asyncio.wait_for(reader.read(65536), left)
+        except (TimeoutError, ConnectionError, OSError):
+            return
+        if not data:
+            return
+        dropped += len(data)
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
