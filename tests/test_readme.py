@@ -42,3 +42,16 @@ def _cvpipe_lines() -> list[str]:
 def test_every_cvpipe_command_in_the_readme_parses(line):
     """Every `cvpipe ...` line of the README is accepted by the command-line parser as written."""
     build_parser().parse_args(shlex.split(line)[1:])
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+def test_the_contents_list_every_section_and_each_link_finds_its_heading():
+    contents = README.split("Contents:", 1)[1].split("\n## ", 1)[0]
+    links = re.findall(r"^- \[(.+)\]\(#(.+)\)$", contents, re.M)
+    headings = re.findall(r"^## (.+)$", README, re.M)
+    assert [title for title, _ in links] == headings
+    assert all(anchor == _slug(title) for title, anchor in links)
