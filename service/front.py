@@ -91,6 +91,7 @@ class Front:
         self.backend = backend
         self.limits = limits
         self.buffered = 0  # body bytes held now, all connections together
+        self._connections: set[asyncio.Task] = set()
 
     async def serve(self, host: str, port: int, ready: asyncio.Event | None = None) -> None:
         server = await asyncio.start_server(self._connection, host, port, limit=MAX_HEADER_BYTES,
@@ -98,12 +99,21 @@ class Front:
         log.info("front listening on %s:%d, forwarding whole requests to %s", host, port, self.backend)
         if ready is not None:
             ready.set()
-        async with server:
-            await server.serve_forever()
+        try:
+            async with server:
+                await server.serve_forever()
+        finally:
+            # connections still open (a refused body being drained, a slow reader) end with the
+            # server, not as tasks the event loop destroys pending when it closes
+            for task in self._connections:
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         held = 0
+        this = asyncio.current_task()
+        self._connections.add(this)
         try:
             try:
                 request, body, held = await self._read_request(reader, writer)
@@ -122,6 +132,7 @@ class Front:
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass  # the client left
         finally:
+            self._connections.discard(this)
             self.buffered -= held
             writer.close()
             with contextlib.suppress(Exception):

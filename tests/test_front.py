@@ -154,3 +154,32 @@ def test_an_unreachable_api_is_a_502(front, tmp_path):
     Path(backend.path).unlink()
     out = exchange(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 502")
+
+
+def test_a_refused_client_still_sending_reads_its_answer_and_a_stopped_front_ends_its_connections(
+        tmp_path):
+    """After a 413 the front drains what the client still sends (a lingering close) and the
+    client reads the answer; stopping the front ends that connection, no task left pending."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def scenario() -> None:
+        front = Front(str(tmp_path / "api.sock"), Limits(max_body=1000))
+        started = asyncio.Event()
+        serving = asyncio.create_task(front.serve("127.0.0.1", port, started))
+        await started.wait()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /p HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000000\r\n\r\n")
+        await asyncio.sleep(0.2)  # refused by now
+        writer.write(b"\0" * 1_000_000)  # the body still coming: drained, not reset
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 413")
+        serving.cancel()  # the client has not closed: its connection lingers until the stop
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        writer.close()
+
+    asyncio.run(scenario())
