@@ -62,9 +62,9 @@ from cvpipe.featurestore.dataset import (
     StoreSettings,
     learned_extractor,
     missing_store_bytes,
-    npy_store_bytes,
     split_features,
 )
+from cvpipe.featurestore.store import rows_bytes
 from cvpipe.metrics import classification_metrics
 from cvpipe.storage import canonical_json, check_free
 
@@ -212,7 +212,7 @@ def planned_store_bytes(ds: Dataset, spec: ClassicSpec, refit: bool = True) -> d
         d = FeatureSpec(component.kind, (component,)).n_features(image_shape)
         params = canonical_json(component.effective())
         for split, variant in spec.stored_splits(refit):
-            sizes[(component.kind, params, split, variant)] = npy_store_bytes(rows[split], d)
+            sizes[(component.kind, params, split, variant)] = rows_bytes(rows[split], d)
     return sizes
 
 

@@ -28,6 +28,7 @@ from cvpipe.featurestore.store import (
     FeatureStore,
     extraction_key,
     load_features,
+    rows_bytes,
 )
 from cvpipe.storage import canonical_json, free_bytes, size_text
 
@@ -169,7 +170,7 @@ def _warn_if_short(store: FeatureStore, n: int, d: int, fmt: str) -> None:
     """
     if not store.local or fmt == "npy":
         return
-    bound = n * (d * 4 + 8) * (2 if fmt == "npz" else 1)
+    bound = rows_bytes(n, d) * (2 if fmt == "npz" else 1)
     free = free_bytes(store.path)
     if bound > free:
         log.warning("%s: %d rows x %d values may take up to %s on its disk (%s, before "

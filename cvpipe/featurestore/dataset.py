@@ -46,7 +46,7 @@ from cvpipe.featurestore.blocks import ColumnBlock
 from cvpipe.featurestore.core import ExtractResult, locate_extraction, plan_extraction, reused
 from cvpipe.featurestore.local import run_local
 from cvpipe.featurestore.sources import DatasetSource
-from cvpipe.featurestore.store import FORMAT_VERSION, FeatureStore, open_npy
+from cvpipe.featurestore.store import FORMAT_VERSION, FeatureStore, open_npy, rows_bytes
 from cvpipe.storage import canonical_json, holds, json_dumps, replace_dir, sha256_file
 
 log = logging.getLogger(__name__)
@@ -336,11 +336,6 @@ def _components(spec: FeatureSpec, learned: Learned) -> list[tuple[FeatureSpec, 
     return [(single, est if single.stateful else None) for single, est in zip(singles, steps, strict=True)]
 
 
-def npy_store_bytes(n: int, d: int) -> int:
-    """Bytes of a training store of ``n`` rows: ``d`` float32 features and an int64 label each."""
-    return n * (d * 4 + 8)
-
-
 def missing_store_bytes(ds: Any, spec: FeatureSpec, learned: Learned, settings: StoreSettings,
                         splits: list[tuple[str, tuple[bool, int, int]]]) -> int:
     """Bytes the stores of ``splits`` (split, variant) would add to the disk: those not started
@@ -357,7 +352,7 @@ def missing_store_bytes(ds: Any, spec: FeatureSpec, learned: Learned, settings: 
             run = store.run_info()
             redo = settings.force and store.url not in settings.recomputed
             if run is None or run.get("key") != key or redo:
-                total += max(0, npy_store_bytes(source.n, d) - store_bytes(store.url))
+                total += max(0, rows_bytes(source.n, d) - store_bytes(store.url))
     return total
 
 

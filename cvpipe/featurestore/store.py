@@ -62,6 +62,12 @@ _OWN_NAMES = {"run.json", "manifest.json", "features.zarr", "features.npz", "fea
 # the key
 
 
+def rows_bytes(n: int, d: int) -> int:
+    """Bytes of ``n`` stored rows uncompressed: ``d`` float32 features and an int64 label each
+    (an npy store's size; a bound on a Zarr or npz one)."""
+    return n * (d * 4 + 8)
+
+
 def extraction_key(features: FeatureSpec, fingerprint: dict[str, Any], learned: str = "") -> str:
     """16 hex digits naming an extraction: the feature set's effective parameters, what it
     learned (a digest of a fitted extractor's arrays, for learned features), the input rows and
