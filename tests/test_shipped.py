@@ -290,10 +290,11 @@ def test_compare_check_trains_nothing(tmp_path, capsys):
 
 
 def test_compare_check_says_when_the_stores_may_not_fit(tmp_path, capsys, monkeypatch, caplog):
+    import cvpipe.compare.runner
     import cvpipe.storage
 
     synthetic.write_image_folder(tmp_path / "src", n_train=12, n_test=2)
-    monkeypatch.setattr(cvpipe.storage, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(cvpipe.compare.runner, "free_bytes", lambda path: 1000)  # --check's and the run's
     assert main(["compare", "--check", "--source", str(tmp_path / "src"), "--data-root",
                  str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
@@ -301,11 +302,10 @@ def test_compare_check_says_when_the_stores_may_not_fit(tmp_path, capsys, monkey
     # the run itself says so at its start, in a warning (an upper bound: stores may be there)
     import logging
 
-    import cvpipe.compare.runner
     from cvpipe.compare.config import load_compare_config
     from cvpipe.compare.runner import run_comparison
 
-    monkeypatch.setattr(cvpipe.compare.runner, "free_bytes", lambda path: 1000)
+    monkeypatch.setattr(cvpipe.storage, "free_bytes", lambda path: 1000)  # the pipeline's refusal
     cfg = load_compare_config()
     with caplog.at_level(logging.WARNING, logger="cvpipe.compare.runner"), pytest.raises(
             cvpipe.storage.StorageError, match="color-linear-svm: its feature stores need"):

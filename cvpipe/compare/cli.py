@@ -48,11 +48,8 @@ def _name_list(text: str | None, flag: str) -> list[str] | None:
 def _compare(args: argparse.Namespace) -> int:
     from cvpipe.compare.config import load_compare_config
     from cvpipe.compare.report import write_report
-    from cvpipe.compare.runner import planned_stores, prepare, run_comparison
-    from cvpipe.config import data_root
+    from cvpipe.compare.runner import disk_outlook, prepare, run_comparison
     from cvpipe.data.cli import dataset_options
-    from cvpipe.featurestore.dataset import list_stores
-    from cvpipe.storage import free_bytes
 
     cfg = load_compare_config(args.config)
     # every flag checked before the data is read and before --check says "ok": a check that
@@ -82,20 +79,18 @@ def _compare(args: argparse.Namespace) -> int:
         width = max(len(name) for name, _ in cards)  # the frontier's names pass 26 characters
         features_width = max(len(card["features"] or "-") for _, card in cards)
         classifier_width = max(len(card["classifier"]) for _, card in cards)
-        sizes, total = planned_stores(ds, plan)
-        for (name, card), size in zip(cards, sizes, strict=True):
+        disk = disk_outlook(ds, plan, data["data_root"])
+        for (name, card), size in zip(cards, disk.per_pipeline, strict=True):
             stores = f"stores {size_text(size)}" if size else ""
             print(f"  ok  {name:<{width}} {card['family']:<8} {card['features'] or '-':<{features_width}} "
                   f"{card['classifier']:<{classifier_width}} {stores}".rstrip())
         print(f"{len(plan)} pipeline{'s' if len(plan) > 1 else ''} checked; nothing trained")
-        if not total:  # the CNN alone stores no features
+        if not disk.total:  # the CNN alone stores no features
             return 0
-        features_dir = Path(data_root(data["data_root"]), "features")
-        free = free_bytes(features_dir)
-        stored = sum(e["bytes"] for e in list_stores(data["data_root"]))
-        print(f"feature stores: up to {size_text(total)} (those already there included; "
-              f"{size_text(stored)} stored), {size_text(free)} free on the disk of {features_dir}")
-        if total - stored > free:
+        print(f"feature stores: up to {size_text(disk.total)} (those already there included; "
+              f"{size_text(disk.stored)} stored), {size_text(disk.free)} free on the disk of "
+              f"{disk.features_dir}")
+        if disk.short:
             print("  the run may stop for disk space: free some (cvpipe store clear) or choose "
                   "another --data-root; each pipeline checks its own stores before writing them")
         return 0

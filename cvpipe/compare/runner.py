@@ -14,7 +14,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -212,14 +212,36 @@ def prepare(cfg: CompareConfig, profile: Profile, *, source: str | None = None,
     return ds, cfg.check(profile, DataShape.of(ds), pipelines)
 
 
-def planned_stores(ds: Dataset, plan: list[Pipeline]) -> tuple[list[int], int]:
+@dataclass(frozen=True)
+class DiskOutlook:
+    """What a run's feature stores need against the disk that holds them (see
+    :func:`disk_outlook`): each pipeline's bytes, the run's (a shared store once), those stored
+    already, and the free bytes of ``features_dir``."""
+
+    per_pipeline: list[int]
+    total: int
+    stored: int
+    free: int
+    features_dir: Path
+
+    @property
+    def short(self) -> bool:
+        """More may be written than fits: a bound, so a warning, not a refusal."""
+        return self.total - self.stored > self.free
+
+
+def disk_outlook(ds: Dataset, plan: list[Pipeline], data_root: str | None) -> DiskOutlook:
     """The bytes of the feature stores each pipeline of ``plan`` writes on ``ds`` (0 for the
-    CNN), and of the run's (a store pipelines share counted once): upper bounds, stores
-    already on disk included (a learned dictionary's stores are named only once it is)."""
+    CNN) and of the run's (a store pipelines share counted once): upper bounds, stores already
+    on disk included (a learned dictionary's stores are named only once it is); with the bytes
+    stored and free under ``data_root``'s features folder."""
     sizes = [planned_store_bytes(ds, p.seeded_spec(), p.refit) if isinstance(p, ClassicPipeline)
              else {} for p in plan]
     shared = {key: n for size in sizes for key, n in size.items()}
-    return [sum(size.values()) for size in sizes], sum(shared.values())
+    features_dir = StoreSettings(root=data_root).features_dir
+    return DiskOutlook([sum(size.values()) for size in sizes], sum(shared.values()),
+                       sum(e["bytes"] for e in list_stores(data_root)), free_bytes(features_dir),
+                       features_dir)
 
 
 def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | None = None,
@@ -249,13 +271,12 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
     for pipeline in plan:
         safe_name(f"{prefix}{pipeline.name}", "model name")
     store = StoreSettings(root=data_root, force=force, progress=progress, client=client)
-    _, stores_bytes = planned_stores(ds, plan)
-    stored = sum(e["bytes"] for e in list_stores(data_root))
-    if stores_bytes - stored > free_bytes(store.features_dir):  # a bound: a warning, not a refusal
+    disk = disk_outlook(ds, plan, data_root)
+    if disk.short:
         log.warning("this run's feature stores take up to %s (%s stored already), more than the %s "
                     "free on the disk of %s; each pipeline checks its own before writing them "
-                    "(cvpipe store clear frees some)", size_text(stores_bytes), size_text(stored),
-                    size_text(free_bytes(store.features_dir)), store.features_dir)
+                    "(cvpipe store clear frees some)", size_text(disk.total), size_text(disk.stored),
+                    size_text(disk.free), disk.features_dir)
     rows, arrays = [], {}
     for pipeline in tqdm(plan, desc=f"compare ({profile.name})", unit="pipeline", disable=None):
         name = pipeline.name
