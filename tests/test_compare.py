@@ -75,6 +75,7 @@ def test_compare_trains_every_pipeline_and_writes_the_report(run):
     assert all("p_value" in s for s in results["ladder"][1:])
     assert set(results["pareto"]) == {"train_seconds", "latency_ms_per_image_batch"}
     assert results["pareto"]["train_seconds"] and "McNemar" in s["text"]
+    assert "time budget" not in s["text"]  # this CNN ran a set number of epochs
     # the CNN's train accuracy comes from a stratified sample of its train split, and says so
     d = results["dataset"]
     assert rows["cnn"]["train_accuracy_images"] == 50
@@ -83,6 +84,22 @@ def test_compare_trains_every_pipeline_and_writes_the_report(run):
     assert md.count("(50 sampled)") == 1
     assert "| hog+color-mlp |" in md and "![" in md and "## The ladder" in md
     assert all((out / f).exists() for f in ("report.html", "fig00-accuracy.png"))
+
+
+def test_the_summary_says_what_a_time_budget_gave_the_cnn():
+    classic = {"pipeline": "hog-svm", "family": "classic", "val_accuracy": 0.6, "test_accuracy": 0.6,
+               "train_accuracy": 0.7, "train_seconds": 10.0, "latency_ms_single": 1.0}
+    cnn = {**classic, "pipeline": "cnn", "family": "cnn", "val_accuracy": 0.7, "test_accuracy": 0.66,
+           "train_seconds": 92.6,
+           "training": {"steps": 70, "steps_per_epoch": 2, "plan": {"time_budget": 90}}}
+    text = runner.summarise([classic, cnn])["text"]
+    assert text.endswith("The CNN trained 70 steps (35 epochs) in its 90 s time budget at this "
+                         "machine's speed; a larger budget trains it further "
+                         "(--set cnn.time_budget=SECONDS).")
+    cnn["training"] = {"steps": 20, "steps_per_epoch": 2, "plan": {"total_steps": 20}}
+    assert "budget" not in runner.summarise([classic, cnn])["text"]  # epochs: nothing to say
+    assert "budget" in runner.summarise([{**cnn, "training": {"steps": 7, "steps_per_epoch": 7,
+                                                              "plan": {"time_budget": 30.5}}}])["text"]
 
 
 def test_second_run_reuses_unchanged_models_and_force_retrains(run, capsys):

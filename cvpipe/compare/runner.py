@@ -316,6 +316,7 @@ def run_comparison(cfg: CompareConfig, profile: Profile | str, *, source: str | 
             "selection_seconds": meta.get("selection_seconds"),
             "selection": meta.get("selection"),
             "history": meta.get("history"),
+            "training": meta.get("training"),  # the CNN's steps and the plan its time budget made
             "reused": reused,
             "features_status": ("model reused" if reused else features_status),
             "run_seconds": round(seconds, 1),
@@ -397,6 +398,19 @@ def _feature_set(meta: dict[str, Any], ds: Dataset) -> dict[str, Any] | None:
             "dim": spec.n_features(tuple(ds.images("train").shape[1:]))}
 
 
+def _budget_text(cnn: dict[str, Any]) -> str | None:
+    """What a CNN trained on a time budget got from it, or None (an epoch count): its accuracy
+    depends on the machine's speed that day, which a reader of the gap should know."""
+    training = cnn.get("training") or {}
+    budget = (training.get("plan") or {}).get("time_budget")
+    if not budget or not training.get("steps"):
+        return None
+    epochs = training["steps"] / max(training.get("steps_per_epoch") or 1, 1)
+    return (f"The CNN trained {training['steps']} steps ({epochs:.0f} epochs) in its {budget:g} s "
+            f"time budget at this machine's speed; a larger budget trains it further "
+            f"(--set cnn.time_budget=SECONDS).")
+
+
 def summarise(rows: list[dict[str, Any]], correct: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Best classic pipeline against the CNN: accuracy gap (with McNemar's test on the test
     images when ``correct`` holds each pipeline's per-image correctness) and cost ratios, with
@@ -432,6 +446,8 @@ def summarise(rows: list[dict[str, Any]], correct: dict[str, np.ndarray] | None 
     elif classic:
         out["text"] = (f"The best classic pipeline is {best['pipeline']} at "
                        f"{100 * best['test_accuracy']:.1f}% test accuracy; no CNN in this run.")
+    if cnn and (budget_text := _budget_text(cnn)):
+        out["text"] = f"{out.get('text', '')} {budget_text}".strip()
     if correct is not None:
         steps = [r for r in stats.ladder(rows, correct) if "gain_points" in r]
         if steps:
