@@ -42,7 +42,10 @@ def _model(name: str) -> ServedModel:
     model = registry().get(name)
     if model is None:
         known = ", ".join(registry().models) or "none"
-        raise ApiError(404, "unknown_model", f"No model called {name!r} is served; models: {known}.",
+        # a model on disk that failed to load is named as such (why: GET /v1/models, to a
+        # client allowed to see it), not left to look like a typo
+        why = " (it failed to load: GET /v1/models says why)" if name in registry().failed else ""
+        raise ApiError(404, "unknown_model", f"No model called {name!r} is served{why}; models: {known}.",
                        {"model": name})
     g.model_label = name
     return model

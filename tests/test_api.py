@@ -277,8 +277,10 @@ def test_readyz_is_503_without_models_and_broken_models_are_skipped(tmp_path, mo
     reasons = {u["name"]: u["reason"] for u in body["unavailable"]}
     assert set(reasons) == {"tampered", "garbage"} and "checksum" in reasons["tampered"]
     assert str(tmp_path) not in json.dumps(body)  # no server paths leak
-    assert_error(predict(c, model="tampered", data=encode(test_images(1)[0]), content_type="image/png"),
-                 404, "unknown_model")
+    refused = predict(c, model="tampered", data=encode(test_images(1)[0]), content_type="image/png")
+    assert_error(refused, 404, "unknown_model")
+    assert "failed to load" in refused.get_json()["message"]  # not a typo: the client is told
+    assert "failed to load" not in c.get("/v1/models/nope").get_json()["message"]
 
 
 # ----------------------------------------------------------------------------- predict
