@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -215,6 +216,18 @@ def test_cli_train_evaluate_predict(tmp_path, capsys, monkeypatch):
     assert listed.split()[:3] == ["quick", "hog+color", "linear-svm"]
     monkeypatch.setenv("CVPIPE_MODELS_DIR", str(tmp_path / "models"))
     assert main(["models"]) == 0 and capsys.readouterr().out == listed  # no action: list
+    # a broken model folder is listed as unusable, with why, and hides none of the others
+    broken, unreadable = tmp_path / "models" / "broken", tmp_path / "models" / "unreadable"
+    shutil.copytree(tmp_path / "models" / "quick", broken)
+    victim = next(p for p in sorted(broken.iterdir()) if p.name != "model.json")
+    victim.write_bytes(victim.read_bytes()[:-1])
+    unreadable.mkdir()
+    (unreadable / "model.json").write_text("{")
+    assert main(["models"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert rows["quick"].split() == listed.split()
+    assert f"unusable: {victim.name}: checksum differs" in rows["broken"]
+    assert "unusable: model.json: unreadable" in rows["unreadable"]
 
 
 def test_feature_params_option_overrides_one_components_parameters():

@@ -14,7 +14,7 @@ import numpy as np
 
 from cvpipe.config import MODELS_DIR_DEFAULT, models_dir
 from cvpipe.data.cli import add_source_arguments, load_from_args
-from cvpipe.errors import ConfigError
+from cvpipe.errors import ArtifactError, ConfigError
 from cvpipe.featurestore.cli import add_engine_arguments, engine
 from cvpipe.images import IMAGE_FORMATS, ImageError
 from cvpipe.models.artifact import model_card, read_metadata
@@ -202,7 +202,13 @@ def _list(args: argparse.Namespace) -> int:
     rows = []
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if (d / "model.json").is_file():
-            meta = read_metadata(d, verify=False)
+            # every file checked as loading it would (sha256s: milliseconds a model), so a
+            # model that cannot be served or used is listed as such, and the others still are
+            try:
+                meta = read_metadata(d)
+            except ArtifactError as exc:
+                rows.append((d.name, "-", "-", None, f"unusable: {str(exc).removeprefix(f'{d}/')}"))
+                continue
             test = meta.get("metrics", {}).get("test", {}).get("accuracy")
             card = model_card(meta)
             rows.append((d.name, card["features"] or "-", card["classifier"] or "?", test,
