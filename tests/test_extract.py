@@ -188,6 +188,28 @@ def test_force_recomputes_and_foreign_folders_are_refused(dataset, tmp_path):
     assert (foreign / "thesis.tex").exists()
 
 
+def test_a_damaged_store_record_is_refused_listed_as_unfinished_and_force_replaces_it(
+        dataset, tmp_path, capsys):
+    source = DatasetSource(dataset, "test")
+    first = extract(source, "color", root=tmp_path)
+    manifest = Path(first.path) / "manifest.json"
+    manifest.write_text("[1, 2]")  # valid JSON, not what cvpipe writes
+    with pytest.raises(DataError, match="not a cvpipe record .*use --force"):
+        extract(source, "color", root=tmp_path)
+    assert main(["store", "list", "--data-root", str(tmp_path)]) == 0  # no traceback
+    assert "(unfinished)" in capsys.readouterr().out
+    (Path(first.path) / "run.json").write_text('{"input": "crafted", "features": [1]}')
+    assert main(["store", "list", "--data-root", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["stores"]
+    assert [(e["complete"], e["input"], e["features"]) for e in listed] == [(False, None, None)]
+    again = extract(source, "color", root=tmp_path, force=True)
+    assert again.computed_chunks == 1 and json.loads(manifest.read_text())["n"] == source.n
+    manifest.write_text('{"key": "cut sh')  # a truncated record: its error says --force, which works
+    with pytest.raises(DataError, match="unreadable .*use --force"):
+        extract(source, "color", root=tmp_path)
+    assert extract(source, "color", root=tmp_path, force=True).computed_chunks == 1
+
+
 @pytest.mark.parametrize(("params", "match"), [
     ({"color__space": "foo"}, "'space' parameter"),
     ({"hog__pixels_per_cell": 64}, "too small for HOG"),

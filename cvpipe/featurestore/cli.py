@@ -63,13 +63,17 @@ def engine(args: argparse.Namespace) -> Iterator[Any]:
         yield client
 
 
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2
+
+
 def _input_text(entry: dict[str, Any]) -> str:
     inp = entry.get("input") or {}
     if entry["kind"] == "learned":
         return f"fitted on {str(inp.get('checksum', '?'))[:20]}..."
     if inp.get("kind") == "dataset":
         extra = "".join([" shuffled" if inp.get("order") else "", " mirrored" if inp.get("flip") else "",
-                         " shifted {}, {}".format(*inp["shift"]) if inp.get("shift") else ""])
+                         " shifted {}, {}".format(*inp["shift"]) if _is_pair(inp.get("shift")) else ""])
         return f"{inp.get('split')}{extra} of {str(inp.get('checksum', '?'))[:20]}..."
     return str(inp.get("origin") or inp.get("kind") or "?")
 

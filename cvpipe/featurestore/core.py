@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -210,13 +211,13 @@ def plan_extraction(
     spec = FeatureSpec.parse(features, params, drop_runtime=True)
     key, d, store = locate_extraction(source, spec, out=out, root=root, fitted=fitted)
 
-    manifest = store.manifest()
+    manifest = _record(store.manifest, force)
     if manifest is not None and manifest.get("key") == key and not force:
         log.debug("features already extracted in %s", store.url)
         return ExtractPlan(store, source, spec, key, manifest["n"], manifest["d"],
                            manifest["chunk_rows"], manifest["format"], [], manifest, fitted)
 
-    run = store.run_info()
+    run = _record(store.run_info, force)
     if run is not None and run.get("key") != key and not force:
         if out is not None:
             raise ConfigError(f"{store.url} holds features of another configuration or input "
@@ -260,6 +261,17 @@ def plan_extraction(
                        run["format"], fitted=fitted)
     plan.todo = [i for i in range(plan.n_chunks) if i not in done]
     return plan
+
+
+def _record(read: Callable[[], dict[str, Any] | None], force: bool) -> dict[str, Any] | None:
+    """A store's record, or None; with ``force``, whose work is to replace it, a record too
+    damaged to read is None too (its error says to use --force: that must then work)."""
+    try:
+        return read()
+    except DataError:
+        if force:
+            return None
+        raise
 
 
 def compute_chunk(store: FeatureStore, chunk: ChunkInput | None, index: int, start: int,

@@ -419,26 +419,36 @@ def list_stores(root: str | os.PathLike[str] | None = None) -> list[dict[str, An
     for folder in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if folder.name == LEARNED_DIR:
             for learned in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                info = _read_json(learned / "learned.json") or {}
+                info = _read_json(learned / "learned.json")
                 out.append({"key": learned.name, "kind": "learned",
-                            "features": (info.get("component") or {}).get("name"),
-                            "input": info.get("train"), "n": None, "d": None,
+                            "features": _name_of(info.get("component")),
+                            "input": _table(info.get("train")), "n": None, "d": None,
                             "bytes": store_bytes(learned), "created": None,
                             "complete": bool(info), "path": str(learned)})
             continue
         manifest = _read_json(folder / "manifest.json")
-        run = manifest or _read_json(folder / "run.json") or {}
-        features = run.get("features") or {}
-        out.append({"key": folder.name, "kind": "features", "features": features.get("name"),
-                    "input": run.get("input"), "n": run.get("n"), "d": run.get("d"),
+        run = manifest or _read_json(folder / "run.json")
+        out.append({"key": folder.name, "kind": "features", "features": _name_of(run.get("features")),
+                    "input": _table(run.get("input")), "n": run.get("n"), "d": run.get("d"),
                     "bytes": store_bytes(folder), "created": run.get("created") or run.get("started"),
-                    "complete": manifest is not None, "path": str(folder)})
+                    "complete": bool(manifest), "path": str(folder)})
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any]:
+    """A store's JSON object for the listing; {} where it is missing, unreadable or not an
+    object (the listing shows such a store as incomplete, and reads no field of it)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _table(value: Any) -> dict[str, Any] | None:
+    return value if isinstance(value, dict) else None
+
+
+def _name_of(table: Any) -> Any:
+    return (_table(table) or {}).get("name")
 

@@ -117,10 +117,11 @@ class FeatureStore:
     # small JSON files, written atomically -------------------------------------------------
 
     def read_json(self, name: str) -> dict[str, Any] | None:
+        """A JSON object of the store, or None where the file is not there yet."""
         path = self._p(name)
         try:
             with self.fs.open(path, "rb") as f:
-                return json.loads(f.read())
+                data = json.loads(f.read())
         except FileNotFoundError:
             return None
         except NotADirectoryError:  # --out below a file: --force could not help
@@ -128,6 +129,10 @@ class FeatureStore:
                               "choose another --out") from None
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: unreadable ({exc}); use --force to extract again") from None
+        if not isinstance(data, dict):  # valid JSON, not what cvpipe writes: edited or crafted
+            raise DataError(f"{path}: not a cvpipe record (a JSON {type(data).__name__}, not an "
+                            "object); use --force to extract again")
+        return data
 
     def write_json(self, name: str, data: dict[str, Any]) -> None:
         self._write_bytes(self._p(name), json_dumps(data).encode())
