@@ -136,6 +136,38 @@ def test_cache_is_reused_and_changed_source_rebuilds(tmp_path, monkeypatch):
     assert changed.manifest["counts"]["train"]["cat"] == 7
 
 
+@pytest.mark.parametrize("damage", ["manifest cut short", "manifest a list", "manifest without counts",
+                                    "images cut short", "labels missing", "checksum memo a list"])
+def test_a_damaged_cache_is_decoded_again_with_a_warning(tmp_path, damage, caplog):
+    synthetic.write_image_folder(tmp_path / "tiny")
+    archive = synthetic.tar_folder(tmp_path / "tiny", tmp_path / "tiny.tar")
+    first = load_cifar10(archive, tmp_path / "root")
+    images, labels = np.array(first.images("train")), np.array(first.labels("test"))
+    cache, memo = first.cache_dir, tmp_path / "root" / "cache" / "checksums.json"
+    del first
+    if damage == "manifest cut short":
+        (cache / "manifest.json").write_text('{"format": 2, "data')
+    elif damage == "manifest a list":
+        (cache / "manifest.json").write_text("[1, 2]")
+    elif damage == "manifest without counts":
+        import json
+        manifest = json.loads((cache / "manifest.json").read_text())
+        del manifest["counts"]
+        (cache / "manifest.json").write_text(json.dumps(manifest))
+    elif damage == "images cut short":
+        path = cache / "train_images.npy"
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "labels missing":
+        (cache / "test_labels.npy").unlink()
+    else:
+        memo.write_text("[1]")
+    again = load_cifar10(archive, tmp_path / "root")
+    assert again.cache_dir == cache
+    assert np.array_equal(again.images("train"), images) and np.array_equal(again.labels("test"), labels)
+    rebuilt = "decoding the dataset again" in caplog.text
+    assert rebuilt == (damage != "checksum memo a list")  # the memo only saves a hash: remade quietly
+
+
 def test_limit_per_class(tmp_path):
     synthetic.write_image_folder(tmp_path / "tiny")
     ds = load_cifar10(tmp_path / "tiny", tmp_path / "root", limit_per_class=2)

@@ -37,7 +37,11 @@ def memo_digests(path: Path, memo_file: Path, algorithms: tuple[str, ...]) -> di
         memo = json.loads(memo_file.read_text())
     except (OSError, ValueError):
         memo = {}
-    known = memo.get(key, {})
+    if not isinstance(memo, dict):  # damaged: a memo only saves time, so start a new one
+        memo = {}
+    known = memo.get(key)
+    if not isinstance(known, dict) or not all(isinstance(v, str) for v in known.values()):
+        known = {}
     missing = tuple(a for a in algorithms if a not in known)
     if missing:
         known.update(file_digests(path, missing))

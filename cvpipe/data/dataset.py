@@ -370,12 +370,59 @@ def load_dataset(
     key_text = json.dumps([CACHE_FORMAT, src.format, src.checksum, options], sort_keys=True)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     cache_dir = root / "cache" / f"{src.name}-{key}"
-    if rebuild or not (cache_dir / "manifest.json").exists():
+    manifest = None if rebuild else _cached_manifest(cache_dir)
+    if manifest is None:
         _build_cache(src, cache_dir, options)
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
     else:
         log.info("using cached dataset %s", cache_dir)
-    manifest = json.loads((cache_dir / "manifest.json").read_text())
     return Dataset(cache_dir, manifest, val_fraction=val_fraction, seed=seed)
+
+
+#: What a cache's manifest holds that a :class:`Dataset` reads.
+_MANIFEST_KEYS = ("format", "dataset", "source_checksum", "classes", "counts", "image_shape")
+
+
+def _cached_manifest(cache_dir: Path) -> dict | None:
+    """The manifest of a complete, intact cache, or None: none there yet, or a damaged one
+    (a record unreadable or not cvpipe's, an array missing or not of the shape and size its
+    record implies), which is then decoded again from the source, the cache being derived
+    data. Headers and sizes only, not the pixels: the cache is written whole and swapped in,
+    so damage means a hand or a disk, and a cut or a foreign file changes those."""
+    path = cache_dir / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        intact = (isinstance(manifest, dict) and all(k in manifest for k in _MANIFEST_KEYS)
+                  and manifest["format"] == CACHE_FORMAT and _arrays_intact(cache_dir, manifest))
+    except (OSError, ValueError, TypeError, AttributeError):
+        intact = False
+    if not intact:
+        log.warning("%s: the dataset cache is damaged; decoding the dataset again", cache_dir)
+        return None
+    return manifest
+
+
+def _arrays_intact(cache_dir: Path, manifest: dict) -> bool:
+    """Whether every split's arrays are there with the shape and dtype the manifest implies
+    and exactly the bytes their headers declare."""
+    image_shape = tuple(int(v) for v in manifest["image_shape"])
+    for split in readers.SPLITS:
+        n = sum(int(v) for v in manifest["counts"][split].values())
+        for name, shape, dtype in ((f"{split}_images", (n, *image_shape), np.uint8),
+                                   (f"{split}_labels", (n,), np.int64)):
+            path = cache_dir / f"{name}.npy"
+            with open(path, "rb") as f:  # OSError when missing
+                major, _ = np.lib.format.read_magic(f)
+                read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                               else np.lib.format.read_array_header_2_0)
+                found, _, found_dtype = read_header(f)
+                data_start = f.tell()
+            if (tuple(found) != shape or found_dtype != np.dtype(dtype)
+                    or path.stat().st_size != data_start + int(np.prod(shape)) * np.dtype(dtype).itemsize):
+                return False
+    return True
 
 
 def load_cifar10(source: str | os.PathLike[str] | None = None,
