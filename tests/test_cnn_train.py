@@ -120,6 +120,19 @@ def test_corrupt_checkpoint_is_refused(tiny_data, tmp_path):
     last.write_bytes(last.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match="does not match"):
         train_cnn(train, val, TINY.replace(epochs=1, resume=True), checkpoint_dir=tmp_path, progress=False)
+    # an edited record: another shape, a path out of the folder, a missing part; each refused
+    # with what to do, nothing read from outside the folder
+    index = json.loads((tmp_path / "last.json").read_text())
+    (tmp_path.parent / "elsewhere.safetensors").write_bytes(last.read_bytes())
+    for record, message in (([1, 2], "not a cvpipe CNN checkpoint"),
+                            ({**index, "files": {"last": ["../elsewhere.safetensors", "0" * 64]}},
+                             "not a file of its own folder"),
+                            ({**index, "files": {}}, "incomplete")):
+        (tmp_path / "last.json").write_text(json.dumps(record))
+        with pytest.raises(CheckpointError, match=message) as refused:
+            train_cnn(train, val, TINY.replace(epochs=1, resume=True), checkpoint_dir=tmp_path,
+                      progress=False)
+        assert f"delete {tmp_path} to start afresh" in str(refused.value)
 
 
 def test_early_stopping_and_other_recipe_options(tiny_data):

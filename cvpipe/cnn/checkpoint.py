@@ -42,7 +42,14 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load_tensors(path: Path, digest: str) -> dict[str, torch.Tensor]:
+def _load_tensors(directory: Path, entry: Any) -> dict[str, torch.Tensor]:
+    """The tensors of a file ``last.json`` lists as ``[name, sha256]``: a plain name in the
+    checkpoint's folder (no other path is read) whose bytes match the hash."""
+    name, digest = entry if isinstance(entry, list) and len(entry) == 2 else (None, None)
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise CheckpointError(f"{directory / 'last.json'}: lists {entry!r}, not a file of its own "
+                              f"folder; delete {directory} to start afresh")
+    path = directory / name
     if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
         raise CheckpointError(f"{path}: missing or does not match last.json; delete {path.parent} "
                               "to start afresh")
@@ -104,8 +111,10 @@ def _read_index(directory: Path) -> dict[str, Any] | None:
         index = json.loads(path.read_text())
     except ValueError as exc:
         raise CheckpointError(f"{path}: unreadable ({exc}); delete {directory} to start afresh") from exc
-    if index.get("format") != FORMAT or index.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path}: not a cvpipe CNN checkpoint of a known version")
+    if (not isinstance(index, dict) or index.get("format") != FORMAT
+            or not isinstance(index.get("version", 0), int) or index.get("version", 0) > VERSION):
+        raise CheckpointError(f"{path}: not a cvpipe CNN checkpoint of a known version; "
+                              f"delete {directory} to start afresh")
     return index
 
 
@@ -119,7 +128,16 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
     index = _read_index(directory)
     if index is None:
         return None
-    tensors = _load_tensors(directory / index["files"]["last"][0], index["files"]["last"][1])
+    try:
+        return _restore(directory, index, model, optimizer)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # a record edited or cut
+        raise CheckpointError(f"{directory / 'last.json'}: incomplete ({type(exc).__name__}: {exc}); "
+                              f"delete {directory} to start afresh") from exc
+
+
+def _restore(directory: Path, index: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
+             ) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    tensors = _load_tensors(directory, index["files"]["last"])
     model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
     opt_state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -134,7 +152,7 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer: torch.optim.Op
         torch.cuda.set_rng_state(tensors["rng/cuda"])
     best = None
     if "best" in index["files"]:
-        best = _load_tensors(directory / index["files"]["best"][0], index["files"]["best"][1])
+        best = _load_tensors(directory, index["files"]["best"])
     return index["state"], best
 
 
