@@ -206,6 +206,11 @@ def test_weights_that_do_not_fit_the_architecture_fail_clearly(tiny_cifar, tmp_p
     CNNPipeline("cnn-arch", TINY.replace(epochs=1)).train(dataset, model_dir, progress=False)
     meta_path = model_dir / "model.json"
     meta = json.loads(meta_path.read_text())
+    written = meta_path.read_text()
+    meta_path.write_text(json.dumps({**meta, "classes": ["a", "b", "c"]}))
+    with pytest.raises(ArtifactError, match="lists 3 classes, its network scores 10"):
+        load_model(model_dir)
+    meta_path.write_text(written)
     meta["architecture"]["widths"] = [8, 16, 32, 64]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="do not fit model.json's architecture"):

@@ -79,3 +79,22 @@ def test_a_tampered_declaration_fails_the_load_naming_the_model(trained, tmp_pat
     assert all(sha256_file(copy / f) == d for f, d in meta["files"].items())
     with pytest.raises(ArtifactError, match=r"m: model.json: channels"):
         load_model(copy)
+
+
+@pytest.mark.parametrize(("field", "value", "says"), [
+    ("files", ["classifier.skops"], "files must map each file name to its sha256"),
+    ("classes", "abc", "classes must be a list of distinct class names"),
+    ("classes", ["cat"] * 10, "classes must be a list of distinct class names"),
+    ("classes", ["a", "b", "c"], "lists 3 classes, its classifier scores"),
+    ("format_version", "2", "format_version must be a whole number"),
+])
+def test_an_edited_record_of_the_model_is_refused_naming_what(trained, tmp_path, field, value, says):
+    import shutil
+
+    copy = tmp_path / "m"
+    shutil.copytree(trained, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta[field] = value
+    (copy / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=says):
+        load_model(copy)

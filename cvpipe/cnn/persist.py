@@ -110,6 +110,9 @@ def load_predictor(weights: str | Path, meta: dict[str, Any], device: str = "cpu
             declared = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except (OSError, SafetensorError) as exc:
         raise ArtifactError(f"{weights}: unreadable ({exc})") from exc
+    if cfg.n_classes != len(meta.get("classes") or ()):
+        raise ArtifactError(f"{weights.parent}: model.json lists {len(meta.get('classes') or ())} "
+                            f"classes, its network scores {cfg.n_classes}")
     if declared != wanted:
         differ = sorted(set(declared) ^ set(wanted)) or sorted(
             k for k in wanted if declared[k] != wanted[k])

@@ -136,12 +136,21 @@ def read_metadata(model_dir: str | os.PathLike[str], verify: bool = True) -> dic
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{meta_path}: not a cvpipe model description")
     version = meta.get("format_version", 0)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArtifactError(f"{meta_path}: format_version must be a whole number, not {version!r}")
+    if version > FORMAT_VERSION:
         raise ArtifactError(f"{meta_path}: written by a newer cvpipe (format {version})")
     if version < 2:
         meta = _upgrade_v1(meta)
+    files = meta.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise ArtifactError(f"{meta_path}: files must map each file name to its sha256")
+    classes = meta.get("classes")
+    if (not isinstance(classes, list) or not classes or len(set(map(str, classes))) != len(classes)
+            or not all(isinstance(c, str) and c for c in classes)):
+        raise ArtifactError(f"{meta_path}: classes must be a list of distinct class names")
     if verify:
-        for name, digest in (meta.get("files") or {}).items():
+        for name, digest in files.items():
             path = model_dir / name
             if Path(name).name != name or not path.is_file():
                 raise ArtifactError(f"{model_dir}: file {name} is missing")

@@ -131,6 +131,10 @@ class ClassicPipeline(Pipeline):
         except (KeyError, ConfigError) as exc:
             raise ArtifactError(f"{model_dir}: model.json has no valid feature set ({exc})") from exc
         preprocess, classifier = load_parts(meta, lambda name: listed_file(model_dir, meta, name))
+        scored = len(getattr(classifier, "classes_", meta["classes"]))
+        if scored != len(meta["classes"]):
+            raise ArtifactError(f"{model_dir}: model.json lists {len(meta['classes'])} classes, "
+                                f"its classifier scores {scored}")
         extractor = None
         if features.stateful:
             stored = meta.get("features_state") or {}
