@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def _spec(name, features, classifier=None):
         "features": features, "classifier": classifier or {"type": "linear-svm", "params": {"C": 0.01}}})
 
 
-def test_a_second_run_reuses_the_features_and_gives_the_same_model(tiny, tmp_path):
+def test_a_second_run_reuses_the_features_and_gives_the_same_model(tiny, tmp_path, caplog):
     store = StoreSettings(root=tmp_path, progress=False)
     first = fit_classic(tiny, _spec("p", PATCHES), progress=False, store=store)
     second = fit_classic(tiny, _spec("p", PATCHES), progress=False, store=store)
@@ -49,6 +50,13 @@ def test_a_second_run_reuses_the_features_and_gives_the_same_model(tiny, tmp_pat
     assert second.feature_fit_seconds == pytest.approx(first.feature_fit_seconds, abs=1e-3)
     kinds = sorted(e["kind"] for e in list_stores(tmp_path))
     assert kinds.count("learned") == 1 and kinds.count("features") == 3  # train, val, test
+    # a record of what was learned that is damaged is learned again, with a warning
+    (learned,) = (Path(e["path"]) for e in list_stores(tmp_path) if e["kind"] == "learned")
+    (learned / "learned.json").write_text("[1, 2]")
+    with caplog.at_level("WARNING"):
+        third = fit_classic(tiny, _spec("p", PATCHES), progress=False, store=store)
+    assert "cannot restore" in caplog.text and "fitting again" in caplog.text
+    np.testing.assert_array_equal(third.model.predict(x), first.model.predict(x))  # seeded: the same
 
 
 def test_another_pipeline_shares_the_stores_and_a_joined_set_is_assembled(tiny, tmp_path):

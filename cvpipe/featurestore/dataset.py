@@ -166,7 +166,7 @@ def _learned_component(ds: Any, component: FeatureComponent, settings: StoreSett
     if info_path.is_file() and state_path.is_file() and not settings.must_redo(str(folder)):
         try:
             info = json.loads(info_path.read_text())
-            if info.get("sha256") != sha256_file(state_path):
+            if not isinstance(info, dict) or info.get("sha256") != sha256_file(state_path):
                 raise ValueError("the state file does not match its recorded hash")
             state = load_file(str(state_path))
             restored = restore_extractor(single.build(), single, state, image_shape)
