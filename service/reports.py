@@ -36,16 +36,20 @@ def list_reports(root: str | None) -> list[dict[str, Any]]:
                                 "title": folder.name, "dataset": None, "created": None}
         try:
             results = json.loads((folder / "results.json").read_text())
-            ds = results.get("dataset", {})
-            info.update(title=f"{ds.get('title') or 'CIFAR-10'}, profile "
-                        f"{results.get('run', {}).get('profile', {}).get('name')}",
-                        dataset=ds.get("name") or "cifar10",
-                        created=results.get("run", {}).get("created"))
+            ds, run = results.get("dataset") or {}, results.get("run") or {}
+            profile = (run.get("profile") or {}).get("name")
+            # texts only, as the API documents them: an edited file's other values are dropped
+            info.update(title=f"{_text(ds.get('title')) or 'CIFAR-10'}, profile {_text(profile)}",
+                        dataset=_text(ds.get("name")) or "cifar10", created=_text(run.get("created")))
         except (OSError, ValueError, AttributeError):
             if page == "index.html":
                 info["title"] = "Summary across datasets"
         out.append(info)
     return sorted(out, key=lambda r: r["created"] or "", reverse=True)
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def report_file(root: str | None, name: str, file: str) -> Path | None:

@@ -125,6 +125,11 @@ def test_second_run_reuses_unchanged_models_and_force_retrains(run, capsys):
     # Same config and seed: the classic pipeline's figures are reproduced exactly.
     first = json.loads((root / "reports" / "cifar10-tiny" / "results.json").read_text())["pipelines"][0]
     assert forced["pipelines"][0]["test_metrics"] == first["test_metrics"]
+    # a reuse record that is not cvpipe's (valid JSON, not an object): retrained, no traceback
+    (root / "models" / ".compare" / "cifar10-tiny-color-linear-svm.json").write_text("[1]")
+    assert main(args + ["--run", "marker", "--pipelines", "color-linear-svm"]) == 0
+    marked = json.loads((root / "reports" / "marker" / "results.json").read_text())["pipelines"][0]
+    assert not marked["reused"] and marked["test_metrics"] == first["test_metrics"]
 
 
 def test_a_profile_that_adds_pipelines_reuses_the_models_of_the_one_it_extends(run):

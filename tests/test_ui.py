@@ -131,6 +131,17 @@ def test_reports_listed_and_only_report_files_served(registry, models, reports):
         assert client.get(bad).status_code == 404, bad
 
 
+def test_a_report_whose_results_were_edited_is_still_listed(registry, models, tmp_path):
+    for name, results in (("odd-date", {"run": {"created": 5}}), ("odd-dataset", {"dataset": [1]}),
+                          ("fine", {"run": {"created": "2026-12-01T00:00:00+00:00"}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.html").write_text("<h1>a report</h1>")
+        (tmp_path / name / "results.json").write_text(json.dumps(results))
+    listed = _client(registry, models, REPORTS_DIR=str(tmp_path)).get("/v1/reports")
+    assert listed.status_code == 200
+    assert [r["name"] for r in listed.get_json()["reports"]][0] == "fine"  # dated, so first
+
+
 def test_pages_and_reports_carry_a_security_policy(registry, models, reports, tmp_path):
     client = _client(registry, models, REPORTS_DIR=str(reports))
     for path in ("/", "/docs", "/v1/models", "/healthz", "/reports/mnist-full/report.html", "/nothing"):

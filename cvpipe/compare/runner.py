@@ -73,7 +73,7 @@ def _train_one(pipeline: Pipeline, ds: Dataset, model_dir: Path, force: bool,
     if not force and (model_dir / "model.json").exists() and marker.exists():
         try:
             recorded = json.loads(marker.read_text())
-            if recorded.get("key") == key:
+            if isinstance(recorded, dict) and recorded.get("key") == key:
                 log.info("%s: configuration unchanged, reusing %s", pipeline.name, model_dir)
                 return read_metadata(model_dir), True, recorded.get("training_seconds")
         except (OSError, ValueError):
