@@ -18,11 +18,14 @@ Setting (environment variable, default):
 * ``TOP_K`` (``CVPIPE_TOP_K``, 5): classes per image when the request does not say;
 * ``WARMUP`` (``CVPIPE_WARMUP``, true): one prediction per model when the app is created;
 * ``BATCH_LINGER_MS`` (``CVPIPE_BATCH_LINGER_MS``, 2): how long a model call may wait for
-  requests already being decoded, to take them along (:mod:`service.batching`); 0 never waits;
+  requests already being decoded, to take them along (:mod:`service.batching`); 0 never waits
+  (at most 10,000);
 * ``BODY_TIMEOUT`` (``CVPIPE_BODY_TIMEOUT``, 30): seconds a request body may take to arrive
-  under ``cvpipe serve`` before a 408 (:mod:`service.guard`); 0 turns the deadline off;
+  under ``cvpipe serve`` before a 408 (:mod:`service.guard`); 0 turns the deadline off
+  (at most 86,400);
 * ``PREDICT_TIMEOUT`` (``CVPIPE_PREDICT_TIMEOUT``, 30): seconds a request waits for its model
-  call before a 503 (a stuck model fails its requests instead of holding them forever);
+  call before a 503 (a stuck model fails its requests instead of holding them forever;
+  above 0, at most 86,400);
 * ``ALLOWED_HOSTS`` (``CVPIPE_ALLOWED_HOSTS``, ``localhost,127.0.0.1,::1``): comma-separated
   names the ``Host`` header may give (``.example.org`` also allows its subdomains; ``*`` any):
   a web page elsewhere cannot reach a local API by DNS rebinding. ``cvpipe serve --host NAME``
@@ -58,6 +61,12 @@ SETTINGS: dict[str, tuple[str, type, Any]] = {
     "ALLOWED_HOSTS": ("CVPIPE_ALLOWED_HOSTS", str, "localhost,127.0.0.1,::1"),
 }
 
+#: The bounds of the float settings, (lowest, highest): a waiting time the threads' waits take
+#: (``inf`` overflows them), and the predict timeout above 0 (at 0 every request would fail).
+FLOAT_BOUNDS: dict[str, tuple[float, float]] = {
+    "BATCH_LINGER_MS": (0.0, 10_000.0), "BODY_TIMEOUT": (0.0, 86_400.0),
+    "PREDICT_TIMEOUT": (0.001, 86_400.0)}
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -74,9 +83,7 @@ def _parse(name: str, env: str, kind: type, raw: str) -> Any:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{env}={raw!r}: expected a number") from None
-        if not value >= 0:
-            raise ConfigError(f"{env}={raw!r}: must be at least 0")
-        return value
+        return _bounded(name, value, f"{env}={raw!r}")
     if kind is int:
         try:
             value = int(raw)
@@ -121,6 +128,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         if name in SETTINGS and SETTINGS[name][1] is int:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"setting {name}={value!r}: expected an integer of at least 1")
+        if name in FLOAT_BOUNDS:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"setting {name}={value!r}: expected a number")
+            value = _bounded(name, float(value), f"setting {name}={value!r}")
         out[name] = value
     out["MODELS_DIR"] = str(out["MODELS_DIR"])
     out["ALLOWED_HOSTS"] = allowed_hosts(out["ALLOWED_HOSTS"])
@@ -132,6 +143,13 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     out["API_TOKEN"] = token.strip() if token else None
     out["REPORTS_DIR"] = str(out["REPORTS_DIR"]) if out.get("REPORTS_DIR") else None
     return out
+
+
+def _bounded(name: str, value: float, said: str) -> float:
+    low, high = FLOAT_BOUNDS[name]
+    if not low <= value <= high:  # NaN and inf fail too
+        raise ConfigError(f"{said}: must be a number from {low:g} to {high:g}")
+    return value
 
 
 def allowed_hosts(value: str | list[str] | None) -> list[str] | None:

@@ -240,6 +240,16 @@ def test_settings_from_environment_then_overrides(monkeypatch):
         monkeypatch.delenv(env)
     with pytest.raises(ConfigError, match="TOP_K"):
         load_settings({"TOP_K": 0})
+    # waiting times the threads' waits can take: inf overflowed them (a 500 on every request)
+    for env, value in (("CVPIPE_PREDICT_TIMEOUT", "inf"), ("CVPIPE_PREDICT_TIMEOUT", "0"),
+                       ("CVPIPE_BODY_TIMEOUT", "nan"), ("CVPIPE_BATCH_LINGER_MS", "1e9")):
+        monkeypatch.setenv(env, value)
+        with pytest.raises(ConfigError, match=f"{env}=.*must be a number from"):
+            load_settings()
+        monkeypatch.delenv(env)
+    assert load_settings({"BODY_TIMEOUT": 0})["BODY_TIMEOUT"] == 0  # 0: the deadline off
+    with pytest.raises(ConfigError, match="setting PREDICT_TIMEOUT=inf"):
+        load_settings({"PREDICT_TIMEOUT": float("inf")})
     # a blank token would lock every client out; a file's newline is not part of the token
     monkeypatch.setenv("CVPIPE_API_TOKEN", " \n")
     with pytest.raises(ConfigError, match="CVPIPE_API_TOKEN is blank"):
