@@ -241,6 +241,19 @@ def check_free(path: str | os.PathLike[str], nbytes: int, what: str, hint: str) 
                            f"({size_text(free)} free); {hint}")
 
 
+def npy_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data_offset)`` of a ``.npy`` file, from its header
+    alone (nothing mapped or read past it), so a caller can check the file's size against
+    what the header declares. :class:`OSError` or :class:`ValueError` for a file that is
+    missing or not ``.npy``."""
+    with open(path, "rb") as f:
+        major, _ = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if major == 1
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+        return tuple(shape), bool(fortran), dtype, f.tell()
+
+
 def reserved_npy(path: str | os.PathLike[str], dtype: Any, shape: tuple[int, ...], hint: str
                  ) -> np.memmap:
     """A new ``.npy`` file of ``shape`` and ``dtype``, open for writing as a memory map, its

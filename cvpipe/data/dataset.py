@@ -41,7 +41,7 @@ from cvpipe.data.download import download, download_key, public_location
 from cvpipe.data.splits import check_split_options, stratified_split
 from cvpipe.errors import ChecksumError, DataError
 from cvpipe.images import DEFAULT_FIT, FIT_POLICIES, resize
-from cvpipe.storage import holds, json_dumps, replace_dir, reserved_npy
+from cvpipe.storage import holds, json_dumps, npy_header, replace_dir, reserved_npy
 
 log = logging.getLogger(__name__)
 
@@ -413,13 +413,8 @@ def _arrays_intact(cache_dir: Path, manifest: dict) -> bool:
         for name, shape, dtype in ((f"{split}_images", (n, *image_shape), np.uint8),
                                    (f"{split}_labels", (n,), np.int64)):
             path = cache_dir / f"{name}.npy"
-            with open(path, "rb") as f:  # OSError when missing
-                major, _ = np.lib.format.read_magic(f)
-                read_header = (np.lib.format.read_array_header_1_0 if major == 1
-                               else np.lib.format.read_array_header_2_0)
-                found, _, found_dtype = read_header(f)
-                data_start = f.tell()
-            if (tuple(found) != shape or found_dtype != np.dtype(dtype)
+            found, _, found_dtype, data_start = npy_header(path)  # OSError when missing
+            if (found != shape or found_dtype != np.dtype(dtype)
                     or path.stat().st_size != data_start + int(np.prod(shape)) * np.dtype(dtype).itemsize):
                 return False
     return True

@@ -42,7 +42,14 @@ import numpy as np
 
 from cvpipe.errors import ConfigError, DataError
 from cvpipe.features import FeatureSpec
-from cvpipe.storage import StorageError, atomic_write, canonical_json, json_dumps, reserved_npy
+from cvpipe.storage import (
+    StorageError,
+    atomic_write,
+    canonical_json,
+    json_dumps,
+    npy_header,
+    reserved_npy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -340,12 +347,7 @@ class NpyRows:
 
     def __init__(self, path: str):
         self.path = path
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            self.shape, fortran, self.dtype = read_header(f)
-            self.offset = f.tell()
+        self.shape, fortran, self.dtype, self.offset = npy_header(path)
         if fortran or self.dtype.hasobject:
             raise DataError(f"{path}: not a C-ordered numeric array")
         self.row_items = int(np.prod(self.shape[1:], dtype=np.int64))
